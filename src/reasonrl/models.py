@@ -1,0 +1,124 @@
+"""Load the policy and its tokenizer, add LoRA, and get reference log-probs without a second copy of the model."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger("reasonrl")
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+class ModelLoadError(ValueError):
+    """The model or tokenizer could not be loaded (one line, says how to fix it)."""
+
+
+def _is_local(name_or_path: str) -> bool:
+    return os.path.sep in name_or_path or name_or_path.startswith(".") or os.path.exists(name_or_path)
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    """AutoTokenizer with left padding (for generation) and a pad token (EOS if the tokenizer has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise ModelLoadError(_load_error_message(name_or_path, "tokenizer", error)) from None
+    return prepare_tokenizer(tokenizer)
+
+
+def prepare_tokenizer(tokenizer):
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError("the tokenizer has neither a pad token nor an EOS token; add one with "
+                                 "tokenizer.add_special_tokens({'pad_token': '<pad>'}) and save it")
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.warning("notice: the tokenizer has no pad token; using its EOS token %r for padding",
+                       tokenizer.eos_token)
+    return tokenizer
+
+
+def _load_error_message(name_or_path: str, what: str, error: Exception) -> str:
+    if _is_local(name_or_path):
+        if not os.path.exists(name_or_path):
+            return f"model path {name_or_path!r} does not exist; check the path (or give a hub id)"
+        return f"could not load the {what} from {name_or_path!r}: {str(error).splitlines()[0]}"
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return (f"could not load the {what} {name_or_path!r} from the Hugging Face Hub "
+            f"({'offline mode is on' if offline else 'no network, or the id is wrong'}): "
+            f"{str(error).splitlines()[0][:200]}. Download it while online, or pass a local path")
+
+
+def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+               **model_init_kwargs):
+    """AutoModelForCausalLM from a hub id or a local folder; weights only from safetensors."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
+    kwargs.update(model_init_kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(_load_error_message(name_or_path, "model", error)) from None
+    return model
+
+
+def lora_config_from(cfg):
+    """peft.LoraConfig from the GRPOConfig's lora_* fields."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM")
+
+
+def add_lora(model, peft_config):
+    """Wrap `model` with a trainable LoRA adapter; the base weights are frozen."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config)
+
+
+def is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PeftModel)
+
+
+def frozen_copy(model):
+    """A frozen copy of `model` in eval mode: the reference policy of full fine-tuning."""
+    reference = copy.deepcopy(model)
+    reference.requires_grad_(False)
+    return reference.eval()
+
+
+@contextlib.contextmanager
+def reference_policy(model, reference_model=None):
+    """Yield the model whose log-probs are the KL reference.
+
+    With LoRA the reference is the base model: the same weights with the adapter disabled, so no copy is held.
+    In full fine-tuning it is the frozen copy made at the start of training.
+    """
+    if reference_model is not None:
+        yield reference_model
+    elif is_peft_model(model):
+        with model.disable_adapter():
+            yield model
+    else:
+        raise ValueError("beta > 0 needs a reference: use LoRA, or keep a frozen copy of the model")
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts, as peft's print_trainable_parameters reports them."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

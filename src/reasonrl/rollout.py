@@ -1,0 +1,168 @@
+"""Rollouts: G sampled completions per prompt, with the log-probs the loss needs.
+
+The decode loop is our own (not `generate`) so that it can prefill each prompt once and share its KV cache over
+the G samples, stop as soon as every sequence has ended, and record the log-probability of each sampled token at
+the sampling temperature, which is what the training forward recomputes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import inspect
+
+import torch
+
+from reasonrl.core import token_logprobs
+
+
+@dataclass
+class Rollout:
+    """One generation round. B = prompts x G rows, grouped consecutively by prompt."""
+
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P] 1 on prompt tokens
+    completion_ids: torch.Tensor  # [B, C] right-padded with pad_token_id
+    completion_mask: torch.Tensor  # [B, C] 1 up to and including the first EOS
+    sampling_logps: torch.Tensor  # [B, C] log p(token) at the sampling temperature, unfiltered, at sampling time
+    is_truncated: torch.Tensor  # [B] no EOS within max_completion_length
+    texts: list[str] = field(default_factory=list)  # decoded completions (special tokens removed)
+
+    @property
+    def completion_lengths(self) -> torch.Tensor:  # [B]
+        return self.completion_mask.sum(-1)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so a left-padded row starts at 0 like an unpadded one."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k then nucleus filtering of [B, V] logits (removed entries become -inf), as HF's warpers do."""
+    if top_k and top_k > 0 and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        remove_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        remove = remove_sorted.scatter(-1, order, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty on tokens already in the sequence (seen [B, V] bool): divide positive logits, multiply
+    negative ones."""
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def _cache_keyword(model) -> str:
+    """Newer transformers call the KV cache argument `cache`; older ones `past_key_values`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def _output_cache(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    num_generations: int,
+    max_new_tokens: int,
+    eos_token_id: int | list[int],
+    pad_token_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample `num_generations` completions for each of the prompts (prompt_ids [N, P], left-padded).
+
+    Returns completion_ids [N*G, C], completion_mask [N*G, C], sampling_logps [N*G, C], is_truncated [N*G].
+    Rows are grouped by prompt: rows i*G .. i*G+G-1 belong to prompt i.
+    """
+    device = prompt_ids.device
+    eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
+    g = num_generations
+    positions = position_ids_from_mask(prompt_mask)  # [N, P]
+    # Prefill each prompt once, then share its KV cache across its G samples.
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1)
+    cache_keyword = _cache_keyword(model)
+    cache = _output_cache(out)
+    if g > 1:
+        cache.batch_repeat_interleave(g)
+    logits = out.logits[:, -1].float().repeat_interleave(g, dim=0)  # [B, V]
+    attention_mask = prompt_mask.repeat_interleave(g, dim=0)  # [B, P]
+    next_position = positions[:, -1:].repeat_interleave(g, dim=0) + 1  # [B, 1]
+    batch = logits.size(0)
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = torch.zeros(batch, logits.size(-1), dtype=torch.bool, device=device)
+        seen.scatter_(1, (prompt_ids * prompt_mask).repeat_interleave(g, dim=0), prompt_mask.bool().repeat_interleave(g, 0))
+
+    tokens, logps = [], []
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        scaled = logits / temperature if temperature > 0 else logits
+        log_probs = torch.log_softmax(scaled, dim=-1)  # what training recomputes: no penalty, no filtering
+        if greedy:
+            token = logits.argmax(-1)
+        else:
+            sampling_logits = logits if seen is None else _apply_repetition_penalty(logits, seen, repetition_penalty)
+            sampling_logits = _filter_logits(sampling_logits / temperature, top_k, top_p)
+            token = torch.multinomial(sampling_logits.softmax(-1), 1, generator=generator).squeeze(-1)
+        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+        tokens.append(token)
+        logps.append(log_probs.gather(-1, token[:, None]).squeeze(-1))
+        if seen is not None:
+            seen[torch.arange(batch, device=device), token] = True
+        finished = finished | torch.isin(token, eos_ids)
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        attention_mask = torch.cat([attention_mask, torch.ones(batch, 1, dtype=attention_mask.dtype, device=device)], 1)
+        out = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
+                    use_cache=True, **{cache_keyword: cache})
+        cache = _output_cache(out)
+        logits = out.logits[:, -1].float()
+        next_position = next_position + 1
+
+    completion_ids = torch.stack(tokens, dim=1)  # [B, C]
+    sampling_logps = torch.stack(logps, dim=1)  # [B, C]
+    is_eos = torch.isin(completion_ids, eos_ids)
+    has_eos = is_eos.any(-1)
+    first_eos = torch.where(has_eos, is_eos.int().argmax(-1), torch.full_like(has_eos, completion_ids.size(1), dtype=torch.long))
+    completion_mask = (torch.arange(completion_ids.size(1), device=device)[None] <= first_eos[:, None]).long()
+    return completion_ids, completion_mask, sampling_logps * completion_mask, ~has_eos
+
+
+def sequence_logprobs(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Log-probs [B, C] of the completion tokens under `model`, at `temperature`, with correct positions.
+
+    Only the C+1 last positions are projected to the vocabulary (logits_to_keep), not the prompt's.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+C]
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    num_completion = completion_ids.size(1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=False,
+                   logits_to_keep=num_completion + 1).logits[:, :-1]  # [B, C, V]
+    return token_logprobs(logits, completion_ids, temperature)

@@ -1,0 +1,475 @@
+"""GRPO training: the loop, top to bottom.
+
+Group Relative Policy Optimization (DeepSeekMath, arXiv 2402.03300) with TRL's options. One round:
+
+  1. sample G completions for each of a batch of prompts (rollout.generate: KV cache, stop at EOS);
+  2. score every completion with the reward functions (TRL's signature) and combine them;
+  3. advantages = reward relative to the prompt's group (core.group_advantages): no value network;
+  4. num_iterations passes over the round in shuffled micro-batches of per_device_train_batch_size completions;
+     every gradient_accumulation_steps micro-batches the PPO-clipped loss (core.grpo_loss), with a k3 KL penalty
+     to the reference policy when beta > 0, takes one optimizer step with gradient clipping.
+
+Where it departs from TRL: positions are computed from the attention mask in the training forward as in generation
+(TRL's training forward uses 0..L-1 even for left-padded prompts), and dapo's denominator is the exact token
+count of the optimizer step's window (TRL uses the round's count divided evenly; the two agree when
+steps_per_generation == gradient_accumulation_steps, the default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from reasonrl import checkpoint as ckpt
+from reasonrl.config import GRPOConfig
+from reasonrl.core import group_advantages, grpo_loss, nanstd, token_entropy, token_logprobs
+from reasonrl.data import PromptTokenizer, ensure_prompt_column, is_conversational, load_dataset_any
+from reasonrl.models import (DTYPES, add_lora, frozen_copy, is_peft_model, load_model, load_tokenizer, prepare_tokenizer,
+                             reference_policy)
+from reasonrl.rollout import Rollout, generate, position_ids_from_mask
+from reasonrl.scoring import combine_rewards, score_round
+
+logger = logging.getLogger("reasonrl")
+
+
+@dataclass
+class TrainerState:
+    """What reward functions see as `trainer_state` (TRL passes its TrainerState; these are its common fields)."""
+
+    global_step: int = 0
+    max_steps: int = 0
+    epoch: float = 0.0
+
+
+class PromptSampler:
+    """Shuffled passes over the dataset, one permutation per epoch from (seed, epoch): resumable by position."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch, self.position = 0, 0
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def take(self, count: int) -> list[int]:
+        indices = []
+        while len(indices) < count:
+            if self.position >= self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+            order = self._order()
+            chunk = order[self.position: self.position + count - len(indices)]
+            indices += chunk
+            self.position += len(chunk)
+        return indices
+
+    @property
+    def epochs_done(self) -> float:
+        return self.epoch + self.position / self.size
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+@dataclass
+class Batch:
+    """A scored round, ready for the optimizer: B = prompts x G rows."""
+
+    rollout: Rollout
+    advantages: torch.Tensor  # [B]
+    loss_mask: torch.Tensor  # [B, C] completion mask, minus truncated rows if mask_truncated_completions
+    old_logps: torch.Tensor | None  # [B, C] when the round is reused (off-policy), else None
+    ref_logps: torch.Tensor | None  # [B, C] when beta > 0
+
+
+class GRPOTrainer:
+    """TRL's GRPOTrainer interface on reasonrl's loop.
+
+    model: a hub id, a local path or a model object (a peft model too). reward_funcs: callables with TRL's
+    signature, built-in names or "module:function" specs, alone or in a list.
+    """
+
+    def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, peft_config=None):
+        from reasonrl.rewards import get_reward, reward_name
+
+        self.args = args = args or GRPOConfig()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.bf16 = args.use_bf16()
+        _seed_everything(args.seed)
+
+        # the policy and its tokenizer
+        if isinstance(model, str):
+            wants_lora = peft_config is not None or args.use_peft
+            # frozen base weights can live in bf16 when only the LoRA adapter (kept fp32 by peft) trains
+            dtype = torch.bfloat16 if (self.bf16 and wants_lora) else DTYPES.get(args.dtype, "auto")
+            self.model_name = model
+            model = load_model(model, dtype=dtype, trust_remote_code=args.trust_remote_code,
+                               **(args.model_init_kwargs or {}))
+            processing_class = processing_class or load_tokenizer(self.model_name,
+                                                                  trust_remote_code=args.trust_remote_code)
+        else:
+            self.model_name = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
+            if processing_class is None:
+                processing_class = load_tokenizer(self.model_name, trust_remote_code=args.trust_remote_code)
+        self.processing_class = self.tokenizer = prepare_tokenizer(processing_class)
+        if peft_config is None and args.use_peft and not is_peft_model(model):
+            from reasonrl.models import lora_config_from
+
+            peft_config = lora_config_from(args)
+        if peft_config is not None:
+            model = add_lora(model, peft_config)
+        if args.disable_dropout:
+            for module in model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = model.to(self.device)
+        self.reference_model = frozen_copy(self.model) if args.beta != 0.0 and not is_peft_model(self.model) else None
+
+        # rewards
+        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        reward_kwargs = args.reward_kwargs or {}
+        self.reward_funcs = [get_reward(f, **reward_kwargs.get(f, {})) if isinstance(f, str) else f for f in funcs]
+        if not self.reward_funcs:
+            raise ValueError("no reward functions: pass reward_funcs (callables or names like 'accuracy')")
+        self.reward_names = [reward_name(f) for f in self.reward_funcs]
+        args.check_reward_weights(len(self.reward_funcs))
+        weights = args.reward_weights or [1.0] * len(self.reward_funcs)
+        self.reward_weights = torch.tensor(weights, dtype=torch.float32)
+
+        # data
+        if train_dataset is None:
+            if not args.dataset_name:
+                raise ValueError("no training data: pass train_dataset or set dataset_name")
+            train_dataset = load_dataset_any(args.dataset_name, config=args.dataset_config,
+                                             split=args.dataset_train_split)
+        self.train_dataset = ensure_prompt_column(train_dataset, args.prompt_column)
+        if args.remove_unused_columns:
+            self.train_dataset = self.train_dataset.select_columns(["prompt"])
+        self.eval_dataset = eval_dataset
+        self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length)
+        self.sampler = PromptSampler(len(self.train_dataset), args.seed, args.shuffle_dataset)
+        self.generator = torch.Generator().manual_seed(args.seed)
+        self.state = TrainerState()
+        self.log_history: list[dict] = []
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self, resume_from_checkpoint: str | bool | None = None):
+        args = self.args
+        os.makedirs(args.output_dir, exist_ok=True)
+        steps_per_round = args.num_iterations * args.effective_steps_per_generation // args.gradient_accumulation_steps
+        rounds_per_epoch = math.ceil(len(self.train_dataset) / args.prompts_per_generation)
+        total_steps = args.max_steps if args.max_steps > 0 else math.ceil(
+            args.num_train_epochs * rounds_per_epoch) * steps_per_round
+        self.state.max_steps = total_steps
+        optimizer = self._make_optimizer()
+        scheduler = self._make_scheduler(optimizer, total_steps)
+        if resume_from_checkpoint:
+            self._resume(resume_from_checkpoint, optimizer, scheduler)
+
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total_steps, initial=self.state.global_step, desc="GRPO", unit="step",
+                        dynamic_ncols=True)
+        while self.state.global_step < total_steps:
+            round_start = time.perf_counter()
+            batch, round_metrics = self._make_round()  # 1-3: generate, score, advantages (+ old/ref log-probs)
+            round_metrics["rollout_time"] = time.perf_counter() - round_start
+            for step_metrics in self._optimize(batch, optimizer, scheduler):  # 4: the optimizer steps
+                self.state.global_step += 1
+                self.state.epoch = self.sampler.epochs_done
+                metrics = {**round_metrics, **step_metrics, "step_time": time.perf_counter() - round_start}
+                metrics["tokens_per_second"] = round_metrics["tokens"] / metrics["step_time"]
+                self._log(metrics)
+                progress.update(1)
+                progress.set_postfix(reward=f"{metrics['reward']:.3f}", loss=f"{metrics['loss']:.4f}")
+                if args.save_steps and self.state.global_step % args.save_steps == 0:
+                    self._save_checkpoint(optimizer, scheduler)
+                round_start = time.perf_counter()
+                round_metrics = {**round_metrics, "rollout_time": 0.0}
+                if self.state.global_step >= total_steps:
+                    break
+        progress.close()
+        if not args.save_steps or self.state.global_step % args.save_steps != 0:
+            self._save_checkpoint(optimizer, scheduler)
+        return self.log_history
+
+    # ------------------------------------------------------------------ 1-3: a scored round
+
+    @torch.no_grad()
+    def _make_round(self) -> tuple[Batch, dict]:
+        args, g = self.args, self.args.num_generations
+        rows = [self.train_dataset[i] for i in self.sampler.take(args.prompts_per_generation)]
+        prompts = [row["prompt"] for row in rows]
+        prompt_ids, prompt_mask = self.prompt_tokenizer(prompts, device=self.device)  # [N, P]
+
+        self.model.eval()
+        with self._autocast():
+            completion_ids, completion_mask, _, is_truncated = generate(
+                self.model, prompt_ids, prompt_mask, num_generations=g, max_new_tokens=args.max_completion_length,
+                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+                temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                repetition_penalty=args.repetition_penalty, generator=self.generator)
+        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(g, 0), prompt_mask.repeat_interleave(g, 0)  # [B, P]
+        ids_list = [ids[mask.bool()].tolist() for ids, mask in zip(completion_ids, completion_mask)]
+        texts = self.tokenizer.batch_decode(ids_list, skip_special_tokens=True)
+        rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, None, is_truncated, texts)
+
+        # rewards, with TRL's calling convention: prompts and dataset columns repeated G times
+        repeated_prompts = [p for p in prompts for _ in range(g)]
+        completions = ([[{"role": "assistant", "content": t}] for t in texts] if is_conversational(prompts[0])
+                       else texts)
+        columns = {key: [row[key] for row in rows for _ in range(g)] for key in rows[0] if key != "prompt"}
+        columns["trainer_state"] = self.state
+        rewards_per_func = score_round(self.reward_funcs, self.reward_names, repeated_prompts, completions,
+                                       ids_list, columns)  # [B, F]
+        rewards = combine_rewards(rewards_per_func, self.reward_weights)  # [B]
+        advantages = group_advantages(rewards, g, scale=args.scale_rewards).to(self.device)
+
+        loss_mask = completion_mask
+        if args.mask_truncated_completions:
+            loss_mask = completion_mask * (~is_truncated).long()[:, None]
+        reuses_round = args.num_iterations > 1 or args.effective_steps_per_generation > args.gradient_accumulation_steps
+        old_logps = self._logps_in_chunks(self.model, rollout) if reuses_round else None
+        ref_logps = None
+        if args.beta != 0.0:
+            with reference_policy(self.model, self.reference_model) as reference:
+                ref_logps = self._logps_in_chunks(reference, rollout)
+
+        lengths = completion_mask.sum(-1).float()
+        group_std = nanstd(rewards.view(-1, g), dim=1)
+        metrics = {
+            "reward": torch.nanmean(rewards).item(),
+            "reward_std": nanstd(rewards).item(),
+            "frac_reward_zero_std": torch.isclose(group_std, torch.zeros_like(group_std)).float().mean().item(),
+            "completions/mean_length": lengths.mean().item(),
+            "completions/min_length": lengths.min().item(),
+            "completions/max_length": lengths.max().item(),
+            "completions/clipped_ratio": is_truncated.float().mean().item(),
+            "prompts/truncated": self.prompt_tokenizer.truncated,
+            "tokens": int(prompt_mask.sum() + completion_mask.sum()),
+        }
+        for i, name in enumerate(self.reward_names):
+            metrics[f"rewards/{name}/mean"] = torch.nanmean(rewards_per_func[:, i]).item()
+            metrics[f"rewards/{name}/std"] = nanstd(rewards_per_func[:, i]).item()
+        self._record_completions(repeated_prompts, texts, rewards_per_func, advantages)
+        return Batch(rollout, advantages, loss_mask, old_logps, ref_logps), metrics
+
+    def _logps_in_chunks(self, model, rollout: Rollout) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        size = self.args.per_device_train_batch_size
+        pieces = []
+        for start in range(0, rollout.completion_ids.size(0), size):
+            rows = slice(start, start + size)
+            with self._autocast():
+                logps, _ = self._forward(model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
+                                         rollout.completion_ids[rows], rollout.completion_mask[rows])
+            pieces.append(logps.float())
+        model.train(was_training)
+        return torch.cat(pieces)
+
+    def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy=False):
+        """Log-probs [b, C] of the completion tokens at the sampling temperature (and entropies if asked)."""
+        input_ids = torch.cat([prompt_ids, completion_ids], 1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], 1)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=position_ids_from_mask(attention_mask), use_cache=False,
+                       logits_to_keep=completion_ids.size(1) + 1).logits[:, :-1]  # [b, C, V]
+        logps = token_logprobs(logits, completion_ids, self.args.temperature)
+        entropy = None
+        if with_entropy:
+            with torch.no_grad():
+                entropy = token_entropy(logits.detach(), self.args.temperature)
+        return logps, entropy
+
+    # ------------------------------------------------------------------ 4: optimizer steps on a round
+
+    def _optimize(self, batch: Batch, optimizer, scheduler):
+        """Yield the metrics of each optimizer step taken on this round."""
+        args = self.args
+        size, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+        num_rows = batch.advantages.size(0)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.model.train()
+        for _ in range(args.num_iterations):
+            order = torch.randperm(num_rows, generator=self.generator)
+            micro_batches = [order[i: i + size] for i in range(0, num_rows, size)]
+            for window_start in range(0, len(micro_batches), accumulation):
+                window = micro_batches[window_start: window_start + accumulation]
+                window_tokens = sum(batch.loss_mask[rows].sum() for rows in window).float()
+                loss_sum, metric_sums = 0.0, {}
+                for rows in window:
+                    loss_value, metrics = self._micro_step(batch, rows, window_tokens, len(window))
+                    loss_sum += loss_value
+                    for key, value in metrics.items():
+                        metric_sums[key] = metric_sums.get(key, 0.0) + value
+                sums = {"loss": loss_sum, **{key: value / len(window) for key, value in metric_sums.items()}}
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                yield {**sums, "grad_norm": grad_norm.item(), "learning_rate": scheduler.get_last_lr()[0]}
+
+    def _micro_step(self, batch: Batch, rows: torch.Tensor, window_tokens: torch.Tensor, window_size: int):
+        args, rollout = self.args, batch.rollout
+        completion_mask = rollout.completion_mask[rows]
+        # trim padding columns this micro-batch does not need
+        width = int(completion_mask.sum(-1).max().clamp(min=1))
+        prompt_mask = rollout.prompt_mask[rows]
+        prompt_start = int((prompt_mask.sum(0) > 0).nonzero()[0])
+        columns = slice(0, width)
+        with self._autocast():
+            logps, entropy = self._forward(self.model, rollout.prompt_ids[rows][:, prompt_start:],
+                                           prompt_mask[:, prompt_start:], rollout.completion_ids[rows][:, columns],
+                                           completion_mask[:, columns], with_entropy=True)
+        mask = batch.loss_mask[rows][:, columns]
+        loss, metrics = grpo_loss(
+            logps.float(), None if batch.old_logps is None else batch.old_logps[rows][:, columns],
+            None if batch.ref_logps is None else batch.ref_logps[rows][:, columns], batch.advantages[rows], mask,
+            loss_type=args.loss_type, epsilon=args.epsilon, epsilon_high=args.epsilon_high, beta=args.beta,
+            importance_sampling_level=args.importance_sampling_level,
+            max_completion_length=args.max_completion_length, delta=args.delta, num_items=window_tokens,
+            use_bias_correction_kl=args.use_bias_correction_kl)
+        # dapo is already normalised by the window's token count; the others average over the window
+        scaled = loss if args.loss_type == "dapo" else loss / window_size
+        scaled.backward()
+        values = {key: value.item() for key, value in metrics.items()}
+        values["entropy"] = ((entropy * completion_mask[:, columns]).sum() /
+                             completion_mask[:, columns].sum().clamp(min=1)).item()
+        return scaled.item(), values  # the window's loss is the sum of its micro-batches' scaled losses
+
+    # ------------------------------------------------------------------ pieces
+
+    def _autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _make_optimizer(self):
+        args = self.args
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        if args.optim == "sgd":
+            return torch.optim.SGD(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+        if args.optim in ("adamw_8bit", "paged_adamw_8bit"):
+            import bitsandbytes
+
+            return bitsandbytes.optim.AdamW8bit(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                                eps=args.adam_epsilon, weight_decay=args.weight_decay)
+        return torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                 eps=args.adam_epsilon, weight_decay=args.weight_decay,
+                                 fused=args.optim == "adamw_torch_fused" or None)
+
+    def _make_scheduler(self, optimizer, total_steps: int):
+        from transformers import get_scheduler
+
+        return get_scheduler(self.args.lr_scheduler_type, optimizer,
+                             num_warmup_steps=self.args.num_warmup_steps(total_steps),
+                             num_training_steps=total_steps, scheduler_specific_kwargs=self.args.lr_scheduler_kwargs)
+
+    def _log(self, metrics: dict) -> None:
+        args = self.args
+        row = {"step": self.state.global_step, "epoch": round(self.state.epoch, 4), **metrics}
+        self.log_history.append(row)
+        with open(os.path.join(args.output_dir, "metrics.jsonl"), "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if args.logging_steps and self.state.global_step % args.logging_steps == 0:
+            from tqdm.auto import tqdm
+
+            keys = ["reward", "reward_std", "loss", "kl", "entropy", "completions/mean_length", "grad_norm"]
+            tqdm.write(f"step {row['step']}: " + "  ".join(f"{k}={row[k]:.4g}" for k in keys if k in row))
+            if args.log_completions and self._last_completions:
+                for sample in self._last_completions[: args.num_completions_to_print or 2]:
+                    tqdm.write(f"  prompt: {str(sample['prompt'])[-200:]!r}\n  completion: {sample['completion']!r}"
+                               f"\n  rewards: {sample['rewards']}")
+
+    def _record_completions(self, prompts, texts, rewards_per_func, advantages) -> None:
+        samples = []
+        for i in range(0, len(texts), self.args.num_generations):  # the first completion of each prompt
+            rewards = {name: (None if math.isnan(v) else v)
+                       for name, v in zip(self.reward_names, rewards_per_func[i].tolist())}
+            samples.append({"step": self.state.global_step + 1, "prompt": prompts[i], "completion": texts[i],
+                            "rewards": rewards, "advantage": advantages[i].item()})
+        self._last_completions = samples
+        with open(os.path.join(self.args.output_dir, "completions.jsonl"), "a") as handle:
+            for sample in samples:
+                handle.write(json.dumps(sample, default=str) + "\n")
+
+    def _save_checkpoint(self, optimizer, scheduler) -> str:
+        state = {"global_step": self.state.global_step, "max_steps": self.state.max_steps,
+                 "epoch": self.state.epoch, "sampler": self.sampler.state_dict(),
+                 "truncated_prompts": self.prompt_tokenizer.truncated, "log_history": self.log_history[-1:],
+                 "model_name": self.model_name}
+        return ckpt.save_checkpoint(self.args.output_dir, self.state.global_step, model=self.model,
+                                    tokenizer=self.tokenizer, optimizer=optimizer, scheduler=scheduler,
+                                    trainer_state=state, config_yaml=self.args.to_yaml(),
+                                    generator=self.generator, save_total_limit=self.args.save_total_limit)
+
+    def _resume(self, resume_from_checkpoint, optimizer, scheduler) -> None:
+        path = (ckpt.latest_checkpoint(self.args.output_dir) if resume_from_checkpoint is True
+                or resume_from_checkpoint == "latest" else resume_from_checkpoint)
+        if path is None or not os.path.isdir(path):
+            raise ValueError(f"no checkpoint to resume from in {self.args.output_dir}")
+        load_weights(self.model, path)
+        optimizer_state, scheduler_state, rng, state = ckpt.load_training_state(path)
+        optimizer.load_state_dict(optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+        ckpt.restore_rng_state(rng, self.generator)
+        self.sampler.load_state_dict(state["sampler"])
+        self.state.global_step, self.state.epoch = state["global_step"], state["epoch"]
+        self.prompt_tokenizer.truncated = state.get("truncated_prompts", 0)
+
+    def save_model(self, output_dir: str | None = None) -> None:
+        """save_pretrained (safetensors) of the model or adapter, and the tokenizer."""
+        output_dir = output_dir or self.args.output_dir
+        self.model.save_pretrained(output_dir, safe_serialization=True)
+        self.tokenizer.save_pretrained(output_dir)
+
+
+def load_weights(model, path: str) -> None:
+    """Load a checkpoint's weights (safetensors) into `model`: the adapter for a peft model, else everything."""
+    from safetensors.torch import load_file
+
+    if is_peft_model(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(os.path.join(path, "adapter_model.safetensors")))
+        return
+    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    state = {}
+    for name in files:
+        state.update(load_file(os.path.join(path, name)))
+    model.load_state_dict(state, strict=False)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(cfg: GRPOConfig, **components):
+    """Train from a config alone (model, dataset and rewards named in it); returns the trainer."""
+    trainer = GRPOTrainer(components.pop("model", cfg.model_name_or_path),
+                          components.pop("reward_funcs", cfg.reward_funcs), args=cfg, **components)
+    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    return trainer

@@ -1,0 +1,246 @@
+"""reasonrl.core against hand-computed values and properties (no model involved)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reasonrl.core import group_advantages, grpo_loss, k3_kl, nanstd, token_entropy, token_logprobs
+
+E = math.e
+
+# ---------------------------------------------------------------- advantages: the seed notebook's numbers
+
+
+def test_seed_notebook_group_statistics():
+    rewards = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0])
+    grouped = rewards.view(-1, 4)
+    assert grouped.mean(1).tolist() == [0.25, 0.0]
+    assert nanstd(grouped, dim=1).tolist() == [0.5, 0.0]
+    advantages = group_advantages(rewards, num_generations=4, eps=1e-8)
+    assert advantages.tolist() == pytest.approx([1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0], abs=1e-6)
+
+
+def test_scale_batch_and_none():
+    rewards = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0])
+    # "none" (Dr. GRPO): r - group mean, no division
+    assert group_advantages(rewards, 4, scale="none").tolist() == [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0]
+    # "batch": group mean, std of all 8 rewards: sqrt((1 - 1/8)^2 + 7 (1/8)^2) / 7) = sqrt(1/8) = 0.35355
+    batch_std = math.sqrt(1 / 8)
+    expected = [0.75 / (batch_std + 1e-4)] + [-0.25 / (batch_std + 1e-4)] * 3 + [0.0] * 4
+    assert group_advantages(rewards, 4, scale="batch").tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_nan_rewards_are_left_out_and_get_zero_advantage():
+    nan = float("nan")
+    # group 1: [2, nan, 0, 1] -> mean 1, std of {2, 0, 1} = 1 -> [1, 0, -1, 0]
+    # group 2: all unscorable -> 0; group 3: one scorable value, std undefined -> 0
+    rewards = torch.tensor([2.0, nan, 0, 1, nan, nan, nan, nan, 5.0, nan, nan, nan])
+    advantages = group_advantages(rewards, 4, eps=0.0)
+    assert advantages.tolist() == pytest.approx([1, 0, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+
+
+def test_indivisible_rewards_raise_with_the_numbers():
+    with pytest.raises(ValueError, match=r"7 rewards .* num_generations=4"):
+        group_advantages(torch.zeros(7), 4)
+    with pytest.raises(ValueError, match="scale"):
+        group_advantages(torch.zeros(4), 4, scale="global")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 4).flatmap(
+        lambda groups: st.tuples(
+            st.just(groups),
+            st.integers(2, 6).flatmap(
+                lambda g: st.tuples(
+                    st.just(g), st.lists(st.floats(-100, 100), min_size=groups * g, max_size=groups * g)
+                )
+            ),
+        )
+    ),
+    st.sampled_from(["group", "batch", "none"]),
+    st.floats(-1000, 1000),
+)
+def test_advantage_properties(data, scale, shift):
+    groups, (g, values) = data
+    rewards = torch.tensor(values, dtype=torch.float64).float()
+    advantages = group_advantages(rewards, g, scale=scale)
+    # each group's advantages have mean 0 (scale only divides by a positive number)
+    group_means = advantages.view(groups, g).mean(1)
+    scale_of_values = advantages.abs().max().item() + 1
+    assert group_means.abs().max().item() <= 1e-5 * scale_of_values
+    # a constant added to every reward changes no advantage
+    shifted = group_advantages(rewards + shift, g, scale=scale)
+    tolerance = 1e-3 * (1 + abs(shift) / 10) if scale == "none" else 1e-2
+    assert torch.allclose(shifted, advantages, atol=tolerance, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- log-probs
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("chunk_rows", [1, 5, 512])
+def test_token_logprobs_equal_log_softmax_gather(temperature, chunk_rows):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 50) * 4
+    ids = torch.randint(0, 50, (3, 7))
+    reference = torch.log_softmax(logits / temperature, -1).gather(-1, ids[..., None]).squeeze(-1)
+    ours = token_logprobs(logits, ids, temperature=temperature, chunk_rows=chunk_rows)
+    assert ours.shape == (3, 7)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_token_logprobs_gradient_matches_and_bf16_is_upcast():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 4, 30, requires_grad=True)
+    ids = torch.randint(0, 30, (2, 4))
+    token_logprobs(logits, ids, chunk_rows=3).sum().backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    torch.log_softmax(logits, -1).gather(-1, ids[..., None]).sum().backward()
+    assert torch.allclose(ours, logits.grad, atol=1e-6)
+    assert token_logprobs(logits.detach().bfloat16(), ids).dtype == torch.float32
+
+
+def test_token_entropy_hand_values():
+    # uniform over 4 tokens: log 4; one-hot (large margin): ~0
+    logits = torch.tensor([[[0.0, 0, 0, 0], [100.0, 0, 0, 0]]])
+    assert token_entropy(logits).tolist()[0] == pytest.approx([math.log(4), 0.0], abs=1e-6)
+    # temperature 2 on logits [2, 0]: p = softmax([1, 0])
+    p = 1 / (1 + math.exp(-1))
+    expected = -(p * math.log(p) + (1 - p) * math.log(1 - p))
+    assert token_entropy(torch.tensor([[[2.0, 0.0]]]), temperature=2.0).item() == pytest.approx(expected, abs=1e-6)
+
+
+# ---------------------------------------------------------------- loss: hand-computed clip cases
+
+
+def _one_token_loss(log_ratio, advantage, **kwargs):
+    logps = torch.tensor([[log_ratio]])
+    old = torch.zeros(1, 1)
+    loss, metrics = grpo_loss(logps, old, None, torch.tensor([advantage]), torch.ones(1, 1), **kwargs)
+    return loss.item(), metrics
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize(
+    "log_ratio, advantage, kwargs, expected, clipped",
+    [
+        # ratio e, A=+1, eps 0.2: clipped to 1.2, loss -1.2 (high clip)
+        (1.0, 1.0, {}, -1.2, "high"),
+        # ratio e, A=-1: the pessimistic branch is the unclipped e, loss +e; not counted as clipped
+        (1.0, -1.0, {}, E, None),
+        # ratio e, A=-1, delta 1.5 caps the unclipped ratio: loss +1.5
+        (1.0, -1.0, {"delta": 1.5}, 1.5, None),
+        # epsilon_high 0.28 lifts the upper bound: loss -1.28
+        (1.0, 1.0, {"epsilon_high": 0.28}, -1.28, "high"),
+        # ratio 1/e, A=-1: clipped up to 0.8, loss +0.8 (low clip)
+        (-1.0, -1.0, {}, 0.8, "low"),
+        # ratio 1/e, A=+1: unclipped 1/e is the minimum, loss -1/e
+        (-1.0, 1.0, {}, -1 / E, None),
+        # ratio inside the trust region: plain ratio * A
+        (0.1, 2.0, {}, -2 * math.exp(0.1), None),
+    ],
+)
+def test_clip_cases(level, log_ratio, advantage, kwargs, expected, clipped):
+    loss, metrics = _one_token_loss(log_ratio, advantage, importance_sampling_level=level, loss_type="grpo", **kwargs)
+    assert loss == pytest.approx(expected, rel=1e-6)
+    assert metrics["clip_ratio/high_mean"].item() == (1.0 if clipped == "high" else 0.0)
+    assert metrics["clip_ratio/low_mean"].item() == (1.0 if clipped == "low" else 0.0)
+    assert metrics["clip_ratio/region_mean"].item() == (1.0 if clipped else 0.0)
+
+
+def test_sequence_level_uses_the_mean_log_ratio():
+    # token log-ratios [0, 2] (mean 1 -> ratio e for the whole sequence), A=+1, eps 0.2: every token clipped to 1.2
+    logps = torch.tensor([[0.0, 2.0, 7.0]])
+    old = torch.zeros(1, 3)
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the third token is padding and must not count
+    loss, _ = grpo_loss(logps, old, None, torch.tensor([1.0]), mask, importance_sampling_level="sequence",
+                        loss_type="grpo")
+    assert loss.item() == pytest.approx(-1.2)
+    # token level on the same data: ratios [1, e^2] -> per token [-1, -1.2], mean -1.1
+    loss, _ = grpo_loss(logps, old, None, torch.tensor([1.0]), mask, loss_type="grpo")
+    assert loss.item() == pytest.approx(-1.1)
+
+
+def test_k3_kl_hand_value_and_penalty():
+    assert k3_kl(torch.tensor([0.0]), torch.tensor([0.5])).item() == pytest.approx(math.exp(0.5) - 1.5)
+    assert k3_kl(torch.tensor([0.3]), torch.tensor([0.3])).item() == 0.0
+    logps = torch.zeros(1, 2)
+    ref = torch.tensor([[0.5, -0.5]])
+    loss, metrics = grpo_loss(logps, None, ref, torch.tensor([0.0]), torch.ones(1, 2), beta=0.1, loss_type="bnpo")
+    kl = ((math.exp(0.5) - 1.5) + (math.exp(-0.5) - 0.5)) / 2
+    assert metrics["kl"].item() == pytest.approx(kl, rel=1e-6)
+    assert loss.item() == pytest.approx(0.1 * kl, rel=1e-6)
+    with pytest.raises(ValueError, match="ref_logps"):
+        grpo_loss(logps, None, None, torch.tensor([0.0]), torch.ones(1, 2), beta=0.1)
+
+
+def test_bias_corrected_kl_multiplies_by_the_ratio():
+    logps = torch.tensor([[1.0]])
+    old = torch.zeros(1, 1)
+    ref = torch.zeros(1, 1)
+    _, metrics = grpo_loss(logps, old, ref, torch.tensor([0.0]), torch.ones(1, 1), beta=1.0,
+                           use_bias_correction_kl=True)
+    assert metrics["kl"].item() == pytest.approx((math.exp(-1) + 1 - 1) * E, rel=1e-6)
+
+
+def test_aggregations_by_hand():
+    # two sequences: lengths 1 and 3, on-policy (ratio 1), advantages +1 and -2 -> per-token loss -A
+    logps = torch.zeros(2, 3)
+    mask = torch.tensor([[1.0, 0, 0], [1, 1, 1]])
+    advantages = torch.tensor([1.0, -2.0])
+    expected = {
+        "grpo": (-1 + 2) / 2,  # mean of per-sequence means
+        "bnpo": (-1 + 2 * 3) / 4,  # token mean of the batch
+        "dr_grpo": (-1 + 6) / (2 * 10),  # B * max_completion_length
+        "dapo": (-1 + 6) / 4,  # token sum / token count
+    }
+    for loss_type, value in expected.items():
+        loss, _ = grpo_loss(logps, None, None, advantages, mask, loss_type=loss_type, max_completion_length=10)
+        assert loss.item() == pytest.approx(value), loss_type
+    # dapo with the window's token count from the trainer (e.g. 20 tokens over the accumulation window)
+    loss, _ = grpo_loss(logps, None, None, advantages, mask, loss_type="dapo", num_items=torch.tensor(20.0))
+    assert loss.item() == pytest.approx(5 / 20)
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo_loss(logps, None, None, advantages, mask, loss_type="ppo")
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_loss_is_zero_at_ratio_one_but_gradient_is_not(loss_type):
+    # The seed notebook's point: with ratio 1 and ref == policy the loss value is exactly 0 (advantages sum to 0
+    # within the batch) but its gradient, -A / normaliser per token, still pushes good completions up.
+    advantages = group_advantages(torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0]), 4, eps=1e-8)
+    logps = torch.full((8, 3), -1.3, requires_grad=True)
+    loss, metrics = grpo_loss(logps, None, logps.detach(), advantages, torch.ones(8, 3), beta=0.04,
+                              loss_type=loss_type)
+    assert loss.item() == 0.0
+    assert metrics["kl"].item() == 0.0
+    loss.backward()
+    normaliser = {"grpo": 8 * 3, "bnpo": 24, "dr_grpo": 8 * 3, "dapo": 24}[loss_type]
+    expected_grad = (-advantages / normaliser)[:, None].expand(8, 3)
+    assert torch.allclose(logps.grad, expected_grad, atol=1e-6)
+    assert logps.grad[0, 0].item() == pytest.approx(-1.5 / 24, rel=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(-50, 50), min_size=6, max_size=6),
+    st.lists(st.floats(-50, 50), min_size=6, max_size=6),
+    st.sampled_from(["grpo", "bnpo", "dr_grpo", "dapo"]),
+    st.sampled_from(["token", "sequence"]),
+    st.sampled_from([None, 2.0]),
+)
+def test_loss_finite_for_extreme_log_ratios(log_ratios, ref_gaps, loss_type, level, delta):
+    logps = torch.tensor(log_ratios).view(2, 3).requires_grad_()
+    old = torch.zeros(2, 3)
+    ref = logps.detach() + torch.tensor(ref_gaps).view(2, 3)
+    loss, metrics = grpo_loss(logps, old, ref, torch.tensor([1.0, -1.0]), torch.ones(2, 3), beta=0.04,
+                              loss_type=loss_type, importance_sampling_level=level, delta=delta)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(v) for v in metrics.values())
+    assert torch.isfinite(logps.grad).all()
