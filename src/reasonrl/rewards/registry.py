@@ -1,0 +1,199 @@
+"""Find a reward function by name: a registered built-in, `module.sub:function` or `path/to/file.py:function`.
+
+User code runs only when it is named here: `get_reward` imports a module or executes a file at the moment it
+is asked to, never at import time of reasonrl.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from reasonrl.rewards.accuracy import accuracy_reward
+from reasonrl.rewards.format import format_reward, tag_count_reward
+from reasonrl.rewards.length import make_length_reward
+
+RewardFunc = Callable[..., list[float | None]]
+"""`fn(prompts, completions, completion_ids, **dataset_columns) -> list[float | None]`, called by keyword."""
+
+
+class RewardSpecError(ValueError):
+    """A reward name or spec that gives no usable reward function. The message is one line with the fix."""
+
+
+def _fixed(reward: RewardFunc) -> Callable[[], RewardFunc]:
+    """A factory for a built-in that takes no options."""
+
+    def factory() -> RewardFunc:
+        return reward
+
+    return factory
+
+
+# Canonical name -> factory(**options). `<name>_reward` and dashes (`tag-count`) are accepted as aliases.
+_FACTORIES: dict[str, Callable[..., RewardFunc]] = {
+    "accuracy": _fixed(accuracy_reward),
+    "format": _fixed(format_reward),
+    "length": make_length_reward,
+    "tag_count": _fixed(tag_count_reward),
+}
+
+
+def available_rewards() -> list[str]:
+    """The registered reward names, sorted."""
+    return sorted(_FACTORIES)
+
+
+def _how_to_name() -> str:
+    names = ", ".join(available_rewards())
+    return f"use a registered name: {names}, or module:function / path/to/file.py:function"
+
+
+def get_reward(name_or_spec: str | Callable[..., Any], **kwargs: Any) -> RewardFunc:
+    """The reward function that `name_or_spec` names, built with `kwargs`.
+
+    - a registered name (`accuracy`, `format`, `length`, `tag_count`, or with `_reward` appended): kwargs are
+      its options, e.g. `get_reward("length", ideal_length=30)`;
+    - `package.module:function`, or TRL's dotted `package.module.function`: imported;
+    - `path/to/file.py:function`: the file is executed as a module (relative to the current directory);
+    - a callable: returned as it is.
+    For a user function, kwargs are bound with functools.partial; for a user class, they construct an
+    instance. Anything that does not give a callable raises RewardSpecError.
+    """
+    if callable(name_or_spec):
+        return functools.partial(name_or_spec, **kwargs) if kwargs else name_or_spec
+    if not isinstance(name_or_spec, str) or not name_or_spec.strip():
+        raise RewardSpecError(f"reward {name_or_spec!r} is not a name or a spec ({_how_to_name()})")
+    spec = name_or_spec.strip()
+    key = spec.lower().replace("-", "_").removesuffix("_reward")
+    if key in _FACTORIES:
+        return _build_registered(spec, _FACTORIES[key], kwargs)
+    if ":" in spec:
+        location, attribute = spec.rsplit(":", 1)
+    elif spec.endswith(".py"):
+        raise RewardSpecError(
+            f"reward '{spec}' names a file but no function in it; write '{spec}:function_name'"
+        )
+    elif "." in spec:
+        location, attribute = spec.rsplit(".", 1)
+    else:
+        close = difflib.get_close_matches(key, available_rewards(), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise RewardSpecError(f"reward '{spec}' is not a registered name; {hint}({_how_to_name()})")
+    if not attribute or not location:
+        raise RewardSpecError(
+            f"reward '{spec}' is incomplete; write module:function or path/to/file.py:function"
+        )
+    module = _import(spec, location)
+    return _build_user(spec, module, attribute, kwargs)
+
+
+def _build_registered(spec: str, factory: Callable[..., RewardFunc], options: dict[str, Any]) -> RewardFunc:
+    parameters = list(inspect.signature(factory).parameters)
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        takes = f"its options: {', '.join(parameters)}" if parameters else "it takes none"
+        raise RewardSpecError(f"reward '{spec}' has no option {', '.join(unknown)} ({takes})")
+    try:
+        return factory(**options)
+    except ValueError as error:
+        raise RewardSpecError(f"reward '{spec}' got a bad option: {error}") from error
+
+
+def _import(spec: str, location: str) -> ModuleType:
+    """The module at `location`: a file path if it ends in .py or has a slash, else a dotted module name."""
+    try:
+        if location.endswith(".py") or "/" in location or "\\" in location:
+            return _load_file(spec, Path(location).expanduser())
+        return importlib.import_module(location)
+    except RewardSpecError:
+        raise
+    except (Exception, SystemExit) as error:
+        reason = str(error) if isinstance(error, ImportError) else f"{type(error).__name__}: {error}"
+        reason = " ".join(reason.split())  # one line, whatever the exception says
+        raise RewardSpecError(
+            f"reward '{spec}' could not be imported: {reason} ({_how_to_name()})"
+        ) from error
+
+
+def _load_file(spec: str, path: Path) -> ModuleType:
+    """Execute the Python file at `path` as a module, once per path (later calls reuse it)."""
+    path = path.resolve()
+    if not path.is_file():
+        raise RewardSpecError(
+            f"reward '{spec}' could not be imported: no file {path} (relative paths start at the current "
+            "directory; fix the path)"
+        )
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    stem = re.sub(r"\W", "_", path.stem)
+    module_name = f"_reasonrl_reward_{stem}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise RewardSpecError(f"reward '{spec}' could not be imported: {path} is not a Python file")
+    module = importlib.util.module_from_spec(module_spec)
+    # Registered before running so that pickling, dataclasses and typing inside the file find the module.
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def _build_user(spec: str, module: ModuleType, attribute: str, options: dict[str, Any]) -> RewardFunc:
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            defined = sorted(
+                name
+                for name, value in vars(module).items()
+                if callable(value)
+                and not name.startswith("_")
+                and getattr(value, "__module__", None) == module.__name__
+            )
+            shown = ", ".join(defined[:12]) + (", ..." if len(defined) > 12 else "")
+            found = f"callables there: {shown}" if defined else "it defines no public callables"
+            raise RewardSpecError(
+                f"reward '{spec}' not found: '{module.__name__}' has no '{attribute}' ({found})"
+            )
+        target = getattr(target, part)
+    if not callable(target):
+        raise RewardSpecError(
+            f"reward '{spec}' is not callable: '{attribute}' is a {type(target).__name__}; "
+            "point the spec at a reward function"
+        )
+    if isinstance(target, type):
+        try:
+            target = target(**options)
+        except Exception as error:
+            raise RewardSpecError(
+                f"reward '{spec}' could not be constructed: {type(error).__name__}: {error}"
+            ) from error
+        if not callable(target):
+            raise RewardSpecError(
+                f"reward '{spec}' is a class whose instances are not callable; define __call__"
+            )
+        return target
+    return functools.partial(target, **options) if options else target
+
+
+def reward_name(reward: Callable[..., Any]) -> str:
+    """The name a reward is logged under (`rewards/<name>/mean`): its `__name__`, the wrapped function's for a
+    functools.partial, or the class name for a callable object."""
+    while isinstance(reward, functools.partial):
+        reward = reward.func
+    name = getattr(reward, "__name__", None)
+    return name if isinstance(name, str) and name else type(reward).__name__
