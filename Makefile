@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/reasonrl demo
+	$(BIN)/reasonrl explain
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

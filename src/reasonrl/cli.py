@@ -33,6 +33,98 @@ class UsageError(Exception):
     """A user mistake: printed as one line, exit code 2."""
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Every exception type that means "the user can fix this": one line on stderr, exit 2, no traceback."""
+    from reasonrl.config import ConfigError
+    from reasonrl.data import DataError
+    from reasonrl.export import ExportError
+    from reasonrl.models import ModelLoadError
+    from reasonrl.rewards import RewardSpecError
+    from reasonrl.scoring import RewardError
+
+    return (UsageError, ConfigError, DataError, ExportError, ModelLoadError, RewardSpecError, RewardError)
+
+
+def _cmd_train(args) -> int:
+    import os
+
+    from reasonrl.checkpoint import latest_checkpoint
+    from reasonrl.config import GRPOConfig
+    from reasonrl.trainer import train
+
+    if args.config is None and not args.overrides:
+        raise UsageError("nothing to train: give --config cfg.yaml and/or key=value options "
+                         "(e.g. model_name_or_path=... dataset_name=... reward_funcs=[accuracy])")
+    if args.config is not None:
+        cfg = GRPOConfig.from_yaml(args.config, overrides=args.overrides)
+    else:
+        from reasonrl.config import apply_overrides
+
+        cfg = GRPOConfig.from_dict(apply_overrides({}, args.overrides))
+    if args.resume is not None:
+        cfg.resume_from_checkpoint = True if args.resume == "latest" else args.resume
+    if not cfg.model_name_or_path:
+        raise UsageError("no model: set model_name_or_path in the config or as model_name_or_path=PATH_OR_ID")
+    if not cfg.reward_funcs:
+        raise UsageError("no reward functions: set reward_funcs, e.g. reward_funcs=[accuracy,format]")
+    if not cfg.dataset_name:
+        raise UsageError("no dataset: set dataset_name to a hub id or a local .jsonl/.json/.csv/.parquet file")
+    has_run = os.path.isfile(os.path.join(cfg.output_dir, "metrics.jsonl")) or latest_checkpoint(cfg.output_dir)
+    if has_run and not (cfg.resume_from_checkpoint or args.overwrite or cfg.overwrite_output_dir):
+        raise UsageError(f"output_dir {cfg.output_dir} already holds a run; pass --resume to continue it, "
+                         f"--overwrite to start over, or choose another output_dir")
+    if has_run and (args.overwrite or cfg.overwrite_output_dir) and not cfg.resume_from_checkpoint:
+        for name in ("metrics.jsonl", "completions.jsonl"):
+            if os.path.isfile(os.path.join(cfg.output_dir, name)):
+                os.remove(os.path.join(cfg.output_dir, name))
+    trainer = train(cfg)
+    print(f"done: {trainer.state.global_step} steps; checkpoints and metrics.jsonl in {cfg.output_dir}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from reasonrl.export import export, push_to_hub
+
+    out = export(args.checkpoint, args.out, merge=args.merge, base=args.base,
+                 trust_remote_code=args.trust_remote_code)
+    print(f"exported {'merged model' if args.merge else 'model'} to {out}")
+    if args.push_to_hub:
+        print(f"pushed to {push_to_hub(out, args.push_to_hub, private=args.private)}")
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    import torch
+
+    from reasonrl.export import load_for_inference
+    from reasonrl.rollout import generate
+
+    if args.file is not None:
+        try:
+            with open(args.file, encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"cannot read --file {args.file}: {getattr(error, 'strerror', None) or error}") from None
+    else:
+        text = args.prompt
+    model, tokenizer = load_for_inference(args.model, base=args.base, trust_remote_code=args.trust_remote_code)
+    model.eval()
+    if args.chat:
+        if tokenizer.chat_template is None:
+            raise UsageError(f"--chat: the tokenizer of {args.model} has no chat template; drop --chat")
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    encoded = tokenizer([text], return_tensors="pt", add_special_tokens=not args.chat)
+    generator = torch.Generator().manual_seed(args.seed)
+    completion_ids, completion_mask, _, _ = generate(
+        model, encoded.input_ids, encoded.attention_mask, num_generations=1, max_new_tokens=args.max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        temperature=args.temperature or 1.0, top_p=args.top_p, greedy=args.temperature == 0, generator=generator)
+    ids = completion_ids[0][completion_mask[0].bool()].tolist()
+    print(tokenizer.decode(ids, skip_special_tokens=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reasonrl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,7 +142,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=0.04, help="KL coefficient (default 0.04)")
     p.add_argument("--scale", choices=["group", "batch", "none"], default="group", help="scale_rewards")
     p.set_defaults(func=_cmd_explain)
+
+    p = sub.add_parser("train", help="GRPO training from a YAML config and key=value options",
+                       description="Train with GRPO. Every GRPOConfig field can be set in the YAML or as key=value; "
+                                   "run `reasonrl options` to list them.")
+    p.add_argument("--config", help="YAML file with GRPOConfig fields (model_name_or_path, dataset_name, ...)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override config fields")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|PATH",
+                   help="continue the run in output_dir from its latest (or the given) checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start over in an output_dir that holds a run")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("options", help="list every config option with its default and meaning")
+    p.set_defaults(func=_cmd_options)
+
+    p = sub.add_parser("export", help="merge a LoRA checkpoint and save a standalone model")
+    p.add_argument("checkpoint", help="a checkpoint folder, e.g. runs/grpo/checkpoint-100")
+    p.add_argument("--out", required=True, help="folder to write the model to")
+    p.add_argument("--merge", action="store_true", help="merge the LoRA adapter into the base weights")
+    p.add_argument("--base", help="base model path or hub id, if the adapter does not name it")
+    p.add_argument("--push-to-hub", metavar="REPO", help="also upload to this Hub repo (needs a token)")
+    p.add_argument("--private", action="store_true", help="make the Hub repo private")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("generate", help="generate text from a model or checkpoint")
+    p.add_argument("model", help="model folder, hub id or checkpoint")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="the prompt text")
+    source.add_argument("--file", help="read the prompt from this file")
+    p.add_argument("--chat", action="store_true", help="send the prompt as a user message through the chat template")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="default 256")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base", help="base model for a LoRA checkpoint that does not name it")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+    p.set_defaults(func=_cmd_generate)
     return parser
+
+
+def _cmd_options(args) -> int:
+    from reasonrl.config import describe_fields
+
+    for name, type_text, default, doc in describe_fields():
+        print(f"{name} ({type_text}, default {default!r})\n    {doc}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except UsageError as error:
-        print(f"reasonrl {args.command}: error: {error}", file=sys.stderr)
+    except _user_errors() as error:
+        message = " ".join(str(error).split("\n")[0].split())
+        print(f"reasonrl {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `reasonrl options | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

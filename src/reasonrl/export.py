@@ -1,0 +1,104 @@
+"""Export a checkpoint: merge the LoRA adapter into the base weights, save_pretrained (safetensors), write a
+model card, and optionally push to the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from reasonrl.models import ModelLoadError, load_model, load_tokenizer
+
+
+class ExportError(ValueError):
+    """A one-line export problem (missing checkpoint, no base model, hub errors)."""
+
+
+def load_for_inference(path: str, *, base: str | None = None, trust_remote_code: bool = False):
+    """(model, tokenizer) from a model folder, a hub id, or a checkpoint holding a LoRA adapter."""
+    adapter_config = os.path.join(path, "adapter_config.json")
+    if not os.path.isfile(adapter_config):
+        return load_model(path, trust_remote_code=trust_remote_code), load_tokenizer(path, trust_remote_code=trust_remote_code)
+    from peft import PeftModel
+
+    with open(adapter_config) as handle:
+        base = base or json.load(handle).get("base_model_name_or_path")
+    if not base:
+        raise ExportError(f"{path} holds a LoRA adapter but does not name its base model; pass --base PATH_OR_ID")
+    model = load_model(base, trust_remote_code=trust_remote_code)
+    tokenizer_source = path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else base
+    return PeftModel.from_pretrained(model, path), load_tokenizer(tokenizer_source, trust_remote_code=trust_remote_code)
+
+
+def model_card(checkpoint: str, merged: bool) -> str:
+    """A README.md with the training config and the final metrics of the checkpoint."""
+    config_text, metrics = "", {}
+    if os.path.isfile(os.path.join(checkpoint, "config.yaml")):
+        with open(os.path.join(checkpoint, "config.yaml")) as handle:
+            config_text = handle.read()
+    state = {}
+    if os.path.isfile(os.path.join(checkpoint, "trainer_state.json")):
+        with open(os.path.join(checkpoint, "trainer_state.json")) as handle:
+            state = json.load(handle)
+        metrics = (state.get("log_history") or [{}])[-1]
+    rows = "\n".join(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+                     for key, value in metrics.items())
+    return f"""---
+library_name: transformers
+tags: [reasonrl, grpo, reinforcement-learning]
+---
+# {os.path.basename(os.path.abspath(checkpoint))} — trained with reasonrl (GRPO)
+
+Base model: `{state.get('model_name', 'unknown')}`. {'LoRA adapter merged into the base weights.' if merged else ''}
+Trained for {state.get('global_step', '?')} optimizer steps with [reasonrl](https://pypi.org/project/reasonrl/).
+
+## Final metrics
+
+| metric | value |
+|---|---|
+{rows}
+
+## Training configuration
+
+```yaml
+{config_text.strip()}
+```
+"""
+
+
+def export(checkpoint: str, out: str, *, merge: bool = True, base: str | None = None,
+           trust_remote_code: bool = False) -> str:
+    """Write a standalone model folder (safetensors, tokenizer, README.md) from a checkpoint."""
+    if not os.path.isdir(checkpoint):
+        raise ExportError(f"checkpoint {checkpoint} does not exist; give a folder like runs/grpo/checkpoint-100")
+    try:
+        model, tokenizer = load_for_inference(checkpoint, base=base, trust_remote_code=trust_remote_code)
+    except ModelLoadError as error:
+        raise ExportError(str(error)) from None
+    is_adapter = hasattr(model, "merge_and_unload")
+    if merge and is_adapter:
+        model = model.merge_and_unload()
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    with open(os.path.join(out, "README.md"), "w") as handle:
+        handle.write(model_card(checkpoint, merged=merge and is_adapter))
+    return out
+
+
+def push_to_hub(folder: str, repo_id: str, *, private: bool = False) -> str:
+    """Upload `folder` to the Hub; one-line errors when offline or without a token."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import get_token
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ExportError("cannot push to the Hub: HF_HUB_OFFLINE=1 is set; unset it when online")
+    if not get_token():
+        raise ExportError("cannot push to the Hub: no token; run `hf auth login` or set HF_TOKEN")
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(folder_path=folder, repo_id=repo_id)
+    except Exception as error:  # network and auth errors come in many types
+        raise ExportError(f"cannot push to the Hub repo {repo_id}: {(str(error).splitlines() or [''])[0][:200]}"
+                          ) from None
+    return f"https://huggingface.co/{repo_id}"
