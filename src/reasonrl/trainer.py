@@ -37,6 +37,7 @@ from reasonrl.models import (DTYPES, add_lora, frozen_copy, is_peft_model, load_
                              reference_policy)
 from reasonrl.rollout import Rollout, generate, position_ids_from_mask
 from reasonrl.scoring import combine_rewards, score_round
+from reasonrl.tracking import Trackers
 
 logger = logging.getLogger("reasonrl")
 
@@ -186,6 +187,7 @@ class GRPOTrainer:
 
         from tqdm.auto import tqdm
 
+        self.trackers = Trackers(args)
         progress = tqdm(total=total_steps, initial=self.state.global_step, desc="GRPO", unit="step",
                         dynamic_ncols=True)
         while self.state.global_step < total_steps:
@@ -207,6 +209,7 @@ class GRPOTrainer:
                 if self.state.global_step >= total_steps:
                     break
         progress.close()
+        self.trackers.close()
         if not args.save_steps or self.state.global_step % args.save_steps != 0:
             self._save_checkpoint(optimizer, scheduler)
         return self.log_history
@@ -392,6 +395,7 @@ class GRPOTrainer:
         self.log_history.append(row)
         with open(os.path.join(args.output_dir, "metrics.jsonl"), "a") as handle:
             handle.write(json.dumps(row) + "\n")
+        self.trackers.log(row, self.state.global_step)
         if args.logging_steps and self.state.global_step % args.logging_steps == 0:
             from tqdm.auto import tqdm
 
