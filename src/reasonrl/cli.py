@@ -50,7 +50,7 @@ def _cmd_train(args) -> int:
 
     from reasonrl.checkpoint import latest_checkpoint
     from reasonrl.config import GRPOConfig
-    from reasonrl.trainer import train
+    from reasonrl.trainer import GRPOTrainer
 
     if args.config is None and not args.overrides:
         raise UsageError("nothing to train: give --config cfg.yaml and/or key=value options "
@@ -69,15 +69,35 @@ def _cmd_train(args) -> int:
         raise UsageError("no reward functions: set reward_funcs, e.g. reward_funcs=[accuracy,format]")
     if not cfg.dataset_name:
         raise UsageError("no dataset: set dataset_name to a hub id or a local .jsonl/.json/.csv/.parquet file")
+    if os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
+        raise UsageError(f"output_dir {cfg.output_dir} is a file; choose a folder for checkpoints and logs")
     has_run = os.path.isfile(os.path.join(cfg.output_dir, "metrics.jsonl")) or latest_checkpoint(cfg.output_dir)
     if has_run and not (cfg.resume_from_checkpoint or args.overwrite or cfg.overwrite_output_dir):
         raise UsageError(f"output_dir {cfg.output_dir} already holds a run; pass --resume to continue it, "
                          f"--overwrite to start over, or choose another output_dir")
+    if cfg.resume_from_checkpoint:
+        resume = cfg.resume_from_checkpoint
+        path = latest_checkpoint(cfg.output_dir) if resume is True or resume == "latest" else resume
+        if path is None:
+            raise UsageError(f"nothing to resume: output_dir {cfg.output_dir} holds no checkpoint; drop --resume "
+                             f"to start a new run there")
+        if not os.path.isfile(os.path.join(path, "trainer_state.json")):
+            raise UsageError(f"cannot resume from {path}: not a checkpoint folder (no trainer_state.json); give "
+                             f"one like {os.path.join(cfg.output_dir, 'checkpoint-100')}, or --resume alone for "
+                             f"the latest")
+    trainer = GRPOTrainer(cfg.model_name_or_path, cfg.reward_funcs, args=cfg)
+    # only now that the model, rewards and data have loaded, so that a mistake there leaves the old run as it was
     if has_run and (args.overwrite or cfg.overwrite_output_dir) and not cfg.resume_from_checkpoint:
+        import shutil
+
+        from reasonrl.checkpoint import list_checkpoints
+
         for name in ("metrics.jsonl", "completions.jsonl"):
             if os.path.isfile(os.path.join(cfg.output_dir, name)):
                 os.remove(os.path.join(cfg.output_dir, name))
-    trainer = train(cfg)
+        for old_checkpoint in list_checkpoints(cfg.output_dir):  # else --resume could pick up the old run's
+            shutil.rmtree(old_checkpoint)
+    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
     print(f"done: {trainer.state.global_step} steps; checkpoints and metrics.jsonl in {cfg.output_dir}")
     return 0
 
@@ -107,6 +127,12 @@ def _cmd_generate(args) -> int:
             raise UsageError(f"cannot read --file {args.file}: {getattr(error, 'strerror', None) or error}") from None
     else:
         text = args.prompt
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0; 0 decodes greedily (got {args.temperature})")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1]; 1 keeps every token (got {args.top_p})")
     model, tokenizer = load_for_inference(args.model, base=args.base, trust_remote_code=args.trust_remote_code)
     model.eval()
     if args.chat:
@@ -190,12 +216,20 @@ def _cmd_options(args) -> int:
     return 0
 
 
+def _close_progress_bars() -> None:
+    """Close the progress bars a failed command left open, so that its error is the last line on stderr."""
+    tqdm_std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm_std, "tqdm", None), "_instances", ())):  # every tqdm subclass's bars
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except _user_errors() as error:
+        _close_progress_bars()
         message = " ".join(str(error).split("\n")[0].split())
         print(f"reasonrl {args.command}: error: {message}", file=sys.stderr)
         return 2
@@ -203,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
 

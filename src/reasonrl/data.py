@@ -34,7 +34,8 @@ def _read_jsonl(path: str):
                 except json.JSONDecodeError as error:
                     raise DataError(f"{path}:{number}: not valid JSON ({error.msg}); fix or remove that line") from None
                 if not isinstance(row, dict):
-                    raise DataError(f"{path}:{number}: each JSONL line must be an object, got {type(row).__name__}")
+                    raise DataError(f"{path}:{number}: each JSONL line must be an object like {{\"prompt\": ...}}, "
+                                    f"got a {type(row).__name__}")
                 rows.append(row)
     except UnicodeDecodeError as error:
         raise DataError(f"{path} is not UTF-8 text (byte {error.start}); re-encode it as UTF-8") from None
@@ -67,17 +68,38 @@ def load_dataset_any(name_or_path: str, *, config: str | None = None, split: str
 def _checked(load, name: str, split: str | None = None):
     try:
         dataset = load()
-    except ValueError as error:  # e.g. unknown split
-        raise DataError(f"could not load dataset {name!r}: {str(error).splitlines()[0][:300]}") from None
-    except UnicodeDecodeError:
-        raise DataError(f"dataset {name} is not UTF-8 text; re-encode it as UTF-8") from None
-    except Exception as error:  # hub, network and parsing errors come in many types
-        offline = "offline" if os.environ.get("HF_HUB_OFFLINE") == "1" else "no network or a wrong id?"
-        first_line = (str(error).splitlines() or [type(error).__name__])[0][:300]
-        raise DataError(f"could not load dataset {name!r} ({offline}): {first_line}") from None
+    except Exception as error:  # noqa: BLE001 - datasets raises many types: hub, network, parsing errors
+        raise DataError(_load_error_message(name, error)) from None
     if len(dataset) == 0:
         raise DataError(f"dataset {name!r} is empty; it needs at least one row")
     return dataset
+
+
+def _load_error_message(name: str, error: Exception) -> str:
+    """One line for a failed `datasets.load_dataset`: the root cause, not datasets' generic wrapper."""
+    chain = [error]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and cause not in chain:
+        chain.append(cause)
+    if any(isinstance(e, UnicodeDecodeError) for e in chain):
+        return f"dataset {name} is not UTF-8 text; re-encode it as UTF-8"
+    # DatasetGenerationError says only "An error occurred while generating the dataset"; the parser's error says why
+    shown = chain[-1] if type(error).__name__ == "DatasetGenerationError" else error
+    reason = (str(shown).splitlines() or [type(shown).__name__])[0][:300]
+    if os.path.exists(name):
+        if "corresponds to no data" in reason:  # datasets' words for a file with a header but no rows
+            return f"dataset {name!r} is empty; it needs at least one row"
+        return f"could not read dataset {name!r}: {reason}; check that it is {_format_of(name)}"
+    if isinstance(error, ValueError):
+        return f"could not load dataset {name!r}: {reason}"  # e.g. an unknown split or config of a hub dataset
+    offline = "offline mode is on" if os.environ.get("HF_HUB_OFFLINE") == "1" else "no network, or a wrong id?"
+    return (f"could not load dataset {name!r}: it is not a local file or folder, and loading it from the Hugging "
+            f"Face Hub failed ({offline}): {reason}")
+
+
+def _format_of(name: str) -> str:
+    extension = os.path.splitext(name)[1].lower()
+    return {".json": "valid JSON", ".csv": "valid CSV", ".parquet": "valid Parquet", ".txt": "UTF-8 text"}.get(
+        extension, "a folder of .jsonl/.json/.csv/.parquet files")
 
 
 def ensure_prompt_column(dataset, prompt_column: str = "prompt"):
@@ -86,6 +108,7 @@ def ensure_prompt_column(dataset, prompt_column: str = "prompt"):
     if prompt_column not in columns:
         hint = next((c for c in ("prompt", "question", "problem", "query", "instruction", "messages")
                      if c in columns), None)
+        hint = hint or (columns[0] if len(columns) == 1 else None)
         fix = f"set prompt_column={hint}" if hint else "set prompt_column to the column that holds the prompts"
         raise DataError(f"dataset has no {prompt_column!r} column (found: {', '.join(columns)}); {fix}")
     if prompt_column != "prompt":
@@ -107,7 +130,8 @@ def render_prompt(prompt, tokenizer) -> str:
                             "model or plain-text prompts")
         return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     if not isinstance(prompt, str):
-        raise DataError(f"a prompt must be a string or a list of chat messages, got {type(prompt).__name__}")
+        raise DataError(f"a prompt must be a string or a list of chat messages, got {type(prompt).__name__} "
+                        f"({prompt!r:.50}); fix that row of the dataset's prompt column")
     return prompt
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+from reasonrl.checkpoint import latest_checkpoint
 from reasonrl.models import ModelLoadError, load_model, load_tokenizer
 
 
@@ -16,6 +17,11 @@ class ExportError(ValueError):
 def load_for_inference(path: str, *, base: str | None = None, trust_remote_code: bool = False):
     """(model, tokenizer) from a model folder, a hub id, or a checkpoint holding a LoRA adapter."""
     adapter_config = os.path.join(path, "adapter_config.json")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        latest = latest_checkpoint(path)
+        if latest is not None:  # a run's output_dir: the models are in its checkpoint folders
+            raise ExportError(f"{path} is a training run's folder, not a model; give one of its checkpoints, "
+                              f"e.g. {latest}")
     if not os.path.isfile(adapter_config):
         return load_model(path, trust_remote_code=trust_remote_code), load_tokenizer(path, trust_remote_code=trust_remote_code)
     from peft import PeftModel
@@ -24,7 +30,10 @@ def load_for_inference(path: str, *, base: str | None = None, trust_remote_code:
         base = base or json.load(handle).get("base_model_name_or_path")
     if not base:
         raise ExportError(f"{path} holds a LoRA adapter but does not name its base model; pass --base PATH_OR_ID")
-    model = load_model(base, trust_remote_code=trust_remote_code)
+    try:
+        model = load_model(base, trust_remote_code=trust_remote_code)
+    except ModelLoadError as error:
+        raise ExportError(f"the base model of the LoRA adapter in {path}: {error}; pass --base PATH_OR_ID") from None
     tokenizer_source = path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else base
     return PeftModel.from_pretrained(model, path), load_tokenizer(tokenizer_source, trust_remote_code=trust_remote_code)
 
@@ -70,6 +79,8 @@ def export(checkpoint: str, out: str, *, merge: bool = True, base: str | None = 
     """Write a standalone model folder (safetensors, tokenizer, README.md) from a checkpoint."""
     if not os.path.isdir(checkpoint):
         raise ExportError(f"checkpoint {checkpoint} does not exist; give a folder like runs/grpo/checkpoint-100")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ExportError(f"--out {out} is a file; give a folder to write the model to")
     try:
         model, tokenizer = load_for_inference(checkpoint, base=base, trust_remote_code=trust_remote_code)
     except ModelLoadError as error:

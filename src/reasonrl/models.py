@@ -6,6 +6,7 @@ import contextlib
 import copy
 import logging
 import os
+import re
 
 import torch
 
@@ -19,8 +20,8 @@ class ModelLoadError(ValueError):
     """The model or tokenizer could not be loaded (one line, says how to fix it)."""
 
 
-def _is_local(name_or_path: str) -> bool:
-    return os.path.sep in name_or_path or name_or_path.startswith(".") or os.path.exists(name_or_path)
+# A Hugging Face Hub repo id, 'gpt2' or 'org/name'; other names that do not exist are local paths.
+_HUB_ID = re.compile(r"^[A-Za-z0-9_-][\w.-]*(/[\w.-]+)?$")
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
@@ -31,6 +32,9 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as error:
         raise ModelLoadError(_load_error_message(name_or_path, "tokenizer", error)) from None
+    if not tokenizer("hello", add_special_tokens=False)["input_ids"]:  # transformers 5 builds an empty one
+        raise ModelLoadError(f"{name_or_path!r} has no tokenizer files (the tokenizer loaded from it is empty); "
+                             f"save the tokenizer there with tokenizer.save_pretrained(...)")
     return prepare_tokenizer(tokenizer)
 
 
@@ -47,14 +51,15 @@ def prepare_tokenizer(tokenizer):
 
 
 def _load_error_message(name_or_path: str, what: str, error: Exception) -> str:
-    if _is_local(name_or_path):
-        if not os.path.exists(name_or_path):
-            return f"model path {name_or_path!r} does not exist; check the path (or give a hub id)"
-        return f"could not load the {what} from {name_or_path!r}: {str(error).splitlines()[0]}"
+    reason = (str(error).splitlines() or [type(error).__name__])[0][:200].rstrip(".")
+    if os.path.exists(name_or_path):
+        return f"could not load the {what} from {name_or_path!r}: {reason}"
+    if not _HUB_ID.match(name_or_path):
+        return f"model path {name_or_path!r} does not exist; check the path (or give a hub id like org/name)"
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    return (f"could not load the {what} {name_or_path!r} from the Hugging Face Hub "
-            f"({'offline mode is on' if offline else 'no network, or the id is wrong'}): "
-            f"{str(error).splitlines()[0][:200]}. Download it while online, or pass a local path")
+    return (f"could not load the {what} {name_or_path!r}: it is not a local folder, and loading it from the Hugging "
+            f"Face Hub failed ({'offline mode is on' if offline else 'no network, or the id is wrong'}): {reason}. "
+            f"Check the path or id, or download the model while online")
 
 
 def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,

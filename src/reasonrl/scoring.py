@@ -22,11 +22,7 @@ def call_reward(fn, name: str, prompts: list, completions: list, completion_ids:
     except Exception as error:
         raise RewardError(f"reward function '{name}' raised {type(error).__name__}: "
                           f"{(str(error).splitlines() or [''])[0][:300]}") from error
-    try:
-        values = list(values)
-    except TypeError:
-        raise RewardError(f"reward function '{name}' returned {type(values).__name__}; it must return a list with "
-                          f"one float (or None) per completion") from None
+    values = _as_list(values, name)
     if len(values) != len(completions):
         raise RewardError(f"reward function '{name}' returned {len(values)} values for {len(completions)} "
                           f"completions; it must return exactly one per completion")
@@ -43,6 +39,17 @@ def call_reward(fn, name: str, prompts: list, completions: list, completion_ids:
             raise RewardError(f"reward function '{name}' returned NaN; return None for a completion it cannot score")
         scores.append(value)
     return scores
+
+
+def _as_list(values, name: str) -> list:
+    if not isinstance(values, (str, bytes, dict)):  # these iterate, but not as one value per completion
+        try:
+            return list(values)
+        except TypeError:
+            pass
+    returned = "None" if values is None else f"a {type(values).__name__} ({values!r:.50})"
+    raise RewardError(f"reward function '{name}' returned {returned}; it must return a list with one float (or None) "
+                      f"per completion")
 
 
 def score_round(reward_funcs: list, names: list[str], prompts: list, completions: list, completion_ids: list,

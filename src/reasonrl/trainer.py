@@ -30,9 +30,10 @@ import numpy as np
 import torch
 
 from reasonrl import checkpoint as ckpt
-from reasonrl.config import GRPOConfig
+from reasonrl.config import ConfigError, GRPOConfig
 from reasonrl.core import group_advantages, grpo_loss, nanstd, token_entropy, token_logprobs
-from reasonrl.data import PromptTokenizer, ensure_prompt_column, is_conversational, load_dataset_any
+from reasonrl.data import (DataError, PromptTokenizer, ensure_prompt_column, is_conversational, load_dataset_any,
+                           render_prompt)
 from reasonrl.models import (DTYPES, add_lora, frozen_copy, is_peft_model, load_model, load_tokenizer, prepare_tokenizer,
                              reference_policy)
 from reasonrl.rollout import Rollout, generate, position_ids_from_mask
@@ -113,6 +114,25 @@ class GRPOTrainer:
         self.bf16 = args.use_bf16()
         _seed_everything(args.seed)
 
+        # rewards
+        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        reward_kwargs = args.reward_kwargs or {}
+        self.reward_funcs = [get_reward(f, **reward_kwargs.get(f, {})) if isinstance(f, str) else f for f in funcs]
+        self.reward_names = [reward_name(f) for f in self.reward_funcs]
+        args.check_reward_weights(len(self.reward_funcs))
+        weights = args.reward_weights or [1.0] * len(self.reward_funcs)
+        self.reward_weights = torch.tensor(weights, dtype=torch.float32)
+
+        # data
+        if train_dataset is None:
+            if not args.dataset_name:
+                raise DataError("no training data: pass train_dataset= or set dataset_name to a hub id or a file")
+            train_dataset = load_dataset_any(args.dataset_name, config=args.dataset_config,
+                                             split=args.dataset_train_split)
+        self.train_dataset = ensure_prompt_column(train_dataset, args.prompt_column)
+        if args.remove_unused_columns:
+            self.train_dataset = self.train_dataset.select_columns(["prompt"])
+
         # the policy and its tokenizer
         if isinstance(model, str):
             wants_lora = peft_config is not None or args.use_peft
@@ -143,27 +163,8 @@ class GRPOTrainer:
         self.model = model.to(self.device)
         self.reference_model = frozen_copy(self.model) if args.beta != 0.0 and not is_peft_model(self.model) else None
 
-        # rewards
-        funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
-        reward_kwargs = args.reward_kwargs or {}
-        self.reward_funcs = [get_reward(f, **reward_kwargs.get(f, {})) if isinstance(f, str) else f for f in funcs]
-        if not self.reward_funcs:
-            raise ValueError("no reward functions: pass reward_funcs (callables or names like 'accuracy')")
-        self.reward_names = [reward_name(f) for f in self.reward_funcs]
-        args.check_reward_weights(len(self.reward_funcs))
-        weights = args.reward_weights or [1.0] * len(self.reward_funcs)
-        self.reward_weights = torch.tensor(weights, dtype=torch.float32)
-
-        # data
-        if train_dataset is None:
-            if not args.dataset_name:
-                raise ValueError("no training data: pass train_dataset or set dataset_name")
-            train_dataset = load_dataset_any(args.dataset_name, config=args.dataset_config,
-                                             split=args.dataset_train_split)
-        self.train_dataset = ensure_prompt_column(train_dataset, args.prompt_column)
-        if args.remove_unused_columns:
-            self.train_dataset = self.train_dataset.select_columns(["prompt"])
         self.eval_dataset = eval_dataset
+        render_prompt(self.train_dataset[0]["prompt"], self.tokenizer)  # a prompt format problem shows now, not later
         self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length)
         self.sampler = PromptSampler(len(self.train_dataset), args.seed, args.shuffle_dataset)
         self.generator = torch.Generator().manual_seed(args.seed)
@@ -190,26 +191,30 @@ class GRPOTrainer:
         self.trackers = Trackers(args)
         progress = tqdm(total=total_steps, initial=self.state.global_step, desc="GRPO", unit="step",
                         dynamic_ncols=True)
-        while self.state.global_step < total_steps:
-            round_start = time.perf_counter()
-            batch, round_metrics = self._make_round()  # 1-3: generate, score, advantages (+ old/ref log-probs)
-            round_metrics["rollout_time"] = time.perf_counter() - round_start
-            for step_metrics in self._optimize(batch, optimizer, scheduler):  # 4: the optimizer steps
-                self.state.global_step += 1
-                self.state.epoch = self.sampler.epochs_done
-                metrics = {**round_metrics, **step_metrics, "step_time": time.perf_counter() - round_start}
-                metrics["tokens_per_second"] = round_metrics["tokens"] / metrics["step_time"]
-                self._log(metrics)
-                progress.update(1)
-                progress.set_postfix(reward=f"{metrics['reward']:.3f}", loss=f"{metrics['loss']:.4f}")
-                if args.save_steps and self.state.global_step % args.save_steps == 0:
-                    self._save_checkpoint(optimizer, scheduler)
+        try:
+            while self.state.global_step < total_steps:
                 round_start = time.perf_counter()
-                round_metrics = {**round_metrics, "rollout_time": 0.0}
-                if self.state.global_step >= total_steps:
-                    break
-        progress.close()
-        self.trackers.close()
+                batch, round_metrics = self._make_round()  # 1-3: generate, score, advantages (+ old/ref log-probs)
+                round_metrics["rollout_time"] = time.perf_counter() - round_start
+                for step_metrics in self._optimize(batch, optimizer, scheduler):  # 4: the optimizer steps
+                    self.state.global_step += 1
+                    self.state.epoch = self.sampler.epochs_done
+                    metrics = {**round_metrics, **step_metrics, "step_time": time.perf_counter() - round_start}
+                    # tokens of this step's micro-batches (and the round's generated ones, on its first step) / s
+                    metrics["tokens_per_second"] = (step_metrics["tokens"] + round_metrics["rollout_tokens"]) / (
+                        metrics["step_time"])
+                    self._log(metrics)
+                    progress.update(1)
+                    progress.set_postfix(reward=f"{metrics['reward']:.3f}", loss=f"{metrics['loss']:.4f}")
+                    if args.save_steps and self.state.global_step % args.save_steps == 0:
+                        self._save_checkpoint(optimizer, scheduler)
+                    round_start = time.perf_counter()
+                    round_metrics = {**round_metrics, "rollout_time": 0.0, "rollout_tokens": 0}
+                    if self.state.global_step >= total_steps:
+                        break
+        finally:
+            progress.close()
+            self.trackers.close()
         if not args.save_steps or self.state.global_step % args.save_steps != 0:
             self._save_checkpoint(optimizer, scheduler)
         return self.log_history
@@ -257,7 +262,8 @@ class GRPOTrainer:
                 ref_logps = self._logps_in_chunks(reference, rollout)
 
         lengths = completion_mask.sum(-1).float()
-        group_std = nanstd(rewards.view(-1, g), dim=1)
+        # as TRL: the std that scaled the advantages (the batch's under scale_rewards="batch")
+        group_std = nanstd(rewards) if args.scale_rewards == "batch" else nanstd(rewards.view(-1, g), dim=1)
         metrics = {
             "reward": torch.nanmean(rewards).item(),
             "reward_std": nanstd(rewards).item(),
@@ -267,7 +273,7 @@ class GRPOTrainer:
             "completions/max_length": lengths.max().item(),
             "completions/clipped_ratio": is_truncated.float().mean().item(),
             "prompts/truncated": self.prompt_tokenizer.truncated,
-            "tokens": int(prompt_mask.sum() + completion_mask.sum()),
+            "rollout_tokens": int(completion_mask.sum()),
         }
         for i, name in enumerate(self.reward_names):
             metrics[f"rewards/{name}/mean"] = torch.nanmean(rewards_per_func[:, i]).item()
@@ -318,6 +324,8 @@ class GRPOTrainer:
             for window_start in range(0, len(micro_batches), accumulation):
                 window = micro_batches[window_start: window_start + accumulation]
                 window_tokens = sum(batch.loss_mask[rows].sum() for rows in window).float()
+                processed = sum(int(batch.rollout.prompt_mask[rows].sum() + batch.rollout.completion_mask[rows].sum())
+                                for rows in window)
                 loss_sum, metric_sums = 0.0, {}
                 for rows in window:
                     loss_value, metrics = self._micro_step(batch, rows, window_tokens, len(window))
@@ -329,7 +337,8 @@ class GRPOTrainer:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                yield {**sums, "grad_norm": grad_norm.item(), "learning_rate": scheduler.get_last_lr()[0]}
+                yield {**sums, "grad_norm": grad_norm.item(), "learning_rate": scheduler.get_last_lr()[0],
+                       "tokens": processed}
 
     def _micro_step(self, batch: Batch, rows: torch.Tensor, window_tokens: torch.Tensor, window_size: int):
         args, rollout = self.args, batch.rollout
@@ -370,7 +379,7 @@ class GRPOTrainer:
         args = self.args
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
-            raise ValueError("the model has no trainable parameters")
+            raise ConfigError("the model has no trainable parameters: unfreeze it, or set use_peft=true for LoRA")
         if args.optim == "sgd":
             return torch.optim.SGD(params, lr=args.learning_rate, weight_decay=args.weight_decay)
         if args.optim in ("adamw_8bit", "paged_adamw_8bit"):
@@ -431,8 +440,9 @@ class GRPOTrainer:
     def _resume(self, resume_from_checkpoint, optimizer, scheduler) -> None:
         path = (ckpt.latest_checkpoint(self.args.output_dir) if resume_from_checkpoint is True
                 or resume_from_checkpoint == "latest" else resume_from_checkpoint)
-        if path is None or not os.path.isdir(path):
-            raise ValueError(f"no checkpoint to resume from in {self.args.output_dir}")
+        if path is None or not os.path.isfile(os.path.join(path, "trainer_state.json")):
+            raise ConfigError(f"no checkpoint to resume from at {path or self.args.output_dir}; give a folder like "
+                              f"{os.path.join(self.args.output_dir, 'checkpoint-100')} or drop the resume option")
         load_weights(self.model, path)
         optimizer_state, scheduler_state, rng, state = ckpt.load_training_state(path)
         optimizer.load_state_dict(optimizer_state)

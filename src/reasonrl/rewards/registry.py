@@ -153,6 +153,13 @@ def _load_file(spec: str, path: Path) -> ModuleType:
     return module
 
 
+def _where(module: ModuleType) -> str:
+    """How to name a module in a message: its file when loaded from a path, else its import name."""
+    if module.__name__.startswith("_reasonrl_reward_") and getattr(module, "__file__", None):
+        return str(module.__file__)
+    return f"'{module.__name__}'"
+
+
 def _build_user(spec: str, module: ModuleType, attribute: str, options: dict[str, Any]) -> RewardFunc:
     target: Any = module
     for part in attribute.split("."):
@@ -167,7 +174,7 @@ def _build_user(spec: str, module: ModuleType, attribute: str, options: dict[str
             shown = ", ".join(defined[:12]) + (", ..." if len(defined) > 12 else "")
             found = f"callables there: {shown}" if defined else "it defines no public callables"
             raise RewardSpecError(
-                f"reward '{spec}' not found: '{module.__name__}' has no '{attribute}' ({found})"
+                f"reward '{spec}' not found: {_where(module)} has no '{attribute}' ({found})"
             )
         target = getattr(target, part)
     if not callable(target):
