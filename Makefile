@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/reasonrl explain
+	$(BIN)/reasonrl demo
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

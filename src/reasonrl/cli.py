@@ -179,6 +179,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start over in an output_dir that holds a run")
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("demo", help="the offline reasoning demo: warm start, eval, GRPO, eval, report")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps (default 150)")
+    p.add_argument("--quick", action="store_true", help="a short smoke run (20 GRPO steps, 100 held-out problems)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("eval", help="accuracy, pass@k, format rate and length of a model on a task or a file")
+    p.add_argument("model", help="model folder, hub id or checkpoint")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", help="a built-in task: arithmetic, countdown, gsm8k")
+    source.add_argument("--data", help="a JSONL/JSON/CSV/parquet file with prompt and answer columns")
+    p.add_argument("--seed", type=int, default=2, help="seed of the task's problems (default 2, the demo's held-out)")
+    p.add_argument("--n", type=int, default=500, help="number of task problems (default 500)")
+    p.add_argument("--k", type=int, default=1, help="pass@1..k from sampled completions (default 1: greedy only)")
+    p.add_argument("--samples", type=int, default=None, help="samples per prompt for pass@k (default k)")
+    p.add_argument("--temperature", type=float, default=0.5, help="sampling temperature for pass@k (default 0.5)")
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--json", help="also write the report to this JSON file")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on prompt/completion data (a warm start for RL)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--task", help="train on a built-in task's reasoning traces")
+    source.add_argument("--data", help="a JSONL/JSON/CSV/parquet file (or hub id) with prompt and completion")
+    p.add_argument("--model", help="model to fine-tune (default: build a ~1M-parameter character-level Qwen2)")
+    p.add_argument("--out", required=True, help="folder to save the model and tokenizer to")
+    p.add_argument("--n", type=int, default=20000, help="task problems to generate (default 20000)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lora", type=int, default=0, metavar="R", help="train a LoRA adapter of rank R, then merge it")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
+    p.set_defaults(func=_cmd_sft)
+
+    p = sub.add_parser("plot", help="PNG plots of a run's metrics (reward, accuracy, KL, completion length)")
+    p.add_argument("run_dir", help="a run's output_dir (holds metrics.jsonl)")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default: the run folder)")
+    p.set_defaults(func=_cmd_plot)
+
     p = sub.add_parser("options", help="list every config option with its default and meaning")
     p.set_defaults(func=_cmd_options)
 
@@ -206,6 +249,105 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     p.set_defaults(func=_cmd_generate)
     return parser
+
+
+def _cmd_demo(args) -> int:
+    from reasonrl.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(out=args.out)
+    if args.quick:
+        settings.grpo_steps, settings.held_out, settings.k = 20, 100, 4
+    if args.grpo_steps is not None:
+        settings.grpo_steps = args.grpo_steps
+    run_demo(settings)
+    return 0
+
+
+def _task_rows(args):
+    from reasonrl.data import load_dataset_any
+    from reasonrl.tasks import get_task
+
+    if args.task is not None:
+        task = get_task(args.task)
+        return task.generate(args.n, seed=args.seed), task.reward, task.max_trace_length() + 8
+    from reasonrl.rewards import accuracy_reward
+
+    dataset = load_dataset_any(args.data)
+    missing = [c for c in ("prompt",) if c not in dataset.column_names]
+    if missing:
+        raise UsageError(f"{args.data} has no 'prompt' column (found: {', '.join(dataset.column_names)})")
+    return [dict(row) for row in dataset], accuracy_reward, None
+
+
+def _cmd_eval(args) -> int:
+    from reasonrl.evaluate import evaluate, format_report, write_json
+    from reasonrl.export import load_for_inference
+
+    if args.k < 1:
+        raise UsageError(f"--k must be >= 1 (got {args.k})")
+    rows, reward, default_tokens = _task_rows(args)
+    model, tokenizer = load_for_inference(args.model, trust_remote_code=args.trust_remote_code)
+    report = evaluate(model, tokenizer, rows, reward, k=args.k, num_samples=args.samples,
+                      max_new_tokens=args.max_new_tokens or default_tokens or 256, temperature=args.temperature,
+                      batch_size=args.batch_size, seed=args.seed)
+    print(format_report(report))
+    if args.json:
+        write_json(report, args.json)
+    return 0
+
+
+def _cmd_sft(args) -> int:
+    from reasonrl.sft import sft
+
+    if args.task is not None:
+        from reasonrl.tasks import get_task
+
+        task = get_task(args.task)
+        rows = [{"prompt": r["prompt"], "completion": task.trace(r)} for r in task.generate(args.n, seed=args.seed)]
+    else:
+        from reasonrl.data import load_dataset_any
+
+        dataset = load_dataset_any(args.data)
+        missing = [c for c in ("prompt", "completion") if c not in dataset.column_names]
+        if missing:
+            raise UsageError(f"{args.data} lacks column(s) {', '.join(missing)} (found: "
+                             f"{', '.join(dataset.column_names)}); sft needs prompt and completion")
+        rows = [dict(row) for row in dataset]
+    if args.model is None:
+        from reasonrl.tiny import build_char_tokenizer, build_tiny_model
+
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_model(tokenizer, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                 num_key_value_heads=2, intermediate_size=512, seed=args.seed)
+    else:
+        from reasonrl.models import load_model, load_tokenizer
+
+        model = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    if args.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=args.lora, lora_alpha=2 * args.lora, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM"))
+    losses = sft(model, tokenizer, rows, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
+                 learning_rate=args.lr, seed=args.seed)
+    if args.lora:
+        model = model.merge_and_unload()
+    model.save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+    print(f"trained {len(losses)} steps (final loss {losses[-1]:.4f}); saved to {args.out}")
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from reasonrl.plot import plot_run
+
+    try:
+        paths = plot_run(args.run_dir, args.out)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from None
+    print("\n".join(paths))
+    return 0
 
 
 def _cmd_options(args) -> int:

@@ -88,6 +88,8 @@ def smollm_135m_config(**overrides):
         vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
         num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True, max_position_embeddings=2048,
         rms_norm_eps=1e-5, rope_theta=10000.0,
+        # the ids of build_char_tokenizer()'s pad and EOS, so that the pair works together out of the box
+        pad_token_id=SPECIAL_TOKENS.index(PAD), eos_token_id=SPECIAL_TOKENS.index(EOS), bos_token_id=None,
     )
     values.update(overrides)
     return LlamaConfig(**values)

@@ -170,6 +170,12 @@ class GRPOTrainer:
         self.generator = torch.Generator().manual_seed(args.seed)
         self.state = TrainerState()
         self.log_history: list[dict] = []
+        self.callbacks: list = []
+
+    def add_callback(self, callback) -> None:
+        """`callback(trainer, row)` runs after every optimizer step, before the row is logged; it may add metrics
+        to `row` (the demo adds held-out accuracy this way)."""
+        self.callbacks.append(callback)
 
     # ------------------------------------------------------------------ the loop
 
@@ -185,6 +191,7 @@ class GRPOTrainer:
         scheduler = self._make_scheduler(optimizer, total_steps)
         if resume_from_checkpoint:
             self._resume(resume_from_checkpoint, optimizer, scheduler)
+        self._start_logs()
 
         from tqdm.auto import tqdm
 
@@ -401,6 +408,8 @@ class GRPOTrainer:
     def _log(self, metrics: dict) -> None:
         args = self.args
         row = {"step": self.state.global_step, "epoch": round(self.state.epoch, 4), **metrics}
+        for callback in self.callbacks:
+            callback(self, row)
         self.log_history.append(row)
         with open(os.path.join(args.output_dir, "metrics.jsonl"), "a") as handle:
             handle.write(json.dumps(row) + "\n")
@@ -414,6 +423,21 @@ class GRPOTrainer:
                 for sample in self._last_completions[: args.num_completions_to_print or 2]:
                     tqdm.write(f"  prompt: {str(sample['prompt'])[-200:]!r}\n  completion: {sample['completion']!r}"
                                f"\n  rewards: {sample['rewards']}")
+
+    def _start_logs(self) -> None:
+        """A new run starts new logs; a resumed one keeps the rows up to its checkpoint's step, so that the steps
+        it redoes are not logged twice."""
+        for name in ("metrics.jsonl", "completions.jsonl"):
+            path = os.path.join(self.args.output_dir, name)
+            if not os.path.isfile(path):
+                continue
+            kept = []
+            if self.state.global_step > 0:
+                with open(path) as handle:
+                    kept = [line for line in handle if line.strip()
+                            and json.loads(line).get("step", 0) <= self.state.global_step]
+            with open(path, "w") as handle:
+                handle.writelines(kept)
 
     def _record_completions(self, prompts, texts, rewards_per_func, advantages) -> None:
         samples = []

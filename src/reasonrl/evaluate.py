@@ -1,0 +1,112 @@
+"""Evaluation: what RL bought, in numbers.
+
+Greedy accuracy, pass@k with the unbiased estimator of Chen et al. 2021 (arXiv 2107.03374), the rate of
+completions in the `<think>…</think><answer>…</answer>` format, mean completion length and truncation rate.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from reasonrl.data import PromptTokenizer
+from reasonrl.rollout import generate
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k).
+
+    Computed as a running product, which stays exact in floating point for large n (the binomials do not).
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (got n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    fail = 1.0
+    for i in range(n - c + 1, n + 1):
+        fail *= 1.0 - k / i
+    return 1.0 - fail
+
+
+def _score(reward_fn, rows: list[dict], texts: list[str], repeat: int) -> list[float]:
+    prompts = [row["prompt"] for row in rows for _ in range(repeat)]
+    columns = {key: [row[key] for row in rows for _ in range(repeat)] for key in rows[0] if key != "prompt"}
+    values = reward_fn(prompts=prompts, completions=texts, completion_ids=None, **columns)
+    return [0.0 if v is None else float(v) for v in values]
+
+
+@torch.no_grad()
+def _complete(model, tokenizer, prompts, *, num_samples, max_new_tokens, greedy, temperature, batch_size,
+              generator, max_prompt_length=None):
+    """Completion texts (num_samples per prompt, grouped by prompt), their lengths and truncation flags."""
+    device = next(model.parameters()).device
+    prompt_tokenizer = PromptTokenizer(tokenizer, max_prompt_length)
+    texts, lengths, truncated = [], [], []
+    for start in range(0, len(prompts), batch_size):
+        prompt_ids, prompt_mask = prompt_tokenizer(prompts[start: start + batch_size], device=device)
+        ids, mask, _, is_truncated = generate(
+            model, prompt_ids, prompt_mask, num_generations=num_samples, max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, temperature=temperature,
+            greedy=greedy, generator=generator)
+        texts += tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(ids, mask)],
+                                        skip_special_tokens=True)
+        lengths += mask.sum(-1).tolist()
+        truncated += is_truncated.tolist()
+    return texts, lengths, truncated
+
+
+def evaluate(model, tokenizer, rows: list[dict], reward_fn, *, k: int = 1, num_samples: int | None = None,
+             max_new_tokens: int = 256, temperature: float = 1.0, batch_size: int = 64, seed: int = 0) -> dict:
+    """Evaluate `model` on `rows` ({prompt, answer, ...}); `reward_fn` (TRL signature) returns 1.0 when correct.
+
+    Greedy decoding gives accuracy, format rate, length and truncation. With k > 1, `num_samples` (default k)
+    completions per prompt are sampled at `temperature` and pass@1..k is estimated from them.
+    """
+    from reasonrl.rewards import format_reward
+
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    prompts = [row["prompt"] for row in rows]
+    texts, lengths, truncated = _complete(model, tokenizer, prompts, num_samples=1, max_new_tokens=max_new_tokens,
+                                          greedy=True, temperature=1.0, batch_size=batch_size, generator=generator)
+    correct = _score(reward_fn, rows, texts, 1)
+    formatted = format_reward(completions=texts)
+    report = {
+        "n": len(rows),
+        "accuracy": sum(c > 0.5 for c in correct) / len(rows),
+        "format_rate": sum(formatted) / len(rows),
+        "mean_length": sum(lengths) / len(rows),
+        "truncation_rate": sum(truncated) / len(rows),
+        "pass_at_k": {},
+    }
+    samples = max(k, num_samples or k)
+    if k > 1:
+        sampled, _, _ = _complete(model, tokenizer, prompts, num_samples=samples, max_new_tokens=max_new_tokens,
+                                  greedy=False, temperature=temperature, batch_size=max(1, batch_size // samples),
+                                  generator=generator)
+        sampled_correct = _score(reward_fn, rows, sampled, samples)
+        per_prompt = [sum(v > 0.5 for v in sampled_correct[i * samples:(i + 1) * samples]) for i in range(len(rows))]
+        report["pass_at_k"] = {str(j): sum(pass_at_k(samples, c, j) for c in per_prompt) / len(rows)
+                               for j in range(1, k + 1)}
+        report["samples_per_prompt"] = samples
+        report["temperature"] = temperature
+    report["examples"] = [{"prompt": p, "completion": t, "correct": c > 0.5}
+                          for p, t, c in list(zip(prompts, texts, correct))[:5]]
+    model.train(was_training)
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"n={report['n']}  accuracy={report['accuracy']:.3f}  format_rate={report['format_rate']:.3f}  "
+             f"mean_length={report['mean_length']:.1f}  truncation_rate={report['truncation_rate']:.3f}"]
+    if report["pass_at_k"]:
+        lines.append("pass@k: " + "  ".join(f"@{k}={v:.3f}" for k, v in report["pass_at_k"].items()))
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: str) -> None:
+    with open(path, "w") as handle:
+        json.dump(report, handle, indent=1)
+

@@ -1,0 +1,79 @@
+"""`reasonrl plot RUN_DIR`: PNG curves of a run's metrics.jsonl (reward, accuracy, KL, completion length)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+PANELS = {
+    "reward": ("reward", "mean reward per step"),
+    "accuracy": (None, "accuracy"),
+    "kl": ("kl", "KL(policy || reference), k3 estimate"),
+    "completion_length": ("completions/mean_length", "mean completion length (tokens)"),
+}
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl; give the output_dir of a reasonrl run")
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
+    """Write reward.png, accuracy.png, kl.png and completion_length.png; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir)
+    out_dir = out_dir or run_dir
+    os.makedirs(out_dir, exist_ok=True)
+    steps = [row["step"] for row in rows]
+    window = max(1, len(rows) // 20)
+    written = []
+    for name, (key, title) in PANELS.items():
+        figure, axis = plt.subplots(figsize=(6, 3.6), dpi=110)
+        series = {}
+        if name == "accuracy":
+            for metric in sorted({k for row in rows for k in row}):
+                if metric.startswith("rewards/") and "accuracy" in metric and metric.endswith("/mean"):
+                    series[f"train: {metric.split('/')[1]}"] = metric
+        else:
+            series[key] = key
+        for label, metric in series.items():
+            points = [(row["step"], row[metric]) for row in rows if metric in row and row[metric] is not None]
+            if not points:
+                continue
+            xs, ys = zip(*points)
+            axis.plot(xs, ys, alpha=0.3, linewidth=1, color="C0")
+            axis.plot(xs, _smooth(list(ys), window), linewidth=2, color="C0", label=f"{label} (mean of {window})")
+        if name == "accuracy":
+            evals = [(row["step"], row["eval/accuracy"]) for row in rows if "eval/accuracy" in row]
+            if evals:
+                xs, ys = zip(*evals)
+                axis.plot(xs, ys, "o-", color="C3", label="greedy accuracy on validation problems")
+        axis.set_title(title)
+        axis.set_xlabel("optimizer step")
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+        axis.set_xlim(min(steps), max(steps) if len(steps) > 1 else min(steps) + 1)
+        figure.tight_layout()
+        path = os.path.join(out_dir, f"{name}.png")
+        figure.savefig(path)
+        plt.close(figure)
+        written.append(path)
+    return written
