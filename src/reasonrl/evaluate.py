@@ -42,8 +42,11 @@ def _complete(model, tokenizer, prompts, *, num_samples, max_new_tokens, greedy,
     """Completion texts (num_samples per prompt, grouped by prompt), their lengths and truncation flags."""
     device = next(model.parameters()).device
     prompt_tokenizer = PromptTokenizer(tokenizer, max_prompt_length)
+    from tqdm.auto import tqdm
+
     texts, lengths, truncated = [], [], []
-    for start in range(0, len(prompts), batch_size):
+    for start in tqdm(range(0, len(prompts), batch_size), desc="eval" if greedy else f"eval x{num_samples}",
+                      unit="batch", leave=False, dynamic_ncols=True):
         prompt_ids, prompt_mask = prompt_tokenizer(prompts[start: start + batch_size], device=device)
         ids, mask, _, is_truncated = generate(
             model, prompt_ids, prompt_mask, num_generations=num_samples, max_new_tokens=max_new_tokens,
