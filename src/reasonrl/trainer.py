@@ -213,7 +213,7 @@ class GRPOTrainer:
                     self._log(metrics)
                     progress.update(1)
                     progress.set_postfix(reward=f"{metrics['reward']:.3f}", loss=f"{metrics['loss']:.4f}")
-                    if args.save_steps and self.state.global_step % args.save_steps == 0:
+                    if _is_every(self.state.global_step, args.save_steps, total_steps):
                         self._save_checkpoint(optimizer, scheduler)
                     round_start = time.perf_counter()
                     round_metrics = {**round_metrics, "rollout_time": 0.0, "rollout_tokens": 0}
@@ -222,7 +222,7 @@ class GRPOTrainer:
         finally:
             progress.close()
             self.trackers.close()
-        if not args.save_steps or self.state.global_step % args.save_steps != 0:
+        if not _is_every(self.state.global_step, args.save_steps, total_steps):
             self._save_checkpoint(optimizer, scheduler)
         return self.log_history
 
@@ -387,6 +387,8 @@ class GRPOTrainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("the model has no trainable parameters: unfreeze it, or set use_peft=true for LoRA")
+        if args.optim == "adafactor":
+            return torch.optim.Adafactor(params, lr=args.learning_rate, weight_decay=args.weight_decay)
         if args.optim == "sgd":
             return torch.optim.SGD(params, lr=args.learning_rate, weight_decay=args.weight_decay)
         if args.optim in ("adamw_8bit", "paged_adamw_8bit"):
@@ -414,7 +416,7 @@ class GRPOTrainer:
         with open(os.path.join(args.output_dir, "metrics.jsonl"), "a") as handle:
             handle.write(json.dumps(row) + "\n")
         self.trackers.log(row, self.state.global_step)
-        if args.logging_steps and self.state.global_step % args.logging_steps == 0:
+        if _is_every(self.state.global_step, args.logging_steps, self.state.max_steps):
             from tqdm.auto import tqdm
 
             keys = ["reward", "reward_std", "loss", "kl", "entropy", "completions/mean_length", "grad_norm"]
@@ -497,6 +499,14 @@ def load_weights(model, path: str) -> None:
     for name in files:
         state.update(load_file(os.path.join(path, name)))
     model.load_state_dict(state, strict=False)
+
+
+def _is_every(step: int, every: float, total_steps: int) -> bool:
+    """TrainingArguments' convention: `every` steps, or a fraction of all steps when it is in (0, 1); 0 = never."""
+    if not every:
+        return False
+    interval = int(every) if every >= 1 else max(1, round(every * total_steps))
+    return step % interval == 0
 
 
 def _seed_everything(seed: int) -> None:

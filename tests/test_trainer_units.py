@@ -1,0 +1,55 @@
+"""Small pieces of the trainer: step schedules, the resumable prompt order, logs on restart, optimizers."""
+
+import json
+
+import pytest
+from datasets import Dataset
+
+from reasonrl import GRPOConfig, GRPOTrainer
+from reasonrl.tiny import build_tiny_model
+from reasonrl.trainer import PromptSampler, _is_every
+
+
+def test_is_every_steps_and_fractions():
+    assert [s for s in range(1, 11) if _is_every(s, 3, 10)] == [3, 6, 9]
+    assert [s for s in range(1, 11) if _is_every(s, 0.25, 10)] == [2, 4, 6, 8, 10]  # round(2.5) = 2
+    assert not any(_is_every(s, 0, 10) for s in range(1, 11))
+
+
+def test_prompt_sampler_is_a_seeded_resumable_permutation():
+    sampler = PromptSampler(5, seed=3)
+    first_epoch = sampler.take(5)
+    assert sorted(first_epoch) == [0, 1, 2, 3, 4]
+    state_after = {"epoch": sampler.epoch, "position": sampler.position}
+    rest = sampler.take(7)  # crosses into the next epoch
+    assert sorted(rest[:5]) == [0, 1, 2, 3, 4] and rest[:5] != first_epoch
+    again = PromptSampler(5, seed=3)
+    again.load_state_dict(state_after)
+    assert again.take(7) == rest
+    assert PromptSampler(5, seed=3, shuffle=False).take(6) == [0, 1, 2, 3, 4, 0]
+
+
+def _trainer(tmp_path, char_tokenizer, **overrides):
+    settings = dict(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, num_generations=2,
+                    max_completion_length=4, max_steps=2, learning_rate=1e-3, gradient_checkpointing=False,
+                    logging_steps=100, save_steps=100)
+    settings.update(overrides)
+    dataset = Dataset.from_list([{"prompt": f"p{i}"} for i in range(6)])
+    return GRPOTrainer(build_tiny_model(char_tokenizer, seed=0), [lambda completions, **kw: [len(c) for c in
+                       completions]], args=GRPOConfig(**settings), train_dataset=dataset,
+                       processing_class=char_tokenizer)
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch", "adafactor", "sgd"])
+def test_optimizers_take_steps(tmp_path, char_tokenizer, optim):
+    trainer = _trainer(tmp_path, char_tokenizer, optim=optim)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    assert any(not (a == b).all() for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_a_new_run_in_the_same_folder_starts_fresh_logs(tmp_path, char_tokenizer):
+    _trainer(tmp_path, char_tokenizer).train()
+    _trainer(tmp_path, char_tokenizer, max_steps=1).train()
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [row["step"] for row in rows] == [1]
