@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--task", help="a built-in task: arithmetic, countdown, gsm8k")
     source.add_argument("--data", help="a JSONL/JSON/CSV/parquet file with prompt and answer columns")
+    p.add_argument("--prompt-column", default="prompt", help="with --data: the column holding the prompts")
     p.add_argument("--seed", type=int, default=2, help="seed of the task's problems (default 2, the demo's held-out)")
     p.add_argument("--n", type=int, default=500, help="number of task problems (default 500)")
     p.add_argument("--k", type=int, default=1, help="pass@1..k from sampled completions (default 1: greedy only)")
@@ -272,10 +273,9 @@ def _task_rows(args):
         return task.generate(args.n, seed=args.seed), task.reward, task.max_trace_length() + 8
     from reasonrl.rewards import accuracy_reward
 
-    dataset = load_dataset_any(args.data)
-    missing = [c for c in ("prompt",) if c not in dataset.column_names]
-    if missing:
-        raise UsageError(f"{args.data} has no 'prompt' column (found: {', '.join(dataset.column_names)})")
+    from reasonrl.data import ensure_prompt_column
+
+    dataset = ensure_prompt_column(load_dataset_any(args.data), args.prompt_column)
     return [dict(row) for row in dataset], accuracy_reward, None
 
 
