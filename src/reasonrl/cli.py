@@ -38,11 +38,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from reasonrl.config import ConfigError
     from reasonrl.data import DataError
     from reasonrl.export import ExportError
+    from reasonrl.guards import TrainingDiverged
     from reasonrl.models import ModelLoadError
     from reasonrl.rewards import RewardSpecError
     from reasonrl.scoring import RewardError
 
-    return (UsageError, ConfigError, DataError, ExportError, ModelLoadError, RewardSpecError, RewardError)
+    return (UsageError, ConfigError, DataError, ExportError, ModelLoadError, RewardSpecError, RewardError,
+            TrainingDiverged)
 
 
 def _cmd_train(args) -> int:
@@ -378,8 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `reasonrl options | head`
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         _close_progress_bars()
+        from reasonrl.guards import TrainingInterrupted
+
+        if isinstance(interrupt, TrainingInterrupted):  # train() saved a checkpoint at a safe point
+            print(f"reasonrl {args.command}: {interrupt}", file=sys.stderr)
+            return interrupt.exit_code
         print("interrupted", file=sys.stderr)
         return 130
 

@@ -107,12 +107,16 @@ class GRPOConfig:
     reward_weights: list[float] | None = None
     """Weight of each reward function in the summed reward; one per function. None weighs each 1.0."""
     reward_timeout: float | None = None
-    """reasonrl: seconds a reward function may take on one batch before it counts as failed; None waits forever.
-    Not implemented yet (the reliability issue): setting it is an error rather than silently ignored."""
+    """reasonrl: seconds one call of a reward function (on a whole generation round) may take; past it, that call's
+    values count as failed (unscorable, like None) and in the metric rewards/<fn>/errors. The call runs in a daemon
+    thread that is abandoned on timeout (Python cannot stop it): it finishes in the background and its result is
+    dropped. None waits forever and calls the function directly."""
     max_reward_error_fraction: float = 0.5
-    """reasonrl: stop training when more than this fraction of a generation round's rewards fail (error, timeout or
-    None from every function); below it, a failed reward is ignored in the group statistics. Not implemented yet
-    (the reliability issue): today any reward that raises stops the run with a one-line error."""
+    """reasonrl: stop training (one-line error, no checkpoint of the failing state) when more than this fraction of
+    a generation round's reward values failed: over all functions, the values of calls that raised or timed out.
+    Below it, failed values are unscorable (None semantics: left out of the group statistics; a completion every
+    function failed on gets advantage 0), counted in rewards/<fn>/errors, and each (function, exception type)'s
+    first traceback is logged once. A None returned by the function is not a failure. 1.0 never stops."""
 
     # ---- generation
     num_generations: int = 8
@@ -267,8 +271,6 @@ class GRPOConfig:
         _require(self, "lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)")
         _require(self, "max_reward_error_fraction", 0 <= self.max_reward_error_fraction <= 1, "must be in [0, 1]")
         _require(self, "reward_timeout", self.reward_timeout is None or self.reward_timeout > 0, "must be > 0 or None")
-        _require(self, "reward_timeout", self.reward_timeout is None,
-                 "is not supported yet (reward timeouts come with the reliability work); remove it")
         for name in ("adam_beta1", "adam_beta2"):
             _require(self, name, 0 <= getattr(self, name) < 1, "must be in [0, 1)")
         if self.max_steps <= 0:

@@ -13,6 +13,10 @@ Where it departs from TRL: positions are computed from the attention mask in the
 (TRL's training forward uses 0..L-1 even for left-padded prompts), and dapo's denominator is the exact token
 count of the optimizer step's window (TRL uses the round's count divided evenly; the two agree when
 steps_per_generation == gradient_accumulation_steps, the default).
+
+When things go wrong: a reward call that raises or times out scores None for its values (scoring.py; too many in
+a round stop the run before anything is saved); a step with a non-finite loss or gradient norm is skipped, and a
+few in a row stop the run with a checkpoint; Ctrl-C or SIGTERM stops at the next step boundary with one (guards.py).
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ from reasonrl.config import ConfigError, GRPOConfig
 from reasonrl.core import group_advantages, grpo_loss, nanstd, token_entropy, token_logprobs
 from reasonrl.data import (DataError, PromptTokenizer, ensure_prompt_column, is_conversational, load_dataset_any,
                            render_prompt)
+from reasonrl.guards import StepGuard, StopSignals, TrainingDiverged, TrainingInterrupted
 from reasonrl.models import (DTYPES, add_lora, frozen_copy, is_peft_model, load_model, load_tokenizer, prepare_tokenizer,
                              reference_policy)
 from reasonrl.rollout import Rollout, generate, position_ids_from_mask
-from reasonrl.scoring import combine_rewards, score_round
+from reasonrl.scoring import check_failures, combine_rewards, log_failures_once, score_round
 from reasonrl.tracking import Trackers
 
 logger = logging.getLogger("reasonrl")
@@ -171,6 +176,9 @@ class GRPOTrainer:
         self.state = TrainerState()
         self.log_history: list[dict] = []
         self.callbacks: list = []
+        self.step_guard = StepGuard()
+        self._saved_step: int | None = None  # the step of the last checkpoint this run saved or resumed from
+        self._logged_reward_failures: set = set()  # (function, exception type) whose traceback was logged
 
     def add_callback(self, callback) -> None:
         """`callback(trainer, row)` runs after every optimizer step, before the row is logged; it may add metrics
@@ -198,8 +206,10 @@ class GRPOTrainer:
         self.trackers = Trackers(args)
         progress = tqdm(total=total_steps, initial=self.state.global_step, desc="GRPO", unit="step",
                         dynamic_ncols=True)
-        try:
+        # Ctrl-C and SIGTERM only raise a flag, checked between optimizer steps (guards.StopSignals)
+        with StopSignals() as stop, contextlib.closing(self.trackers), progress:
             while self.state.global_step < total_steps:
+                self._stop_if_asked(stop, optimizer, scheduler)
                 round_start = time.perf_counter()
                 batch, round_metrics = self._make_round()  # 1-3: generate, score, advantages (+ old/ref log-probs)
                 round_metrics["rollout_time"] = time.perf_counter() - round_start
@@ -215,13 +225,13 @@ class GRPOTrainer:
                     progress.set_postfix(reward=f"{metrics['reward']:.3f}", loss=f"{metrics['loss']:.4f}")
                     if _is_every(self.state.global_step, args.save_steps, total_steps):
                         self._save_checkpoint(optimizer, scheduler)
+                    if self.step_guard.diverged:  # K non-finite steps in a row (guards.StepGuard)
+                        self._stop_diverged(optimizer, scheduler)
+                    self._stop_if_asked(stop, optimizer, scheduler)
                     round_start = time.perf_counter()
                     round_metrics = {**round_metrics, "rollout_time": 0.0, "rollout_tokens": 0}
                     if self.state.global_step >= total_steps:
                         break
-        finally:
-            progress.close()
-            self.trackers.close()
         if not _is_every(self.state.global_step, args.save_steps, total_steps):
             self._save_checkpoint(optimizer, scheduler)
         return self.log_history
@@ -253,8 +263,12 @@ class GRPOTrainer:
                        else texts)
         columns = {key: [row[key] for row in rows for _ in range(g)] for key in rows[0] if key != "prompt"}
         columns["trainer_state"] = self.state
-        rewards_per_func = score_round(self.reward_funcs, self.reward_names, repeated_prompts, completions,
-                                       ids_list, columns)  # [B, F]
+        # a call that raises or times out gives NaN values (None semantics); too many of them stop the run
+        scores = score_round(self.reward_funcs, self.reward_names, repeated_prompts, completions, ids_list, columns,
+                             timeout=args.reward_timeout)
+        log_failures_once(scores, self._logged_reward_failures)
+        check_failures(scores, args.max_reward_error_fraction)
+        rewards_per_func = scores.rewards_per_func  # [B, F]
         rewards = combine_rewards(rewards_per_func, self.reward_weights)  # [B]
         advantages = group_advantages(rewards, g, scale=args.scale_rewards).to(self.device)
 
@@ -285,6 +299,7 @@ class GRPOTrainer:
         for i, name in enumerate(self.reward_names):
             metrics[f"rewards/{name}/mean"] = torch.nanmean(rewards_per_func[:, i]).item()
             metrics[f"rewards/{name}/std"] = nanstd(rewards_per_func[:, i]).item()
+            metrics[f"rewards/{name}/errors"] = scores.errors[name]
         self._record_completions(repeated_prompts, texts, rewards_per_func, advantages)
         return Batch(rollout, advantages, loss_mask, old_logps, ref_logps), metrics
 
@@ -341,11 +356,13 @@ class GRPOTrainer:
                         metric_sums[key] = metric_sums.get(key, 0.0) + value
                 sums = {"loss": loss_sum, **{key: value / len(window) for key, value in metric_sums.items()}}
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
+                # a non-finite loss or gradient norm skips the step: no optimizer or schedule move (guards.py)
+                if self.step_guard.allows(self.state.global_step + 1, loss_sum, grad_norm.item()):
+                    optimizer.step()
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 yield {**sums, "grad_norm": grad_norm.item(), "learning_rate": scheduler.get_last_lr()[0],
-                       "tokens": processed}
+                       "tokens": processed, "skipped_steps": self.step_guard.skipped_steps}
 
     def _micro_step(self, batch: Batch, rows: torch.Tensor, window_tokens: torch.Tensor, window_size: int):
         args, rollout = self.args, batch.rollout
@@ -457,11 +474,13 @@ class GRPOTrainer:
         state = {"global_step": self.state.global_step, "max_steps": self.state.max_steps,
                  "epoch": self.state.epoch, "sampler": self.sampler.state_dict(),
                  "truncated_prompts": self.prompt_tokenizer.truncated, "log_history": self.log_history[-1:],
-                 "model_name": self.model_name}
-        return ckpt.save_checkpoint(self.args.output_dir, self.state.global_step, model=self.model,
+                 "model_name": self.model_name, "skipped_steps": self.step_guard.skipped_steps}
+        path = ckpt.save_checkpoint(self.args.output_dir, self.state.global_step, model=self.model,
                                     tokenizer=self.tokenizer, optimizer=optimizer, scheduler=scheduler,
                                     trainer_state=state, config_yaml=self.args.to_yaml(),
                                     generator=self.generator, save_total_limit=self.args.save_total_limit)
+        self._saved_step = self.state.global_step
+        return path
 
     def _resume(self, resume_from_checkpoint, optimizer, scheduler) -> None:
         path = (ckpt.latest_checkpoint(self.args.output_dir) if resume_from_checkpoint is True
@@ -477,6 +496,36 @@ class GRPOTrainer:
         self.sampler.load_state_dict(state["sampler"])
         self.state.global_step, self.state.epoch = state["global_step"], state["epoch"]
         self.prompt_tokenizer.truncated = state.get("truncated_prompts", 0)
+        self.step_guard = StepGuard(state.get("skipped_steps", 0))
+        self._saved_step = self.state.global_step
+
+    def _stop_if_asked(self, stop: StopSignals, optimizer, scheduler) -> None:
+        """At a safe point (no step half-applied): after Ctrl-C or SIGTERM, save the last completed step and stop."""
+        if not stop.requested:
+            return
+        step = self.state.global_step
+        if step == 0:
+            message, path = "interrupted before the first optimizer step; nothing to save", None
+        else:
+            path = self._checkpoint_once(optimizer, scheduler)
+            message = (f"interrupted after step {step}; saved {path}; continue with "
+                       f"`reasonrl train ... --resume` (or resume_from_checkpoint={path})")
+        raise TrainingInterrupted(message, path, stop.signum)
+
+    def _checkpoint_once(self, optimizer, scheduler) -> str:
+        """The checkpoint of the current step, saved now unless this run already saved (or resumed from) it."""
+        if self._saved_step == self.state.global_step:
+            return os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+        return self._save_checkpoint(optimizer, scheduler)
+
+    def _stop_diverged(self, optimizer, scheduler) -> None:
+        """Save a checkpoint (its weights are the last good step's: the skipped steps applied nothing) and stop."""
+        path = self._checkpoint_once(optimizer, scheduler)
+        step = self.state.global_step
+        raise TrainingDiverged(f"training diverged: steps {step - self.step_guard.consecutive + 1}-{step} all had a "
+                               f"non-finite loss or gradient norm and were skipped; the last good weights are saved "
+                               f"in {path}; lower learning_rate or max_grad_norm (or check the rewards), then "
+                               f"resume with --resume")
 
     def save_model(self, output_dir: str | None = None) -> None:
         """save_pretrained (safetensors) of the model or adapter, and the tokenizer."""
