@@ -147,22 +147,20 @@ def generate(
     return completion_ids, completion_mask, sampling_logps * completion_mask, ~has_eos
 
 
-def sequence_logprobs(
-    model,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    completion_ids: torch.Tensor,
-    completion_mask: torch.Tensor,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """Log-probs [B, C] of the completion tokens under `model`, at `temperature`, with correct positions.
+def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+    """Logits [B, C, V] that predict each completion token, with positions counted over real tokens.
 
     Only the C+1 last positions are projected to the vocabulary (logits_to_keep), not the prompt's.
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+C]
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    num_completion = completion_ids.size(1)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_from_mask(attention_mask), use_cache=False,
-                   logits_to_keep=num_completion + 1).logits[:, :-1]  # [B, C, V]
+    return model(input_ids=input_ids, attention_mask=attention_mask,
+                 position_ids=position_ids_from_mask(attention_mask), use_cache=False,
+                 logits_to_keep=completion_ids.size(1) + 1).logits[:, :-1]
+
+
+def sequence_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs [B, C] of the completion tokens under `model`, at `temperature`: what the loss uses."""
+    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     return token_logprobs(logits, completion_ids, temperature)

@@ -41,7 +41,7 @@ from reasonrl.data import (DataError, PromptTokenizer, ensure_prompt_column, is_
 from reasonrl.guards import StepGuard, StopSignals, TrainingDiverged, TrainingInterrupted
 from reasonrl.models import (DTYPES, add_lora, frozen_copy, is_peft_model, load_model, load_tokenizer, prepare_tokenizer,
                              reference_policy)
-from reasonrl.rollout import Rollout, generate, position_ids_from_mask
+from reasonrl.rollout import Rollout, completion_logits, generate
 from reasonrl.scoring import check_failures, combine_rewards, log_failures_once, score_round
 from reasonrl.tracking import Trackers
 
@@ -319,11 +319,7 @@ class GRPOTrainer:
 
     def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy=False):
         """Log-probs [b, C] of the completion tokens at the sampling temperature (and entropies if asked)."""
-        input_ids = torch.cat([prompt_ids, completion_ids], 1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], 1)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                       position_ids=position_ids_from_mask(attention_mask), use_cache=False,
-                       logits_to_keep=completion_ids.size(1) + 1).logits[:, :-1]  # [b, C, V]
+        logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)  # [b, C, V]
         logps = token_logprobs(logits, completion_ids, self.args.temperature)
         entropy = None
         if with_entropy:
