@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from datasets import Dataset
 
 from reasonrl import GRPOConfig, GRPOTrainer
@@ -53,3 +54,21 @@ def test_a_new_run_in_the_same_folder_starts_fresh_logs(tmp_path, char_tokenizer
     _trainer(tmp_path, char_tokenizer, max_steps=1).train()
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [row["step"] for row in rows] == [1]
+
+
+def test_two_runs_with_the_same_seed_end_bitwise_equal(tmp_path, char_tokenizer):
+    # determinism on CPU: sampling, shuffling, dropout (LoRA's) and the optimizer all follow the seed
+    from peft import LoraConfig
+
+    weights = []
+    for run in ("a", "b"):
+        trainer = _trainer(tmp_path / run, char_tokenizer, max_steps=3, seed=11)
+        lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear", task_type="CAUSAL_LM")
+        trainer = GRPOTrainer(trainer.model, trainer.reward_funcs, args=trainer.args,
+                              train_dataset=trainer.train_dataset, processing_class=char_tokenizer, peft_config=lora)
+        trainer.train()
+        weights.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    trained_b = [v for k, v in weights[0].items() if "lora_B" in k]
+    assert trained_b and all(v.abs().sum() > 0 for v in trained_b)  # the runs did train (B starts at zero)
