@@ -316,11 +316,10 @@ def _cmd_sft(args) -> int:
                              f"{', '.join(dataset.column_names)}); sft needs prompt and completion")
         rows = [dict(row) for row in dataset]
     if args.model is None:
-        from reasonrl.tiny import build_char_tokenizer, build_tiny_model
+        from reasonrl.tiny import build_char_tokenizer, build_reasoning_model
 
         tokenizer = build_char_tokenizer()
-        model = build_tiny_model(tokenizer, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                                 num_key_value_heads=2, intermediate_size=512, seed=args.seed)
+        model = build_reasoning_model(tokenizer, seed=args.seed)
     else:
         from reasonrl.models import load_model, load_tokenizer
 

@@ -76,7 +76,7 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
     from reasonrl.evaluate import evaluate, format_report
     from reasonrl.plot import plot_run
     from reasonrl.sft import sft
-    from reasonrl.tiny import build_char_tokenizer, build_tiny_model
+    from reasonrl.tiny import build_char_tokenizer, build_reasoning_model
     from reasonrl.trainer import GRPOTrainer
 
     settings = settings or DemoSettings()
@@ -94,9 +94,8 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
     # 1. warm start
     print(f"[1/4] warm start: supervised fine-tuning on {task.name} reasoning traces", flush=True)
     tokenizer = build_char_tokenizer()
-    model = build_tiny_model(tokenizer, hidden_size=settings.hidden_size, num_hidden_layers=settings.num_hidden_layers,
-                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=4 * settings.hidden_size,
-                             seed=settings.seed)
+    model = build_reasoning_model(tokenizer, hidden_size=settings.hidden_size,
+                                  num_hidden_layers=settings.num_hidden_layers, seed=settings.seed)
     sft_rows = [{"prompt": row["prompt"], "completion": task.trace(row)} for row in train]
     sft_curve = []
 

@@ -80,6 +80,13 @@ def build_tiny_model(
     return model
 
 
+def build_reasoning_model(tokenizer=None, *, hidden_size: int = 128, num_hidden_layers: int = 4, seed: int = 0):
+    """The ~1M-parameter character-level Qwen2 that `reasonrl sft` (without --model) and the demo warm-start:
+    4 attention heads, 2 KV heads, an MLP 4x the hidden size."""
+    return build_tiny_model(tokenizer, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                            num_attention_heads=4, num_key_value_heads=2, intermediate_size=4 * hidden_size, seed=seed)
+
+
 def smollm_135m_config(**overrides):
     """The SmolLM-135M architecture (LlamaConfig), for building it locally with random weights."""
     from transformers import LlamaConfig
