@@ -93,3 +93,35 @@ def test_completion_mask_stops_after_first_eos(char_tokenizer):
     assert completion_ids.tolist() == [[40, 40, eos], [40, eos, pad]]
     assert completion_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
     assert truncated.tolist() == [False, False]
+
+
+def _sample(model, tokenizer, prompts, seeds, g=3, n=12):
+    ids, mask = _encode(tokenizer, prompts)
+    return generate(model, ids, mask, num_generations=g, max_new_tokens=n, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id, temperature=1.0, seeds=seeds)
+
+
+def test_seeded_samples_do_not_depend_on_the_rest_of_the_batch(model, char_tokenizer):
+    alone = _sample(model, char_tokenizer, [PROMPTS[1]], [7])
+    batched = _sample(model, char_tokenizer, PROMPTS, [3, 7, 11])
+    assert torch.equal(alone[0], batched[0][3:6])  # prompt 1's three samples, alone or in the middle of a batch
+    assert torch.allclose(alone[2], batched[2][3:6], atol=1e-5)
+    other_seed = _sample(model, char_tokenizer, [PROMPTS[1]], [8])
+    assert not torch.equal(alone[0], other_seed[0])
+
+
+def test_seeded_sampling_follows_the_softmax(model, char_tokenizer):
+    # 4000 first tokens sampled by inverse CDF from one prompt at T=0.2: the frequency of each of the 8 likeliest
+    # tokens is within 4 binomial standard errors of softmax(logits / T)
+    ids, mask = _encode(char_tokenizer, [PROMPTS[0]])
+    draws, temperature = 4000, 0.2
+    completion_ids, *_ = generate(model, ids, mask, num_generations=draws, max_new_tokens=1, temperature=temperature,
+                                  eos_token_id=char_tokenizer.eos_token_id, pad_token_id=char_tokenizer.pad_token_id,
+                                  seeds=[0])
+    with torch.no_grad():
+        probs = (model(input_ids=ids, attention_mask=mask).logits[0, -1] / temperature).softmax(-1)
+    frequencies = torch.bincount(completion_ids[:, 0], minlength=probs.numel()).float() / draws
+    top = probs.topk(8).indices
+    assert probs[top].min() > 0.01 and probs.max() < 0.5  # several likely tokens, so a wrong sampler shows
+    standard_error = (probs[top] * (1 - probs[top]) / draws).sqrt()
+    assert ((frequencies[top] - probs[top]).abs() < 4 * standard_error).all(), (frequencies[top], probs[top])

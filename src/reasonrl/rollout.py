@@ -86,8 +86,13 @@ def generate(
     repetition_penalty: float = 1.0,
     greedy: bool = False,
     generator: torch.Generator | None = None,
+    seeds: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample `num_generations` completions for each of the prompts (prompt_ids [N, P], left-padded).
+
+    Randomness: with `seeds` (one int per prompt), prompt i's samples come from its own generator seeded with
+    seeds[i] (inverse-CDF sampling from uniforms drawn up front), so they do not depend on which other prompts share
+    the batch, or on which process of a distributed run draws them. Otherwise `generator` drives torch.multinomial.
 
     Returns completion_ids [N*G, C], completion_mask [N*G, C], sampling_logps [N*G, C], is_truncated [N*G].
     Rows are grouped by prompt: rows i*G .. i*G+G-1 belong to prompt i.
@@ -112,6 +117,13 @@ def generate(
         seen = torch.zeros(batch, logits.size(-1), dtype=torch.bool, device=device)
         seen.scatter_(1, (prompt_ids * prompt_mask).repeat_interleave(g, dim=0), prompt_mask.bool().repeat_interleave(g, 0))
 
+    uniforms = None  # [B, max_new_tokens]
+    if seeds is not None and not greedy:
+        if len(seeds) != prompt_ids.size(0):
+            raise ValueError(f"seeds has {len(seeds)} entries for {prompt_ids.size(0)} prompts; give one per prompt")
+        uniforms = torch.cat([torch.rand(g, max_new_tokens, generator=torch.Generator().manual_seed(int(seed)),
+                                         dtype=torch.float64) for seed in seeds]).to(device)
+
     tokens, logps = [], []
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
@@ -122,7 +134,13 @@ def generate(
         else:
             sampling_logits = logits if seen is None else _apply_repetition_penalty(logits, seen, repetition_penalty)
             sampling_logits = _filter_logits(sampling_logits / temperature, top_k, top_p)
-            token = torch.multinomial(sampling_logits.softmax(-1), 1, generator=generator).squeeze(-1)
+            probs = sampling_logits.softmax(-1)  # [B, V]
+            if uniforms is None:
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            else:  # inverse CDF: the first token whose cumulative probability passes u (zero-probability ones never)
+                cdf = probs.double().cumsum(-1)  # [B, V]
+                target = uniforms[:, step:step + 1] * cdf[:, -1:]
+                token = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.size(-1) - 1)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
         logps.append(log_probs.gather(-1, token[:, None]).squeeze(-1))
