@@ -125,3 +125,48 @@ def test_seeded_sampling_follows_the_softmax(model, char_tokenizer):
     assert probs[top].min() > 0.01 and probs.max() < 0.5  # several likely tokens, so a wrong sampler shows
     standard_error = (probs[top] * (1 - probs[top]) / draws).sqrt()
     assert ((frequencies[top] - probs[top]).abs() < 4 * standard_error).all(), (frequencies[top], probs[top])
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_lean_decoder_equals_the_model_forward_with_a_trained_lora(char_tokenizer, arch):
+    # LoRA B starts at zero; give it values so that the merged weights really differ from the base ones
+    from peft import LoraConfig, get_peft_model
+
+    from reasonrl.lean_decode import LeanDecoder
+
+    torch.manual_seed(0)
+    model = get_peft_model(build_tiny_model(char_tokenizer, arch=arch, seed=2),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    assert LeanDecoder.build(model) is not None
+    ids, mask = _encode(char_tokenizer)
+    kwargs = dict(num_generations=2, max_new_tokens=24, eos_token_id=char_tokenizer.eos_token_id,
+                  pad_token_id=char_tokenizer.pad_token_id, seeds=[1, 2, 3])
+    lean = generate(model, ids, mask, lean=True, **kwargs)
+    generic = generate(model, ids, mask, lean=False, **kwargs)
+    assert torch.equal(lean[0], generic[0]) and torch.equal(lean[1], generic[1])
+    assert (lean[2] - generic[2]).abs().max().item() < 1e-4
+    recomputed = sequence_logprobs(model, ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0), lean[0], lean[1])
+    assert (recomputed * lean[1] - lean[2]).abs().max().item() < 1e-4
+    # greedy: the same tokens as transformers' generate on the peft model
+    greedy = generate(model, ids, mask, num_generations=1, max_new_tokens=24, greedy=True,
+                      eos_token_id=char_tokenizer.eos_token_id, pad_token_id=char_tokenizer.pad_token_id)
+    reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
+                               pad_token_id=char_tokenizer.pad_token_id)[:, ids.size(1):]
+    assert torch.equal(greedy[0][:, : reference.size(1)], reference)
+
+
+def test_lean_decoder_declines_what_it_does_not_cover(char_tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    from reasonrl.lean_decode import LeanDecoder
+
+    dora = get_peft_model(build_tiny_model(char_tokenizer, seed=2),
+                          LoraConfig(r=4, target_modules="all-linear", use_dora=True))
+    assert LeanDecoder.build(dora) is None
+    sliding = build_tiny_model(char_tokenizer, seed=2)
+    sliding.config.use_sliding_window = True
+    assert LeanDecoder.build(sliding) is None

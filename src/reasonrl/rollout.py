@@ -14,6 +14,7 @@ import inspect
 import torch
 
 from reasonrl.core import token_logprobs
+from reasonrl.lean_decode import LeanDecoder
 
 
 @dataclass
@@ -70,6 +71,36 @@ def _output_cache(output):
     return cache if cache is not None else output.past_key_values
 
 
+class ModelDecoder:
+    """The generic path: `model.forward` with transformers' KV cache, prefilled once per prompt and repeated G times."""
+
+    def __init__(self, model):
+        self.model = model
+        self.cache_keyword = _cache_keyword(model)
+
+    def prefill(self, prompt_ids, prompt_mask, positions, num_generations: int, max_new_tokens: int) -> torch.Tensor:
+        out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
+        self.cache = _output_cache(out)
+        if num_generations > 1:
+            self.cache.batch_repeat_interleave(num_generations)
+        self.attention_mask = prompt_mask.repeat_interleave(num_generations, dim=0)  # [B, P]
+        self.next_position = positions[:, -1:].repeat_interleave(num_generations, dim=0) + 1  # [B, 1]
+        return out.logits[:, -1].float().repeat_interleave(num_generations, dim=0)  # [B, V]
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones(token.size(0), 1, dtype=self.attention_mask.dtype, device=token.device)
+        self.attention_mask = torch.cat([self.attention_mask, ones], 1)
+        out = self.model(input_ids=token[:, None], attention_mask=self.attention_mask, position_ids=self.next_position,
+                         use_cache=True, **{self.cache_keyword: self.cache})
+        self.cache = _output_cache(out)
+        self.next_position = self.next_position + 1
+        return out.logits[:, -1].float()
+
+    def close(self) -> None:
+        self.cache = None
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -87,12 +118,15 @@ def generate(
     greedy: bool = False,
     generator: torch.Generator | None = None,
     seeds: list[int] | None = None,
+    lean: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample `num_generations` completions for each of the prompts (prompt_ids [N, P], left-padded).
 
     Randomness: with `seeds` (one int per prompt), prompt i's samples come from its own generator seeded with
     seeds[i] (inverse-CDF sampling from uniforms drawn up front), so they do not depend on which other prompts share
-    the batch, or on which process of a distributed run draws them. Otherwise `generator` drives torch.multinomial.
+    the batch, or on which process of a distributed run draws them. Otherwise the uniforms come from `generator`.
+The model runs through lean_decode.LeanDecoder (merged LoRA, fused projections, static cache) when it supports the
+architecture and `lean` is true, else through its own forward with transformers' cache (ModelDecoder).
 
     Returns completion_ids [N*G, C], completion_mask [N*G, C], sampling_logps [N*G, C], is_truncated [N*G].
     Rows are grouped by prompt: rows i*G .. i*G+G-1 belong to prompt i.
@@ -101,28 +135,30 @@ def generate(
     eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
     g = num_generations
     positions = position_ids_from_mask(prompt_mask)  # [N, P]
-    # Prefill each prompt once, then share its KV cache across its G samples.
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1)
-    cache_keyword = _cache_keyword(model)
-    cache = _output_cache(out)
-    if g > 1:
-        cache.batch_repeat_interleave(g)
-    logits = out.logits[:, -1].float().repeat_interleave(g, dim=0)  # [B, V]
-    attention_mask = prompt_mask.repeat_interleave(g, dim=0)  # [B, P]
-    next_position = positions[:, -1:].repeat_interleave(g, dim=0) + 1  # [B, 1]
+    decoder = None
+    if lean:
+        autocast = torch.is_autocast_enabled(device.type)
+        decoder = LeanDecoder.build(model, torch.get_autocast_dtype(device.type) if autocast else None)
+    decoder = decoder or ModelDecoder(model)
+    # each prompt is prefilled once; its keys and values serve its G samples
+    logits = decoder.prefill(prompt_ids, prompt_mask, positions, g, max_new_tokens)  # [B, V]
     batch = logits.size(0)
     seen = None
     if repetition_penalty != 1.0:
         seen = torch.zeros(batch, logits.size(-1), dtype=torch.bool, device=device)
         seen.scatter_(1, (prompt_ids * prompt_mask).repeat_interleave(g, dim=0), prompt_mask.bool().repeat_interleave(g, 0))
-
+    # sampling by inverse CDF from uniforms drawn up front: one draw per row per step, from the prompt's own seed or
+    # from `generator` (cheaper than torch.multinomial's exponential draw over the whole vocabulary)
     uniforms = None  # [B, max_new_tokens]
-    if seeds is not None and not greedy:
-        if len(seeds) != prompt_ids.size(0):
-            raise ValueError(f"seeds has {len(seeds)} entries for {prompt_ids.size(0)} prompts; give one per prompt")
-        uniforms = torch.cat([torch.rand(g, max_new_tokens, generator=torch.Generator().manual_seed(int(seed)),
-                                         dtype=torch.float64) for seed in seeds]).to(device)
+    if not greedy:
+        if seeds is not None:
+            if len(seeds) != prompt_ids.size(0):
+                raise ValueError(f"seeds has {len(seeds)} entries for {prompt_ids.size(0)} prompts; give one per prompt")
+            uniforms = torch.cat([torch.rand(g, max_new_tokens, generator=torch.Generator().manual_seed(int(seed)),
+                                             dtype=torch.float64) for seed in seeds])
+        else:
+            uniforms = torch.rand(batch, max_new_tokens, generator=generator, dtype=torch.float64)
+        uniforms = uniforms.to(device)
 
     tokens, logps = [], []
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -133,14 +169,11 @@ def generate(
             token = logits.argmax(-1)
         else:
             sampling_logits = logits if seen is None else _apply_repetition_penalty(logits, seen, repetition_penalty)
-            sampling_logits = _filter_logits(sampling_logits / temperature, top_k, top_p)
-            probs = sampling_logits.softmax(-1)  # [B, V]
-            if uniforms is None:
-                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-            else:  # inverse CDF: the first token whose cumulative probability passes u (zero-probability ones never)
-                cdf = probs.double().cumsum(-1)  # [B, V]
-                target = uniforms[:, step:step + 1] * cdf[:, -1:]
-                token = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.size(-1) - 1)
+            probs = _filter_logits(sampling_logits / temperature, top_k, top_p).softmax(-1)  # [B, V]
+            # the first token whose cumulative probability passes u (a zero-probability token never does)
+            cdf = probs.double().cumsum(-1)  # [B, V]
+            target = uniforms[:, step:step + 1] * cdf[:, -1:]
+            token = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.size(-1) - 1)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
         logps.append(log_probs.gather(-1, token[:, None]).squeeze(-1))
@@ -149,12 +182,8 @@ def generate(
         finished = finished | torch.isin(token, eos_ids)
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
-        attention_mask = torch.cat([attention_mask, torch.ones(batch, 1, dtype=attention_mask.dtype, device=device)], 1)
-        out = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
-                    use_cache=True, **{cache_keyword: cache})
-        cache = _output_cache(out)
-        logits = out.logits[:, -1].float()
-        next_position = next_position + 1
+        logits = decoder.step(token)
+    decoder.close()
 
     completion_ids = torch.stack(tokens, dim=1)  # [B, C]
     sampling_logps = torch.stack(logps, dim=1)  # [B, C]

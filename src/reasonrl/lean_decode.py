@@ -1,0 +1,210 @@
+"""A lean decode path for Llama-family models (Llama, Qwen2, Qwen3, Mistral): the rollout's hot loop.
+
+Decoding one token at a time is bound by reading the weights, but through `model.forward` a 135M model spends as
+much time again in Python and small ops: transformers' per-layer machinery, and with LoRA five extra ops (and an
+autocast cast of the adapter) for each of the 210 adapted linears. For the length of one rollout the weights do not
+change, so this path:
+
+  * merges each LoRA adapter into a copy of its base weight (W + scale * B @ A, computed in fp32), so that a linear
+    is one matmul; the copies live only while the rollout runs;
+  * fuses q/k/v into one matmul and gate/up into one;
+  * keeps a static KV cache [B, kv_heads, P + max_new_tokens, head_dim] per layer, written in place;
+  * prefills each prompt once and copies its keys and values to the G rows that sample from it.
+
+It reuses the model's own modules where they are not the bottleneck: the RMSNorm layers (and Qwen3's q/k norms),
+the rotary embedding and the modeling file's `apply_rotary_pos_emb`, so scaling variants (rope_scaling) stay
+transformers'. Anything it does not cover (other architectures, sliding windows, DoRA, quantized or LoRA'd
+embeddings) returns None from `LeanDecoder.build`, and generation falls back to `model.forward` with its cache.
+tests/test_rollout.py checks greedy tokens against HF `generate` and log-probs against the training forward.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def _unwrap(model):
+    """The transformers CausalLM under peft/DDP wrappers."""
+    if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DistributedDataParallel
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def _is_lora(linear) -> bool:
+    return hasattr(linear, "base_layer") and hasattr(linear, "lora_A")
+
+
+@torch.no_grad()
+def _merged_weights(linears, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weights the linears apply, LoRA adapters merged in (W + scale * B @ A), stacked along the output
+    dimension into one new `dtype` tensor (one matmul for q/k/v or gate/up); their biases likewise, or None."""
+    bases = [linear.base_layer if _is_lora(linear) else linear for linear in linears]
+    rows = [base.weight.size(0) for base in bases]
+    weight = torch.empty(sum(rows), bases[0].weight.size(1), dtype=dtype, device=bases[0].weight.device)
+    for linear, base, block in zip(linears, bases, weight.split(rows)):
+        block.copy_(base.weight)
+        if _is_lora(linear) and not linear.disable_adapters and not linear.merged:
+            for name in linear.active_adapters:
+                if name in linear.lora_A:
+                    lora_b, lora_a = linear.lora_B[name].weight, linear.lora_A[name].weight  # [out, r], [r, in]
+                    block.addmm_(lora_b.to(dtype), lora_a.to(dtype), alpha=linear.scaling[name])
+    if bases[0].bias is None:
+        return weight, None
+    return weight, torch.cat([base.bias for base in bases]).to(dtype)
+
+
+def _unsupported_reason(model) -> str | None:
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return f"model type {getattr(config, 'model_type', None)!r}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r}"
+    if getattr(config, "use_sliding_window", False) or any(
+            kind != "full_attention" for kind in (getattr(config, "layer_types", None) or [])):
+        return "sliding-window attention"
+    if getattr(config, "pretraining_tp", 1) != 1:
+        return "pretraining_tp"
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        return "no model.layers / rotary_emb"
+    if type(inner.embed_tokens) is not torch.nn.Embedding or type(model.get_output_embeddings()) is not torch.nn.Linear:
+        return "a wrapped (LoRA or quantized) embedding or lm_head"
+    for layer in inner.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        for linear in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+            base = linear.base_layer if _is_lora(linear) else linear
+            if type(base) is not torch.nn.Linear or not base.weight.is_floating_point():
+                return "a quantized or non-Linear projection"
+            if _is_lora(linear) and (any(linear.use_dora.values()) or getattr(linear, "lora_bias", {}) and any(
+                    linear.lora_bias.values())):
+                return "DoRA or LoRA bias"
+    return None
+
+
+class LeanDecoder:
+    """Prefill + one-token steps over a static KV cache, with merged and fused weights (see the module docstring)."""
+
+    def __init__(self, model, dtype: torch.dtype):
+        self.model, self.dtype = model, dtype
+        inner = model.model
+        config = model.config
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.rotary = inner.rotary_emb
+        self.apply_rotary = sys.modules[type(inner.layers[0].self_attn).__module__].apply_rotary_pos_emb
+        self.embed = inner.embed_tokens
+        self.final_norm = inner.norm
+        lm_head = model.get_output_embeddings()
+        if lm_head.weight.dtype == dtype:  # tied embeddings: no copy
+            self.lm_head_weight, self.lm_head_bias = lm_head.weight, lm_head.bias
+        else:
+            self.lm_head_weight, self.lm_head_bias = _merged_weights([lm_head], dtype)
+        self.layers = []
+        for layer in inner.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self.layers.append({
+                "input_norm": layer.input_layernorm, "post_norm": layer.post_attention_layernorm,
+                "q_norm": getattr(attn, "q_norm", None), "k_norm": getattr(attn, "k_norm", None),
+                "qkv": _merged_weights([attn.q_proj, attn.k_proj, attn.v_proj], dtype),  # [(H + 2 KVH) D, hidden]
+                "o": _merged_weights([attn.o_proj], dtype),
+                "gate_up": _merged_weights([mlp.gate_proj, mlp.up_proj], dtype),  # [2 I, hidden]
+                "down": _merged_weights([mlp.down_proj], dtype),
+                "scaling": attn.scaling,
+            })
+
+    @classmethod
+    def build(cls, model, dtype: torch.dtype | None = None) -> LeanDecoder | None:
+        """A decoder for `model` (peft-wrapped or not), or None when the model needs the generic path."""
+        inner = _unwrap(model)
+        if _unsupported_reason(inner) is not None:
+            return None
+        if dtype is None:
+            dtype = inner.model.embed_tokens.weight.dtype
+        return cls(inner, dtype)
+
+    # ------------------------------------------------------------------ one pass over the layers
+
+    def _layers(self, hidden, cos, sin, mask, start: int, expand: int = 1):
+        """hidden [b, T, hidden] at cache slots start..start+T-1; `mask` [b, 1, T, start+T] (True = attend).
+
+        With expand = G the b rows are prompts and their keys/values are written to the G rows of each."""
+        batch, length, _ = hidden.shape
+        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
+        for layer, (key_cache, value_cache) in zip(self.layers, self.cache):
+            x = layer["input_norm"](hidden)
+            qkv = F.linear(x, *layer["qkv"])  # [b, T, (H + 2 KVH) D]
+            q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+            q, k, v = (t.view(batch, length, -1, head_dim) for t in (q, k, v))
+            if layer["q_norm"] is not None:
+                q, k = layer["q_norm"](q), layer["k_norm"](k)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, T, D]
+            q, k = self.apply_rotary(q, k, cos, sin)
+            end = start + length
+            if expand > 1:
+                key_cache[:, :, start:end] = k.repeat_interleave(expand, 0)
+                value_cache[:, :, start:end] = v.repeat_interleave(expand, 0)
+                keys, values = k, v  # the prompts attend within themselves
+            else:
+                key_cache[:, :, start:end] = k
+                value_cache[:, :, start:end] = v
+                keys, values = key_cache[:, :, :end], value_cache[:, :, :end]
+            attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=layer["scaling"],
+                                                  enable_gqa=heads != kv_heads)  # [b, H, T, D]
+            hidden = hidden + F.linear(attn.transpose(1, 2).reshape(batch, length, -1), *layer["o"])
+            x = layer["post_norm"](hidden)
+            gate, up = F.linear(x, *layer["gate_up"]).chunk(2, dim=-1)
+            hidden = hidden + F.linear(F.silu(gate) * up, *layer["down"])
+        return hidden
+
+    def _logits(self, hidden) -> torch.Tensor:
+        return F.linear(self.final_norm(hidden), self.lm_head_weight, self.lm_head_bias).float()
+
+    # ------------------------------------------------------------------ the decoder interface
+
+    @torch.no_grad()
+    def prefill(self, prompt_ids, prompt_mask, positions, num_generations: int, max_new_tokens: int) -> torch.Tensor:
+        """Run the prompts [N, P] once, fill the cache of their N*G rows; logits [N*G, V] of the first new token."""
+        with torch.autocast(prompt_ids.device.type, enabled=False):
+            num_prompts, width = prompt_ids.shape
+            rows = num_prompts * num_generations
+            total = width + max_new_tokens
+            self.cache = [(torch.empty(rows, self.num_kv_heads, total, self.head_dim, dtype=self.dtype,
+                                       device=prompt_ids.device),
+                           torch.empty(rows, self.num_kv_heads, total, self.head_dim, dtype=self.dtype,
+                                       device=prompt_ids.device)) for _ in self.layers]
+            self.attend = torch.zeros(rows, 1, 1, total, dtype=torch.bool, device=prompt_ids.device)  # [B,1,1,L]
+            self.attend[:, 0, 0, :width] = prompt_mask.bool().repeat_interleave(num_generations, 0)
+            self.slot, self.width = width, width
+            self.next_position = positions[:, -1:].repeat_interleave(num_generations, 0) + 1  # [B, 1]
+            causal = torch.ones(width, width, dtype=torch.bool, device=prompt_ids.device).tril()
+            # a padding query attends to itself only, so that no row of the mask is empty (its output is unused)
+            mask = (causal & prompt_mask.bool()[:, None, None, :]) | torch.eye(width, dtype=torch.bool,
+                                                                                 device=prompt_ids.device)
+            hidden = self.embed(prompt_ids).to(self.dtype)  # [N, P, hidden]
+            cos, sin = self.rotary(hidden, positions)
+            hidden = self._layers(hidden, cos, sin, mask, 0, expand=num_generations)
+            return self._logits(hidden[:, -1]).repeat_interleave(num_generations, 0)
+
+    @torch.no_grad()
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row [B]; logits [B, V] of the next."""
+        with torch.autocast(token.device.type, enabled=False):
+            self.attend[:, 0, 0, self.slot] = True
+            hidden = self.embed(token[:, None]).to(self.dtype)  # [B, 1, hidden]
+            cos, sin = self.rotary(hidden, self.next_position)
+            hidden = self._layers(hidden, cos, sin, self.attend[..., : self.slot + 1], self.slot)
+            self.slot += 1
+            self.next_position = self.next_position + 1
+            return self._logits(hidden[:, -1])
+
+    def close(self) -> None:
+        """Free the merged weights and the cache now rather than when the decoder is collected."""
+        self.layers, self.cache = [], []
