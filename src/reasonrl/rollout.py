@@ -194,16 +194,51 @@ architecture and `lean` is true, else through its own forward with transformers'
     return completion_ids, completion_mask, sampling_logps * completion_mask, ~has_eos
 
 
-def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                      share_prompts: bool = False) -> torch.Tensor:
     """Logits [B, C, V] that predict each completion token, with positions counted over real tokens.
 
-    Only the C+1 last positions are projected to the vocabulary (logits_to_keep), not the prompt's.
+    Only the C+1 last positions are projected to the vocabulary (logits_to_keep), not the prompt's. With
+    `share_prompts`, rows with the same prompt run it once (_shared_prompt_logits).
     """
+    if share_prompts:
+        logits = _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        if logits is not None:
+            return logits
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+C]
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
     return model(input_ids=input_ids, attention_mask=attention_mask,
                  position_ids=position_ids_from_mask(attention_mask), use_cache=False,
                  logits_to_keep=completion_ids.size(1) + 1).logits[:, :-1]
+
+
+def _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor | None:
+    """completion_logits with each distinct prompt computed once (the G rows of a group share theirs).
+
+    The idea of Prefix Grouper (arXiv 2506.05433): a forward over the U distinct prompts fills a KV cache, whose
+    keys and values (still attached to the graph) are indexed out to the B rows; a second forward runs the
+    completions against it. The backward flows through the cache into the prompts' forward, so the gradients are
+    those of the unshared computation; the prompt tokens cost U instead of B rows of forward and backward.
+    None when no two rows share a prompt.
+    """
+    keyed = prompt_ids.masked_fill(prompt_mask == 0, -1)  # a row's identity: its tokens and its padding
+    distinct, row_prompt = torch.unique(keyed, dim=0, return_inverse=True)  # [U, P], [B]
+    if distinct.size(0) == keyed.size(0):
+        return None
+    first_row = torch.full((distinct.size(0),), keyed.size(0), dtype=torch.long, device=keyed.device)
+    first_row = first_row.scatter_reduce(0, row_prompt, torch.arange(keyed.size(0), device=keyed.device), "amin")
+    unique_mask = prompt_mask[first_row]
+    positions = position_ids_from_mask(unique_mask)
+    prompt_out = model(input_ids=prompt_ids[first_row], attention_mask=unique_mask, position_ids=positions,
+                       use_cache=True, logits_to_keep=1)
+    cache = _output_cache(prompt_out)
+    cache.reorder_cache(row_prompt)  # [U, ...] -> [B, ...] per layer, differentiable (index_select)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+C]
+    completion_positions = position_ids_from_mask(attention_mask)[:, prompt_ids.size(1):]
+    out = model(input_ids=completion_ids, attention_mask=attention_mask, position_ids=completion_positions,
+                use_cache=True, logits_to_keep=completion_ids.size(1), **{_cache_keyword(model): cache})
+    first = prompt_out.logits[:, -1:][row_prompt]  # [B, 1, V]: predicts the first completion token
+    return torch.cat([first, out.logits[:, :-1]], dim=1)  # [B, C, V]
 
 
 def sequence_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
