@@ -268,3 +268,28 @@ def test_a_signal_saves_the_last_completed_step_and_says_how_to_resume(tmp_path,
                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         assert [json.loads(line)["step"] for line in open(metrics)] == list(range(1, last + 2))
+
+
+# ---------------------------------------------------------------- trust_remote_code
+
+
+@pytest.mark.parametrize("options, expected", [([], False), (["trust_remote_code=true"], True),
+                                               (["--trust-remote-code"], True), (["trust_remote_code=false"], False)],
+                         ids=["default", "key=value", "flag", "false"])
+def test_train_runs_model_code_from_the_hub_only_when_asked(tmp_path, monkeypatch, capsys, options, expected):
+    from reasonrl.cli import main
+    from reasonrl.models import ModelLoadError
+
+    seen = {}
+
+    def load_model(name, **kwargs):  # stands in for from_pretrained: records what it was asked, then stops the run
+        seen["trust_remote_code"] = kwargs["trust_remote_code"]
+        raise ModelLoadError("stopped before loading")
+
+    monkeypatch.setattr(trainer_module, "load_model", load_model)
+    (tmp_path / "train.jsonl").write_text('{"prompt": "Say 1:"}\n')
+    code = main(["train", "model_name_or_path=org/remote-code-model", f"dataset_name={tmp_path / 'train.jsonl'}",
+                 "reward_funcs=[length]", f"output_dir={tmp_path / 'out'}", *options])
+    assert code == 2 and "stopped before loading" in capsys.readouterr().err
+    assert seen == {"trust_remote_code": expected}
+    assert GRPOConfig().trust_remote_code is False
