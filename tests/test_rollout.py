@@ -170,3 +170,47 @@ def test_lean_decoder_declines_what_it_does_not_cover(char_tokenizer):
     sliding = build_tiny_model(char_tokenizer, seed=2)
     sliding.config.use_sliding_window = True
     assert LeanDecoder.build(sliding) is None
+
+
+def test_shared_prompt_forward_gives_the_unshared_logits_and_gradients(char_tokenizer):
+    # two groups of 3 rows (prompts of different lengths, so one is left-padded), LoRA with non-zero B
+    from peft import LoraConfig, get_peft_model
+
+    from reasonrl.rollout import completion_logits
+
+    torch.manual_seed(0)
+    model = get_peft_model(build_tiny_model(char_tokenizer, arch="llama", seed=3),
+                           LoraConfig(r=4, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05)
+    ids, mask = _encode(char_tokenizer, PROMPTS[:2])
+    completion_ids, completion_mask, _, _ = generate(
+        model.eval(), ids, mask, num_generations=3, max_new_tokens=12, eos_token_id=char_tokenizer.eos_token_id,
+        pad_token_id=char_tokenizer.pad_token_id, seeds=[4, 5])
+    prompt_ids, prompt_mask = ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)
+    model.train()
+    results = {}
+    for share in (False, True):
+        model.zero_grad()
+        logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts=share)
+        logps = logits.log_softmax(-1).gather(-1, completion_ids[..., None]).squeeze(-1)
+        (logps * completion_mask).sum().backward()
+        results[share] = logps.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    (plain, plain_grads), (shared, shared_grads) = results[False], results[True]
+    assert ((plain - shared) * completion_mask).abs().max().item() < 1e-5
+    largest = max(g.abs().max().item() for g in plain_grads)
+    assert largest > 0.1  # the gradients are not trivially zero
+    assert max((a - b).abs().max().item() for a, b in zip(plain_grads, shared_grads)) < 1e-5 * max(1.0, largest)
+
+
+def test_group_order_keeps_groups_together_and_covers_every_row():
+    from reasonrl.trainer import _group_order
+
+    order = _group_order(12, 4, torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == list(range(12))
+    groups = order.view(3, 4)
+    assert all((row // 4 == row[0] // 4).all() and row.tolist() == sorted(row.tolist()) for row in groups)
+    orders = {tuple(_group_order(12, 4, torch.Generator().manual_seed(s)).tolist()) for s in range(20)}
+    assert len(orders) == 6  # all 3! group orders occur

@@ -65,6 +65,8 @@ def _cmd_train(args) -> int:
         cfg = GRPOConfig.from_dict(apply_overrides({}, args.overrides))
     if args.resume is not None:
         cfg.resume_from_checkpoint = True if args.resume == "latest" else args.resume
+    if args.trust_remote_code:
+        cfg.trust_remote_code = True
     if not cfg.model_name_or_path:
         raise UsageError("no model: set model_name_or_path in the config or as model_name_or_path=PATH_OR_ID")
     if not cfg.reward_funcs:
@@ -89,7 +91,9 @@ def _cmd_train(args) -> int:
                              f"the latest")
     trainer = GRPOTrainer(cfg.model_name_or_path, cfg.reward_funcs, args=cfg)
     # only now that the model, rewards and data have loaded, so that a mistake there leaves the old run as it was
-    if has_run and (args.overwrite or cfg.overwrite_output_dir) and not cfg.resume_from_checkpoint:
+    # (under torchrun / accelerate launch, rank 0 alone clears it)
+    clears = has_run and (args.overwrite or cfg.overwrite_output_dir) and not cfg.resume_from_checkpoint
+    if clears and trainer.dist.is_main:
         import shutil
 
         from reasonrl.checkpoint import list_checkpoints
@@ -99,8 +103,15 @@ def _cmd_train(args) -> int:
                 os.remove(os.path.join(cfg.output_dir, name))
         for old_checkpoint in list_checkpoints(cfg.output_dir):  # else --resume could pick up the old run's
             shutil.rmtree(old_checkpoint)
-    trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
-    print(f"done: {trainer.state.global_step} steps; checkpoints and metrics.jsonl in {cfg.output_dir}")
+    from reasonrl import distributed
+
+    distributed.barrier(trainer.dist)
+    try:
+        trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    finally:
+        distributed.cleanup()
+    if trainer.dist.is_main:
+        print(f"done: {trainer.state.global_step} steps; checkpoints and metrics.jsonl in {cfg.output_dir}")
     return 0
 
 
@@ -179,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="latest|PATH",
                    help="continue the run in output_dir from its latest (or the given) checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start over in an output_dir that holds a run")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model and tokenizer code from the Hub (off by default; same as trust_remote_code=true)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help="the offline reasoning demo: warm start, eval, GRPO, eval, report")

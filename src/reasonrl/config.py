@@ -311,12 +311,19 @@ class GRPOConfig:
         if self.generation_batch_size is not None and self.steps_per_generation is not None:
             raise ConfigError(f"generation_batch_size={self.generation_batch_size} and steps_per_generation="
                               f"{self.steps_per_generation} are both set; set only one", "generation_batch_size")
+        world = self.world_size
         if self.generation_batch_size is not None:
             size = self.generation_batch_size
-            if size % batch:
+            if size % (batch * world):
+                processes = f" * {world} processes" if world > 1 else ""
                 raise ConfigError(f"generation_batch_size={size} must be a multiple of per_device_train_batch_size="
-                                  f"{batch}; set generation_batch_size={_round_up(size, batch)}",
+                                  f"{batch}{processes}; set generation_batch_size={_round_up(size, batch * world)}",
                                   "generation_batch_size")
+            if world > 1 and (size // world) % num_generations:
+                fix = world * _round_up(size // world, math.lcm(batch, num_generations))
+                raise ConfigError(f"generation_batch_size={size} gives {size // world} completions per process, not "
+                                  f"divisible by num_generations={num_generations}, so a prompt's group would be "
+                                  f"split across processes; set generation_batch_size={fix}", "generation_batch_size")
             if size % num_generations:
                 fix = _round_up(size, math.lcm(batch, num_generations))
                 raise ConfigError(f"generation_batch_size={size} is not divisible by num_generations="
@@ -364,20 +371,33 @@ class GRPOConfig:
         if self.steps_per_generation is not None:
             return self.steps_per_generation
         if self.generation_batch_size is not None:
-            return self.generation_batch_size // self.per_device_train_batch_size
+            return self.generation_batch_size // (self.per_device_train_batch_size * self.world_size)
         return self.gradient_accumulation_steps
 
     @property
+    def world_size(self) -> int:
+        """Processes training together (torchrun / accelerate launch set WORLD_SIZE); 1 when run plainly."""
+        from reasonrl.distributed import env_world_size
+
+        return env_world_size()
+
+    @property
     def generation_batch_size_resolved(self) -> int:
-        """Completions generated per generation round (TRL's resolved generation_batch_size, one process)."""
+        """Completions generated per generation round over all processes (TRL's resolved generation_batch_size:
+        per_device_train_batch_size * world_size * steps_per_generation)."""
         if self.generation_batch_size is not None:
             return self.generation_batch_size
-        return self.per_device_train_batch_size * self.effective_steps_per_generation
+        return self.per_device_train_batch_size * self.world_size * self.effective_steps_per_generation
 
     @property
     def prompts_per_generation(self) -> int:
-        """Distinct prompts per generation round."""
+        """Distinct prompts per generation round, over all processes."""
         return self.generation_batch_size_resolved // self.num_generations
+
+    @property
+    def prompts_per_process(self) -> int:
+        """Distinct prompts each process generates for in a round (each keeps whole groups of G)."""
+        return self.prompts_per_generation // self.world_size
 
     @property
     def effective_epsilon_high(self) -> float:

@@ -17,11 +17,15 @@ steps_per_generation == gradient_accumulation_steps, the default).
 When things go wrong: a reward call that raises or times out scores None for its values (scoring.py; too many in
 a round stop the run before anything is saved); a step with a non-finite loss or gradient norm is skipped, and a
 few in a row stop the run with a checkpoint; Ctrl-C or SIGTERM stops at the next step boundary with one (guards.py).
+
+Under torchrun or accelerate launch the same loop runs data-parallel: each process takes a slice of the round's
+prompts, rewards are gathered, gradients are averaged by DDP, and rank 0 writes (distributed.py, docs/SCALING.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -34,6 +38,7 @@ import numpy as np
 import torch
 
 from reasonrl import checkpoint as ckpt
+from reasonrl import distributed
 from reasonrl.config import ConfigError, GRPOConfig
 from reasonrl.core import group_advantages, grpo_loss, nanstd, token_entropy, token_logprobs
 from reasonrl.data import (DataError, PromptTokenizer, ensure_prompt_column, is_conversational, load_dataset_any,
@@ -103,6 +108,22 @@ class Batch:
     ref_logps: torch.Tensor | None  # [B, C] when beta > 0
 
 
+@dataclass
+class RoundProgress:
+    """A round being optimized: what a checkpoint saved in its middle holds, so that resuming finishes it exactly."""
+
+    batch: Batch
+    metrics: dict  # the round's metrics, as its next optimizer step logs them
+    orders: torch.Tensor  # [num_iterations, B] the micro-batch order of each pass, all drawn at the round start
+    num_windows: int  # optimizer steps in the round (num_iterations x windows per pass)
+    next_window: int = 0  # optimizer steps of the round already taken
+    last_completions: list | None = None  # what log_completions prints
+
+    @property
+    def done(self) -> bool:
+        return self.next_window >= self.num_windows
+
+
 class GRPOTrainer:
     """TRL's GRPOTrainer interface on reasonrl's loop.
 
@@ -115,7 +136,9 @@ class GRPOTrainer:
         from reasonrl.rewards import get_reward, reward_name
 
         self.args = args = args or GRPOConfig()
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # torchrun / accelerate launch: a process group from the environment, this process's device (distributed.py)
+        self.dist = distributed.setup()
+        self.device = self.dist.device
         self.bf16 = args.use_bf16()
         _seed_everything(args.seed)
 
@@ -167,6 +190,9 @@ class GRPOTrainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = model.to(self.device)
         self.reference_model = frozen_copy(self.model) if args.beta != 0.0 and not is_peft_model(self.model) else None
+        # the training forward/backward goes through DistributedDataParallel (gradients averaged over processes);
+        # generation, old/reference log-probs, peft's disable_adapter and saving use the unwrapped self.model
+        self.train_model = distributed.wrap(self.model, self.dist)
 
         self.eval_dataset = eval_dataset
         render_prompt(self.train_dataset[0]["prompt"], self.tokenizer)  # a prompt format problem shows now, not later
@@ -178,6 +204,7 @@ class GRPOTrainer:
         self.callbacks: list = []
         self.step_guard = StepGuard()
         self._saved_step: int | None = None  # the step of the last checkpoint this run saved or resumed from
+        self._round: RoundProgress | None = None  # the round being optimized (or resumed in its middle)
         self._logged_reward_failures: set = set()  # (function, exception type) whose traceback was logged
 
     def add_callback(self, callback) -> None:
@@ -203,16 +230,20 @@ class GRPOTrainer:
 
         from tqdm.auto import tqdm
 
-        self.trackers = Trackers(args)
+        # rank 0 alone reports (trackers, progress bar); the others train silently
+        self.trackers = Trackers(args if self.dist.is_main else _without_trackers(args))
         progress = tqdm(total=total_steps, initial=self.state.global_step, desc="GRPO", unit="step",
-                        dynamic_ncols=True)
+                        dynamic_ncols=True, disable=not self.dist.is_main)
         # Ctrl-C and SIGTERM only raise a flag, checked between optimizer steps (guards.StopSignals)
         with StopSignals() as stop, contextlib.closing(self.trackers), progress:
             while self.state.global_step < total_steps:
                 self._stop_if_asked(stop, optimizer, scheduler)
                 round_start = time.perf_counter()
-                batch, round_metrics = self._make_round()  # 1-3: generate, score, advantages (+ old/ref log-probs)
-                round_metrics["rollout_time"] = time.perf_counter() - round_start
+                if self._round is None or self._round.done:  # else: the rest of the round a checkpoint held
+                    batch, round_metrics = self._make_round()  # 1-3: generate, score, advantages (+ old/ref logps)
+                    round_metrics["rollout_time"] = time.perf_counter() - round_start
+                    self._round = self._new_round(batch, round_metrics)
+                batch, round_metrics = self._round.batch, self._round.metrics
                 for step_metrics in self._optimize(batch, optimizer, scheduler):  # 4: the optimizer steps
                     self.state.global_step += 1
                     self.state.epoch = self.sampler.epochs_done
@@ -220,6 +251,8 @@ class GRPOTrainer:
                     # tokens of this step's micro-batches (and the round's generated ones, on its first step) / s
                     metrics["tokens_per_second"] = (step_metrics["tokens"] + round_metrics["rollout_tokens"]) / (
                         metrics["step_time"])
+                    # the round's next steps log no rollout (and a checkpoint saved now resumes the round with these)
+                    self._round.metrics = round_metrics = {**round_metrics, "rollout_time": 0.0, "rollout_tokens": 0}
                     self._log(metrics)
                     progress.update(1)
                     progress.set_postfix(reward=f"{metrics['reward']:.3f}", loss=f"{metrics['loss']:.4f}")
@@ -229,21 +262,41 @@ class GRPOTrainer:
                         self._stop_diverged(optimizer, scheduler)
                     self._stop_if_asked(stop, optimizer, scheduler)
                     round_start = time.perf_counter()
-                    round_metrics = {**round_metrics, "rollout_time": 0.0, "rollout_tokens": 0}
                     if self.state.global_step >= total_steps:
                         break
         if not _is_every(self.state.global_step, args.save_steps, total_steps):
             self._save_checkpoint(optimizer, scheduler)
         return self.log_history
 
+    def _new_round(self, batch: Batch, metrics: dict, orders: torch.Tensor | None = None) -> RoundProgress:
+        """The round's micro-batch orders, one per pass, are all drawn now (nothing else draws from the generator
+        between the passes, so the numbers are those the passes would draw): a checkpoint saved in the round's middle
+        then holds a generator state past all of them, and the orders themselves."""
+        args = self.args
+        num_rows = batch.advantages.size(0)
+        if orders is None:
+            orders = torch.stack([_group_order(num_rows, args.num_generations, self.generator)
+                                  for _ in range(args.num_iterations)])  # [num_iterations, B]
+        micro_batches = math.ceil(num_rows / args.per_device_train_batch_size)
+        num_windows = args.num_iterations * math.ceil(micro_batches / args.gradient_accumulation_steps)
+        return RoundProgress(batch, metrics, orders, num_windows,
+                             last_completions=getattr(self, "_last_completions", None))
+
     # ------------------------------------------------------------------ 1-3: a scored round
 
     @torch.no_grad()
     def _make_round(self) -> tuple[Batch, dict]:
         args, g = self.args, self.args.num_generations
-        rows = [self.train_dataset[i] for i in self.sampler.take(args.prompts_per_generation)]
+        # every process draws the round's global prompt list and keeps its contiguous slice of whole prompts
+        first_draw = self.sampler.epoch * self.sampler.size + self.sampler.position  # counts draws across epochs
+        indices = self.sampler.take(args.prompts_per_generation)
+        mine = distributed.shard(len(indices), self.dist)
+        seeds = distributed.prompt_seeds(args.seed, first_draw, len(indices))[mine]  # a prompt samples alike anywhere
+        all_rows = [self.train_dataset[i] for i in indices]
+        # the whole round is tokenized on every process: the padding width (and truncation count) one process has
+        prompt_ids, prompt_mask = self.prompt_tokenizer([row["prompt"] for row in all_rows], device=self.device)
+        rows, prompt_ids, prompt_mask = all_rows[mine], prompt_ids[mine], prompt_mask[mine]  # [N, P]
         prompts = [row["prompt"] for row in rows]
-        prompt_ids, prompt_mask = self.prompt_tokenizer(prompts, device=self.device)  # [N, P]
 
         self.model.eval()
         with self._autocast():
@@ -251,7 +304,7 @@ class GRPOTrainer:
                 self.model, prompt_ids, prompt_mask, num_generations=g, max_new_tokens=args.max_completion_length,
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
                 temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                repetition_penalty=args.repetition_penalty, generator=self.generator)
+                repetition_penalty=args.repetition_penalty, generator=self.generator, seeds=seeds)
         prompt_ids, prompt_mask = prompt_ids.repeat_interleave(g, 0), prompt_mask.repeat_interleave(g, 0)  # [B, P]
         ids_list = [ids[mask.bool()].tolist() for ids, mask in zip(completion_ids, completion_mask)]
         texts = self.tokenizer.batch_decode(ids_list, skip_special_tokens=True)
@@ -267,10 +320,14 @@ class GRPOTrainer:
         scores = score_round(self.reward_funcs, self.reward_names, repeated_prompts, completions, ids_list, columns,
                              timeout=args.reward_timeout)
         log_failures_once(scores, self._logged_reward_failures)
+        # from here on the round's scores over all processes (rank order = draw order): the failure fraction, the
+        # advantages (also scale_rewards=batch) and the metrics are those of one process with the whole round
+        scores = distributed.gather_scores(scores, self.dist)
         check_failures(scores, args.max_reward_error_fraction)
-        rewards_per_func = scores.rewards_per_func  # [B, F]
-        rewards = combine_rewards(rewards_per_func, self.reward_weights)  # [B]
-        advantages = group_advantages(rewards, g, scale=args.scale_rewards).to(self.device)
+        rewards_per_func = scores.rewards_per_func  # [B_all, F]
+        rewards = combine_rewards(rewards_per_func, self.reward_weights)  # [B_all]
+        mine = distributed.shard(rewards.size(0), self.dist)  # this process's rows
+        advantages = group_advantages(rewards, g, scale=args.scale_rewards)[mine].to(self.device)  # [B]
 
         loss_mask = completion_mask
         if args.mask_truncated_completions:
@@ -282,7 +339,8 @@ class GRPOTrainer:
             with reference_policy(self.model, self.reference_model) as reference:
                 ref_logps = self._logps_in_chunks(reference, rollout)
 
-        lengths = completion_mask.sum(-1).float()
+        lengths = distributed.all_gather_rows(completion_mask.sum(-1).float(), self.dist)  # [B_all]
+        is_truncated_all = distributed.all_gather_rows(is_truncated.float(), self.dist)  # [B_all]
         # as TRL: the std that scaled the advantages (the batch's under scale_rewards="batch")
         group_std = nanstd(rewards) if args.scale_rewards == "batch" else nanstd(rewards.view(-1, g), dim=1)
         metrics = {
@@ -292,15 +350,15 @@ class GRPOTrainer:
             "completions/mean_length": lengths.mean().item(),
             "completions/min_length": lengths.min().item(),
             "completions/max_length": lengths.max().item(),
-            "completions/clipped_ratio": is_truncated.float().mean().item(),
+            "completions/clipped_ratio": is_truncated_all.mean().item(),
             "prompts/truncated": self.prompt_tokenizer.truncated,
-            "rollout_tokens": int(completion_mask.sum()),
+            "rollout_tokens": int(lengths.sum()),
         }
         for i, name in enumerate(self.reward_names):
             metrics[f"rewards/{name}/mean"] = torch.nanmean(rewards_per_func[:, i]).item()
             metrics[f"rewards/{name}/std"] = nanstd(rewards_per_func[:, i]).item()
             metrics[f"rewards/{name}/errors"] = scores.errors[name]
-        self._record_completions(repeated_prompts, texts, rewards_per_func, advantages)
+        self._record_completions(repeated_prompts, texts, rewards_per_func[mine], advantages)
         return Batch(rollout, advantages, loss_mask, old_logps, ref_logps), metrics
 
     def _logps_in_chunks(self, model, rollout: Rollout) -> torch.Tensor:
@@ -318,8 +376,12 @@ class GRPOTrainer:
         return torch.cat(pieces)
 
     def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy=False):
-        """Log-probs [b, C] of the completion tokens at the sampling temperature (and entropies if asked)."""
-        logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)  # [b, C, V]
+        """Log-probs [b, C] of the completion tokens at the sampling temperature (and entropies if asked).
+
+        Rows with the same prompt compute it once (rollout._shared_prompt_logits), except under gradient
+        checkpointing, where transformers turns the KV cache that carries the prompt off."""
+        logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                   share_prompts=not self.args.gradient_checkpointing)  # [b, C, V]
         logps = token_logprobs(logits, completion_ids, self.args.temperature)
         entropy = None
         if with_entropy:
@@ -336,29 +398,63 @@ class GRPOTrainer:
         num_rows = batch.advantages.size(0)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.model.train()
-        for _ in range(args.num_iterations):
-            order = torch.randperm(num_rows, generator=self.generator)
+        round_ = self._round  # its orders, and how many of its windows are done (> 0 when resumed mid-round)
+        for iteration in range(args.num_iterations):
+            order = round_.orders[iteration]
             micro_batches = [order[i: i + size] for i in range(0, num_rows, size)]
-            for window_start in range(0, len(micro_batches), accumulation):
+            window_starts = range(0, len(micro_batches), accumulation)
+            for window_start in window_starts:
+                window_index = iteration * len(window_starts) + window_start // accumulation
+                if window_index < round_.next_window:
+                    continue  # taken before the checkpoint this run resumed from
                 window = micro_batches[window_start: window_start + accumulation]
-                window_tokens = sum(batch.loss_mask[rows].sum() for rows in window).float()
+                # loss-token counts of the window's micro-batches, summed over processes: [len(window)]
+                local_tokens = torch.stack([batch.loss_mask[rows].sum() for rows in window]).double()
+                global_tokens = distributed.all_reduce_sum(local_tokens.to(self.device, copy=True), self.dist).cpu()
+                # dapo's denominator: the window's global token count / world size, as DDP then averages over ranks
+                window_tokens = (global_tokens.sum() / self.dist.world_size).float()
+                divisors = self._loss_divisors(local_tokens, global_tokens)
                 processed = sum(int(batch.rollout.prompt_mask[rows].sum() + batch.rollout.completion_mask[rows].sum())
                                 for rows in window)
                 loss_sum, metric_sums = 0.0, {}
-                for rows in window:
-                    loss_value, metrics = self._micro_step(batch, rows, window_tokens, len(window))
+                for index, rows in enumerate(window):
+                    # DDP all-reduces gradients only on the window's last backward
+                    syncs = index == len(window) - 1 or not self.dist.enabled
+                    with contextlib.nullcontext() if syncs else self.train_model.no_sync():
+                        loss_value, metrics = self._micro_step(batch, rows, window_tokens, divisors[index])
                     loss_sum += loss_value
                     for key, value in metrics.items():
                         metric_sums[key] = metric_sums.get(key, 0.0) + value
                 sums = {"loss": loss_sum, **{key: value / len(window) for key, value in metric_sums.items()}}
+                # the step's loss and metrics over all processes: means (the loss is the averaged objective), tokens
+                # summed; every process then takes the same skip decision
+                sums = distributed.mean_over_processes({**sums, "tokens": processed}, self.dist)
+                processed = round(sums.pop("tokens") * self.dist.world_size)
+                loss_sum = sums["loss"]
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
                 # a non-finite loss or gradient norm skips the step: no optimizer or schedule move (guards.py)
                 if self.step_guard.allows(self.state.global_step + 1, loss_sum, grad_norm.item()):
                     optimizer.step()
                     scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                round_.next_window = window_index + 1
                 yield {**sums, "grad_norm": grad_norm.item(), "learning_rate": scheduler.get_last_lr()[0],
                        "tokens": processed, "skipped_steps": self.step_guard.skipped_steps}
+
+    def _loss_divisors(self, local_tokens: torch.Tensor, global_tokens: torch.Tensor) -> list[float]:
+        """What each micro-batch's loss (not dapo's) is divided by, so that DDP's mean over W processes of the
+        gradients equals one process's gradient on the global micro-batches (each process's b rows together).
+
+        grpo and dr_grpo average per sequence / per fixed length: loss / window size, averaged over equal-sized
+        shards, is already the global value. bnpo averages over the micro-batch's tokens: W processes' local
+        averages are reweighted to the token mean of their union, loss_r * W * n_r / N (n_r local, N global tokens).
+        """
+        window_size = local_tokens.numel()
+        if self.args.loss_type != "bnpo" or not self.dist.enabled:
+            return [float(window_size)] * window_size
+        world = self.dist.world_size
+        return [window_size * float(total) / (world * float(local)) if local > 0 else float(window_size)
+                for local, total in zip(local_tokens.tolist(), global_tokens.tolist())]
 
     def _micro_step(self, batch: Batch, rows: torch.Tensor, window_tokens: torch.Tensor, window_size: int):
         args, rollout = self.args, batch.rollout
@@ -369,7 +465,7 @@ class GRPOTrainer:
         prompt_start = int((prompt_mask.sum(0) > 0).nonzero()[0])
         columns = slice(0, width)
         with self._autocast():
-            logps, entropy = self._forward(self.model, rollout.prompt_ids[rows][:, prompt_start:],
+            logps, entropy = self._forward(self.train_model, rollout.prompt_ids[rows][:, prompt_start:],
                                            prompt_mask[:, prompt_start:], rollout.completion_ids[rows][:, columns],
                                            completion_mask[:, columns], with_entropy=True)
         mask = batch.loss_mask[rows][:, columns]
@@ -426,6 +522,8 @@ class GRPOTrainer:
         for callback in self.callbacks:
             callback(self, row)
         self.log_history.append(row)
+        if not self.dist.is_main:  # the row's metrics are global already (all-reduced); rank 0 writes them
+            return
         with open(os.path.join(args.output_dir, "metrics.jsonl"), "a") as handle:
             handle.write(json.dumps(row) + "\n")
         self.trackers.log(row, self.state.global_step)
@@ -442,6 +540,8 @@ class GRPOTrainer:
     def _start_logs(self) -> None:
         """A new run starts new logs; a resumed one keeps the rows up to its checkpoint's step, so that the steps
         it redoes are not logged twice."""
+        if not self.dist.is_main:  # rank 0 owns the log files
+            return
         for name in ("metrics.jsonl", "completions.jsonl"):
             path = os.path.join(self.args.output_dir, name)
             if not os.path.isfile(path):
@@ -449,8 +549,7 @@ class GRPOTrainer:
             kept = []
             if self.state.global_step > 0:
                 with open(path) as handle:
-                    kept = [line for line in handle if line.strip()
-                            and json.loads(line).get("step", 0) <= self.state.global_step]
+                    kept = [line for line in handle if _step_of(line) <= self.state.global_step]
             with open(path, "w") as handle:
                 handle.writelines(kept)
 
@@ -461,7 +560,11 @@ class GRPOTrainer:
                        for name, v in zip(self.reward_names, rewards_per_func[i].tolist())}
             samples.append({"step": self.state.global_step + 1, "prompt": prompts[i], "completion": texts[i],
                             "rewards": rewards, "advantage": advantages[i].item()})
+        # every process's samples, in rank (= draw) order; rank 0 writes them
+        samples = [sample for part in distributed.gather_objects(samples, self.dist) for sample in part]
         self._last_completions = samples
+        if not self.dist.is_main:
+            return
         with open(os.path.join(self.args.output_dir, "completions.jsonl"), "a") as handle:
             for sample in samples:
                 handle.write(json.dumps(sample, default=str) + "\n")
@@ -470,11 +573,18 @@ class GRPOTrainer:
         state = {"global_step": self.state.global_step, "max_steps": self.state.max_steps,
                  "epoch": self.state.epoch, "sampler": self.sampler.state_dict(),
                  "truncated_prompts": self.prompt_tokenizer.truncated, "log_history": self.log_history[-1:],
-                 "model_name": self.model_name, "skipped_steps": self.step_guard.skipped_steps}
-        path = ckpt.save_checkpoint(self.args.output_dir, self.state.global_step, model=self.model,
-                                    tokenizer=self.tokenizer, optimizer=optimizer, scheduler=scheduler,
-                                    trainer_state=state, config_yaml=self.args.to_yaml(),
-                                    generator=self.generator, save_total_limit=self.args.save_total_limit)
+                 "model_name": self.model_name, "skipped_steps": self.step_guard.skipped_steps,
+                 "consecutive_skips": self.step_guard.consecutive, "world_size": self.dist.world_size}
+        # rank 0 saves (the weights, optimizer and generator are the same on every rank; the sampler is global); a
+        # multi-process round in progress is not saved: it lives in shards, and resuming starts at the next round
+        path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+        if self.dist.is_main:
+            path = ckpt.save_checkpoint(self.args.output_dir, self.state.global_step, model=self.model,
+                                        tokenizer=self.tokenizer, optimizer=optimizer, scheduler=scheduler,
+                                        trainer_state=state, config_yaml=self.args.to_yaml(),
+                                        generator=self.generator, save_total_limit=self.args.save_total_limit,
+                                        round_state=None if self.dist.enabled else self._round_state())
+        distributed.barrier(self.dist)  # no rank moves on (or resumes) before the checkpoint exists
         self._saved_step = self.state.global_step
         return path
 
@@ -493,11 +603,50 @@ class GRPOTrainer:
         self.state.global_step, self.state.epoch = state["global_step"], state["epoch"]
         self.prompt_tokenizer.truncated = state.get("truncated_prompts", 0)
         self.step_guard = StepGuard(state.get("skipped_steps", 0))
+        self.step_guard.consecutive = state.get("consecutive_skips", 0)
+        self._round = self._load_round(path)
+        if self._round is not None and self.dist.enabled:
+            # a one-process round holds every prompt's rows, and nothing says how to shard its micro-batch orders
+            logger.warning("%s was saved in the middle of a round by one process; %d processes resume at the next "
+                           "round (the rest of that round is not trained on)", path, self.dist.world_size)
+            self._round = None
         self._saved_step = self.state.global_step
+
+    def _round_state(self) -> tuple[dict, dict] | None:
+        """(tensors, values) of the round in progress for a checkpoint, or None at a round's end (nothing to keep)."""
+        round_ = self._round
+        if round_ is None or round_.done:
+            return None
+        tensors, values = ckpt.split_dataclass(round_.batch, "batch.")
+        rollout_tensors, rollout_values = ckpt.split_dataclass(round_.batch.rollout, "rollout.")
+        tensors.update(rollout_tensors, orders=round_.orders)
+        values.update(rollout_values, metrics=round_.metrics, num_windows=round_.num_windows,
+                      next_window=round_.next_window, last_completions=round_.last_completions)
+        return tensors, values
+
+    def _load_round(self, path: str) -> RoundProgress | None:
+        stored = ckpt.load_round(path, self.device)
+        if stored is None:
+            return None
+        tensors, values = stored
+        orders = tensors["orders"]
+        if orders.size(0) != self.args.num_iterations:
+            raise ConfigError(f"{path} was saved in the middle of a round of num_iterations={orders.size(0)}; "
+                              f"resume it with the same num_iterations (got {self.args.num_iterations})")
+        rollout = ckpt.build_dataclass(Rollout, tensors, values, "rollout.")
+        batch = ckpt.build_dataclass(Batch, tensors, values, "batch.", rollout=rollout)
+        round_ = self._new_round(batch, values["metrics"], orders=orders)
+        if round_.num_windows != values["num_windows"]:
+            raise ConfigError(f"{path} was saved in the middle of a round of {values['num_windows']} optimizer steps "
+                              f"but these settings make rounds of {round_.num_windows}; resume with the run's "
+                              f"per_device_train_batch_size, gradient_accumulation_steps and steps_per_generation")
+        round_.next_window, round_.last_completions = values["next_window"], values["last_completions"]
+        self._last_completions = round_.last_completions
+        return round_
 
     def _stop_if_asked(self, stop: StopSignals, optimizer, scheduler) -> None:
         """At a safe point (no step half-applied): after Ctrl-C or SIGTERM, save the last completed step and stop."""
-        if not stop.requested:
+        if not distributed.any_process(stop.requested, self.dist):  # all ranks stop at the same step, or none
             return
         step = self.state.global_step
         if step == 0:
@@ -506,7 +655,8 @@ class GRPOTrainer:
             path = self._checkpoint_once(optimizer, scheduler)
             message = (f"interrupted after step {step}; saved {path}; continue with "
                        f"`reasonrl train ... --resume` (or resume_from_checkpoint={path})")
-        raise TrainingInterrupted(message, path, stop.signum)
+        # a rank that got no signal itself stops because another did (launchers forward SIGTERM to every rank)
+        raise TrainingInterrupted(message, path, stop.signum or 15)
 
     def _checkpoint_once(self, optimizer, scheduler) -> str:
         """The checkpoint of the current step, saved now unless this run already saved (or resumed from) it."""
@@ -526,8 +676,10 @@ class GRPOTrainer:
     def save_model(self, output_dir: str | None = None) -> None:
         """save_pretrained (safetensors) of the model or adapter, and the tokenizer."""
         output_dir = output_dir or self.args.output_dir
-        self.model.save_pretrained(output_dir, safe_serialization=True)
-        self.tokenizer.save_pretrained(output_dir)
+        if self.dist.is_main:
+            self.model.save_pretrained(output_dir, safe_serialization=True)
+            self.tokenizer.save_pretrained(output_dir)
+        distributed.barrier(self.dist)
 
 
 def load_weights(model, path: str) -> None:
@@ -546,12 +698,38 @@ def load_weights(model, path: str) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def _group_order(num_rows: int, group_size: int, generator: torch.Generator) -> torch.Tensor:
+    """A random order of the rows that keeps each group's rows together: groups shuffled, rows in place within them.
+
+    Micro-batches cut from it hold whole groups (or slices of one), so their rows share a prompt that the training
+    forward computes once (rollout.completion_logits(share_prompts=True)). Which rows meet in a micro-batch does not
+    change an optimizer step's gradient when the step covers the round (the default), only the cost of computing it.
+    """
+    groups = torch.randperm(num_rows // group_size, generator=generator)  # [B / G]
+    return (groups[:, None] * group_size + torch.arange(group_size)).flatten()  # [B]
+
+
 def _is_every(step: int, every: float, total_steps: int) -> bool:
     """TrainingArguments' convention: `every` steps, or a fraction of all steps when it is in (0, 1); 0 = never."""
     if not every:
         return False
     interval = int(every) if every >= 1 else max(1, round(every * total_steps))
     return step % interval == 0
+
+
+def _step_of(line: str) -> float:
+    """A log line's step; infinity (dropped on resume) for a blank line or one a killed run left half-written."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return math.inf
+
+
+def _without_trackers(args: GRPOConfig) -> GRPOConfig:
+    """A copy of the config that reports nowhere (ranks other than 0); no re-validation."""
+    quiet = copy.copy(args)
+    quiet.report_to = "none"
+    return quiet
 
 
 def _seed_everything(seed: int) -> None:

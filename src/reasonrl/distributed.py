@@ -1,0 +1,178 @@
+"""Data-parallel GRPO on torch.distributed: process group from the launcher's environment, and the few collectives
+the trainer needs.
+
+`torchrun` and `accelerate launch` both start one process per device and set RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR and MASTER_PORT; `setup()` reads them (gloo on CPU, nccl on CUDA with device cuda:LOCAL_RANK). With
+WORLD_SIZE unset or 1 every helper here is a no-op, so the single-process trainer pays nothing.
+
+How a round is split (TRL's convention: per_device_train_batch_size is per process): every process draws the same
+global list of prompts from the same seeded sampler and keeps its own contiguous slice; each prompt's G completions
+stay on one process. Rewards are gathered, so advantages (also scale_rewards=batch) and the logged metrics are the
+global ones. Gradients are averaged by DistributedDataParallel; the trainer scales each process's loss so that the
+average equals the single-process gradient of the same global batch (see GRPOTrainer._loss_divisors).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedState:
+    """Where this process sits in the job: rank 0 of 1 when not launched by torchrun or accelerate."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes logs, completions, progress bars and checkpoints."""
+        return self.rank == 0
+
+
+def env_world_size() -> int:
+    """Processes in the job: torch.distributed's count once initialised, else the launcher's WORLD_SIZE, else 1."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def setup() -> DistributedState:
+    """Initialise the default process group from the environment when WORLD_SIZE > 1 (idempotent)."""
+    world_size = env_world_size()
+    cuda = torch.cuda.is_available()
+    if world_size <= 1:
+        return DistributedState(device=torch.device("cuda" if cuda else "cpu"))
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing and not dist.is_initialized():
+        from reasonrl.config import ConfigError
+
+        raise ConfigError(f"WORLD_SIZE={world_size} but {', '.join(missing)} not set; start multi-process runs with "
+                          f"`torchrun --nproc_per_node N -m reasonrl train ...` or `accelerate launch -m reasonrl "
+                          f"train ...`, or unset WORLD_SIZE")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+    return DistributedState(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def cleanup() -> None:
+    """Destroy the process group this module started (the end of a CLI run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, state: DistributedState) -> torch.nn.Module:
+    """DistributedDataParallel around `model` when there are several processes, else `model` itself.
+
+    Frozen parameters (LoRA's base weights) get no gradient buckets. broadcast_buffers=False: the buffers (rotary
+    frequencies) are constants, and syncing them at every forward would need every rank to run the same number of
+    forwards.
+    """
+    if not state.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [state.local_rank] if state.device.type == "cuda" else None
+    # torch >= 2.13 names the option forward_sync_buffers (and deprecates broadcast_buffers)
+    keyword = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+               else "broadcast_buffers")
+    return DistributedDataParallel(model, device_ids=device_ids, **{keyword: False})
+
+
+def shard(total: int, state: DistributedState) -> slice:
+    """This process's contiguous slice of `total` items (a multiple of the world size): rank r takes the r-th part."""
+    if total % state.world_size:
+        raise ValueError(f"cannot split {total} items evenly over {state.world_size} processes")
+    size = total // state.world_size
+    return slice(state.rank * size, (state.rank + 1) * size)
+
+
+def all_reduce_sum(tensor: torch.Tensor, state: DistributedState) -> torch.Tensor:
+    """Sum over processes, in place and returned (the tensor must live on state.device)."""
+    if state.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_rows(tensor: torch.Tensor, state: DistributedState) -> torch.Tensor:
+    """Concatenate every process's tensor along dim 0, in rank order (every process holds the same shape)."""
+    if not state.enabled:
+        return tensor
+    local = tensor.to(state.device).contiguous()
+    pieces = [torch.empty_like(local) for _ in range(state.world_size)]
+    dist.all_gather(pieces, local)
+    return torch.cat(pieces).to(tensor.device)
+
+
+def gather_scores(scores, state: DistributedState):
+    """A round's scoring.RoundScores over all processes: rewards of every rank's rows in rank order, summed error
+    counts (the failures, with their tracebacks, stay local: each process logs its own)."""
+    if not state.enabled:
+        return scores
+    import dataclasses
+
+    names = list(scores.errors)
+    errors = torch.tensor([float(scores.errors[name]) for name in names], dtype=torch.float64, device=state.device)
+    all_reduce_sum(errors, state)
+    return dataclasses.replace(scores, rewards_per_func=all_gather_rows(scores.rewards_per_func, state),
+                               errors={name: int(count) for name, count in zip(names, errors.tolist())})
+
+
+def gather_objects(value, state: DistributedState) -> list:
+    """[value of rank 0, value of rank 1, ...] on every process (picklable values)."""
+    if not state.enabled:
+        return [value]
+    gathered = [None] * state.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def mean_over_processes(values: dict[str, float], state: DistributedState) -> dict[str, float]:
+    """The mean over processes of each value (one all-reduce for the whole dict; same keys on every process)."""
+    if not state.enabled or not values:
+        return values
+    keys = sorted(values)
+    packed = torch.tensor([float(values[key]) for key in keys], dtype=torch.float64, device=state.device)
+    all_reduce_sum(packed, state)
+    return {key: value / state.world_size for key, value in zip(keys, packed.tolist())}
+
+
+def any_process(flag: bool, state: DistributedState) -> bool:
+    """True on every process when it is True on any: keeps stop decisions (signals) in step across ranks."""
+    if not state.enabled:
+        return flag
+    packed = torch.tensor([1.0 if flag else 0.0], device=state.device)
+    return bool(all_reduce_sum(packed, state).item() > 0)
+
+
+def barrier(state: DistributedState) -> None:
+    if state.enabled:
+        dist.barrier()
+
+
+def prompt_seeds(seed: int, first_draw: int, count: int) -> list[int]:
+    """One sampling seed per prompt of a round, from the run's seed and the prompt's global draw number.
+
+    The draw number counts prompts taken from the sampler since the start of training (epoch * size + position),
+    so a prompt's G samples are the same whichever process, batch or world size draws it, and after a resume.
+    """
+    # a multiplicative hash keeps neighbouring draws of neighbouring seeds apart; mod 2**63 fits manual_seed
+    return [(seed * 0x9E3779B97F4A7C15 + draw * 0xBF58476D1CE4E5B9) % (2 ** 63)
+            for draw in range(first_draw, first_draw + count)]
