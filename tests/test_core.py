@@ -7,7 +7,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reasonrl.core import group_advantages, grpo_loss, k3_kl, nanstd, token_entropy, token_logprobs
+from reasonrl.core import (
+    LOSS_TYPES,
+    chunk_weight,
+    group_advantages,
+    grpo_loss,
+    k3_kl,
+    nanstd,
+    token_entropy,
+    token_logprobs,
+)
 
 E = math.e
 
@@ -244,3 +253,38 @@ def test_loss_finite_for_extreme_log_ratios(log_ratios, ref_gaps, loss_type, lev
     assert torch.isfinite(loss)
     assert all(torch.isfinite(v) for v in metrics.values())
     assert torch.isfinite(logps.grad).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), loss_type=st.sampled_from(LOSS_TYPES), level=st.sampled_from(["token", "sequence"]),
+       beta=st.sampled_from([0.0, 0.04]))
+def test_chunk_weights_make_the_chunks_add_up_to_the_whole(data, loss_type, level, beta):
+    # a micro-batch split into row chunks: sum of weight x chunk loss == the micro-batch loss, gradients too
+    rows, length = data.draw(st.integers(2, 6)), data.draw(st.integers(1, 5))
+    seed = data.draw(st.integers(0, 10_000))
+    generator = torch.Generator().manual_seed(seed)
+    logps = (-torch.rand(rows, length, generator=generator) * 3).requires_grad_()
+    old = logps.detach() + 0.3 * torch.randn(rows, length, generator=generator)
+    ref = logps.detach() + 0.3 * torch.randn(rows, length, generator=generator)
+    advantages = torch.randn(rows, generator=generator)
+    mask = (torch.rand(rows, length, generator=generator) > 0.3).float()
+    num_items = mask.sum() + 3 if loss_type == "dapo" else None  # the window's tokens include other micro-batches
+    kwargs = dict(loss_type=loss_type, importance_sampling_level=level, beta=beta, max_completion_length=length,
+                  num_items=num_items)
+    whole, _ = grpo_loss(logps, old, ref, advantages, mask, **kwargs)
+    (whole_grad,) = torch.autograd.grad(whole, logps)
+    cut = data.draw(st.integers(1, rows - 1))
+    total = sum(chunk_weight(loss_type, mask[part], mask, num_items) *
+                grpo_loss(logps[part], old[part], ref[part], advantages[part], mask[part], **kwargs)[0]
+                for part in (slice(0, cut), slice(cut, rows)))
+    (chunk_grad,) = torch.autograd.grad(total, logps)
+    assert total.item() == pytest.approx(whole.item(), rel=1e-5, abs=1e-6)
+    assert torch.allclose(chunk_grad, whole_grad, atol=1e-6)
+
+
+def test_chunk_weight_by_hand():
+    mask = torch.tensor([[1.0, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]])
+    assert chunk_weight("grpo", mask[:1], mask).item() == pytest.approx(1 / 4)
+    assert chunk_weight("dr_grpo", mask[:3], mask).item() == pytest.approx(3 / 4)
+    assert chunk_weight("bnpo", mask[:2], mask).item() == pytest.approx(3 / 6)
+    assert chunk_weight("dapo", mask[:2], mask, num_items=torch.tensor(40.0)).item() == 1.0

@@ -72,3 +72,30 @@ def test_two_runs_with_the_same_seed_end_bitwise_equal(tmp_path, char_tokenizer)
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     trained_b = [v for k, v in weights[0].items() if "lora_B" in k]
     assert trained_b and all(v.abs().sum() > 0 for v in trained_b)  # the runs did train (B starts at zero)
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo", "dr_grpo"])
+def test_backward_in_row_chunks_gives_the_same_steps(tmp_path, char_tokenizer, loss_type):
+    # the prompts run once per micro-batch, the completions 1, 3 or all (0) rows at a time: same weights and metrics
+    # (SGD, whose step is proportional to the gradient, unlike Adam's, which would hide a mis-scaled chunk)
+    from peft import LoraConfig
+
+    results = {}
+    for chunk_rows in (0, 1, 3):
+        base = _trainer(tmp_path / str(chunk_rows), char_tokenizer, max_steps=2, seed=5, loss_type=loss_type,
+                        beta=0.04, gradient_accumulation_steps=2, max_completion_length=6,
+                        backward_chunk_rows=chunk_rows, optim="sgd", learning_rate=0.5)
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+        trainer = GRPOTrainer(base.model, base.reward_funcs, args=base.args, train_dataset=base.train_dataset,
+                              processing_class=char_tokenizer, peft_config=lora)
+        history = trainer.train()
+        lora_weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items() if "lora_" in k}
+        results[chunk_rows] = lora_weights, history
+    whole_weights, whole_history = results[0]
+    assert any(v.abs().sum() > 0 for k, v in whole_weights.items() if "lora_B" in k)  # it trained
+    for chunk_rows in (1, 3):
+        weights, history = results[chunk_rows]
+        assert max((weights[k] - whole_weights[k]).abs().max().item() for k in weights) < 1e-6
+        for row, whole_row in zip(history, whole_history):
+            for key in ("loss", "kl", "entropy", "grad_norm", "clip_ratio/region_mean"):
+                assert row[key] == pytest.approx(whole_row[key], rel=1e-5, abs=1e-7), (chunk_rows, key)

@@ -202,6 +202,10 @@ class GRPOConfig:
     """Clip the gradient norm to this value; 0 disables clipping."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: less memory, about 20% slower. TRL's default."""
+    backward_chunk_rows: int = 2
+    """reasonrl: completions of a micro-batch that go through forward and backward together (0 = all of them). Its
+    prompts still run once; smaller chunks hold fewer activations (memory) at some speed cost. The gradient is the
+    same. Used by a single process without gradient checkpointing."""
     bf16: bool | None = None
     """bfloat16 autocast. None (TRL's default) means auto: on when CUDA supports bf16, else float32. TRL resolves None
     to True and then refuses plain CPU; reasonrl picks float32 there and allows bf16=true on CPU."""
@@ -260,7 +264,8 @@ class GRPOConfig:
             _require(self, name, getattr(self, name) is None or getattr(self, name) >= 1, "must be >= 1 or None")
         _require(self, "num_generations_eval", self.num_generations_eval is None or self.num_generations_eval >= 2,
                  "must be >= 2 or None")
-        for name in ("learning_rate", "epsilon", "beta", "weight_decay", "max_grad_norm", "top_k", "warmup_steps"):
+        for name in ("learning_rate", "epsilon", "beta", "weight_decay", "max_grad_norm", "top_k", "warmup_steps",
+                     "backward_chunk_rows"):
             _require(self, name, getattr(self, name) >= 0, "must be >= 0")
         for name in ("temperature", "repetition_penalty", "adam_epsilon", "lora_alpha", "logging_steps",
                      "save_steps"):

@@ -101,7 +101,7 @@ class LeanDecoder:
         self.rotary = inner.rotary_emb
         self.apply_rotary = sys.modules[type(inner.layers[0].self_attn).__module__].apply_rotary_pos_emb
         self.embed = inner.embed_tokens
-        self.final_norm = inner.norm
+        self.final_norm = self._norm(inner.norm)
         lm_head = model.get_output_embeddings()
         if lm_head.weight.dtype == dtype:  # tied embeddings: no copy
             self.lm_head_weight, self.lm_head_bias = lm_head.weight, lm_head.bias
@@ -111,7 +111,8 @@ class LeanDecoder:
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
             self.layers.append({
-                "input_norm": layer.input_layernorm, "post_norm": layer.post_attention_layernorm,
+                "input_norm": self._norm(layer.input_layernorm),
+                "post_norm": self._norm(layer.post_attention_layernorm),
                 "q_norm": getattr(attn, "q_norm", None), "k_norm": getattr(attn, "k_norm", None),
                 "qkv": _merged_weights([attn.q_proj, attn.k_proj, attn.v_proj], dtype),  # [(H + 2 KVH) D, hidden]
                 "o": _merged_weights([attn.o_proj], dtype),
@@ -131,6 +132,15 @@ class LeanDecoder:
         return cls(inner, dtype)
 
     # ------------------------------------------------------------------ one pass over the layers
+
+    @staticmethod
+    def _norm(module):
+        """RMSNorm as one fused op (torch's rms_norm) instead of the module's eight; the module if it is not one."""
+        eps = getattr(module, "variance_epsilon", None)
+        weight = getattr(module, "weight", None)
+        if eps is None or weight is None or not type(module).__name__.endswith("RMSNorm"):
+            return module
+        return lambda x: F.rms_norm(x.float(), (x.size(-1),), None, eps).to(x.dtype) * weight
 
     def _layers(self, hidden, cos, sin, mask, start: int, expand: int = 1):
         """hidden [b, T, hidden] at cache slots start..start+T-1; `mask` [b, 1, T, start+T] (True = attend).

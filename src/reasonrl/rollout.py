@@ -7,11 +7,11 @@ the sampling temperature, which is what the training forward recomputes.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
-import inspect
-
 import torch
+from transformers import DynamicCache
 
 from reasonrl.core import token_logprobs
 from reasonrl.lean_decode import LeanDecoder
@@ -239,6 +239,55 @@ def _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, comple
                 use_cache=True, logits_to_keep=completion_ids.size(1), **{_cache_keyword(model): cache})
     first = prompt_out.logits[:, -1:][row_prompt]  # [B, 1, V]: predicts the first completion token
     return torch.cat([first, out.logits[:, :-1]], dim=1)  # [B, C, V]
+
+
+class PromptPrefix:
+    """A micro-batch's prompts run once, so that its completions can go through forward and backward a few rows at
+    a time (activation memory of a chunk, not of the micro-batch), still computing each distinct prompt only once.
+
+    The prompts' KV cache and last logits are cut from the graph into leaf tensors; each chunk's completions attend
+    to them and its backward accumulates their gradients; `backward()` then sends those through the prompts'
+    forward. The sum over chunks is the gradient of the whole micro-batch, as the loss is a sum over rows.
+    """
+
+    def __init__(self, model, prompt_ids, prompt_mask):
+        self.model, self.prompt_width = model, prompt_ids.size(1)
+        keyed = prompt_ids.masked_fill(prompt_mask == 0, -1)
+        distinct, self.row_prompt = torch.unique(keyed, dim=0, return_inverse=True)  # [U, P], [B]
+        first_row = torch.full((distinct.size(0),), keyed.size(0), dtype=torch.long, device=keyed.device)
+        first_row = first_row.scatter_reduce(0, self.row_prompt, torch.arange(keyed.size(0), device=keyed.device),
+                                             "amin")
+        self.prompt_mask = prompt_mask
+        unique_mask = prompt_mask[first_row]
+        out = model(input_ids=prompt_ids[first_row], attention_mask=unique_mask,
+                    position_ids=position_ids_from_mask(unique_mask), use_cache=True, logits_to_keep=1)
+        cache = _output_cache(out)
+        self.outputs = [t for layer in cache.layers for t in (layer.keys, layer.values)] + [out.logits[:, -1:]]
+        grad = torch.is_grad_enabled()
+        self.leaves = [t.detach().requires_grad_(grad) for t in self.outputs]  # [U, ...] each
+
+    def completion_logits(self, rows: slice, completion_ids, completion_mask) -> torch.Tensor:
+        """Logits [n, C, V] predicting the completion tokens of rows `rows` (completion_ids [n, C] are theirs)."""
+        prompt_of_row = self.row_prompt[rows]  # [n]
+        *kv, first = [leaf[prompt_of_row] for leaf in self.leaves]
+        cache = DynamicCache(ddp_cache_data=list(zip(kv[0::2], kv[1::2])), config=_config(self.model))
+        attention_mask = torch.cat([self.prompt_mask[rows], completion_mask], dim=1)  # [n, P+C]
+        out = self.model(input_ids=completion_ids, attention_mask=attention_mask,
+                         position_ids=position_ids_from_mask(attention_mask)[:, self.prompt_width:], use_cache=True,
+                         logits_to_keep=completion_ids.size(1), **{_cache_keyword(self.model): cache})
+        return torch.cat([first, out.logits[:, :-1]], dim=1)
+
+    def backward(self) -> None:
+        """Send the gradients the chunks left on the prompts' cache and logits through the prompts' forward."""
+        pairs = [(out, leaf.grad) for out, leaf in zip(self.outputs, self.leaves) if leaf.grad is not None]
+        if pairs:
+            torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
+        self.outputs = self.leaves = []
+
+
+def _config(model):
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    return model.config
 
 
 def sequence_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,

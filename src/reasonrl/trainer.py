@@ -40,13 +40,27 @@ import torch
 from reasonrl import checkpoint as ckpt
 from reasonrl import distributed
 from reasonrl.config import ConfigError, GRPOConfig
-from reasonrl.core import group_advantages, grpo_loss, nanstd, token_entropy, token_logprobs
-from reasonrl.data import (DataError, PromptTokenizer, ensure_prompt_column, is_conversational, load_dataset_any,
-                           render_prompt)
+from reasonrl.core import chunk_weight, group_advantages, grpo_loss, nanstd, token_entropy, token_logprobs
+from reasonrl.data import (
+    DataError,
+    PromptTokenizer,
+    ensure_prompt_column,
+    is_conversational,
+    load_dataset_any,
+    render_prompt,
+)
 from reasonrl.guards import StepGuard, StopSignals, TrainingDiverged, TrainingInterrupted
-from reasonrl.models import (DTYPES, add_lora, frozen_copy, is_peft_model, load_model, load_tokenizer, prepare_tokenizer,
-                             reference_policy)
-from reasonrl.rollout import Rollout, completion_logits, generate
+from reasonrl.models import (
+    DTYPES,
+    add_lora,
+    frozen_copy,
+    is_peft_model,
+    load_model,
+    load_tokenizer,
+    prepare_tokenizer,
+    reference_policy,
+)
+from reasonrl.rollout import PromptPrefix, Rollout, completion_logits, generate
 from reasonrl.scoring import check_failures, combine_rewards, log_failures_once, score_round
 from reasonrl.tracking import Trackers
 
@@ -456,33 +470,68 @@ class GRPOTrainer:
         return [window_size * float(total) / (world * float(local)) if local > 0 else float(window_size)
                 for local, total in zip(local_tokens.tolist(), global_tokens.tolist())]
 
-    def _micro_step(self, batch: Batch, rows: torch.Tensor, window_tokens: torch.Tensor, window_size: int):
+    def _micro_step(self, batch: Batch, rows: torch.Tensor, window_tokens: torch.Tensor, window_size: float):
+        """Forward and backward of one micro-batch; returns its scaled loss and its metrics.
+
+        Single process, without gradient checkpointing: its prompts run once (rollout.PromptPrefix) and its
+        completions go through forward and backward `backward_chunk_rows` rows at a time, each chunk's loss weighted
+        by its share of the micro-batch's normaliser (core.chunk_weight), so the gradient is the micro-batch's.
+        Under DDP (which expects one backward per forward) or gradient checkpointing: one forward of the whole rows.
+        """
         args, rollout = self.args, batch.rollout
         completion_mask = rollout.completion_mask[rows]
         # trim padding columns this micro-batch does not need
         width = int(completion_mask.sum(-1).max().clamp(min=1))
+        columns = slice(0, width)
         prompt_mask = rollout.prompt_mask[rows]
         prompt_start = int((prompt_mask.sum(0) > 0).nonzero()[0])
-        columns = slice(0, width)
-        with self._autocast():
-            logps, entropy = self._forward(self.train_model, rollout.prompt_ids[rows][:, prompt_start:],
-                                           prompt_mask[:, prompt_start:], rollout.completion_ids[rows][:, columns],
-                                           completion_mask[:, columns], with_entropy=True)
+        prompt_ids, prompt_mask = rollout.prompt_ids[rows][:, prompt_start:], prompt_mask[:, prompt_start:]
+        completion_ids, completion_mask = rollout.completion_ids[rows][:, columns], completion_mask[:, columns]
         mask = batch.loss_mask[rows][:, columns]
-        loss, metrics = grpo_loss(
-            logps.float(), None if batch.old_logps is None else batch.old_logps[rows][:, columns],
-            None if batch.ref_logps is None else batch.ref_logps[rows][:, columns], batch.advantages[rows], mask,
-            loss_type=args.loss_type, epsilon=args.epsilon, epsilon_high=args.epsilon_high, beta=args.beta,
-            importance_sampling_level=args.importance_sampling_level,
-            max_completion_length=args.max_completion_length, delta=args.delta, num_items=window_tokens,
-            use_bias_correction_kl=args.use_bias_correction_kl)
+        old_logps = None if batch.old_logps is None else batch.old_logps[rows][:, columns]
+        ref_logps = None if batch.ref_logps is None else batch.ref_logps[rows][:, columns]
         # dapo is already normalised by the window's token count; the others average over the window
-        scaled = loss if args.loss_type == "dapo" else loss / window_size
-        scaled.backward()
-        values = {key: value.item() for key, value in metrics.items()}
-        values["entropy"] = ((entropy * completion_mask[:, columns]).sum() /
-                             completion_mask[:, columns].sum().clamp(min=1)).item()
-        return scaled.item(), values  # the window's loss is the sum of its micro-batches' scaled losses
+        window_scale = 1.0 if args.loss_type == "dapo" else 1.0 / window_size
+        num_rows = len(rows)
+        chunked = not (self.dist.enabled or args.gradient_checkpointing)
+        chunk_rows = (args.backward_chunk_rows or num_rows) if chunked else num_rows
+        prefix = None
+        if chunked:
+            with self._autocast():
+                prefix = PromptPrefix(self.train_model, prompt_ids, prompt_mask)
+
+        loss_total, values = 0.0, {}
+        for start in range(0, num_rows, chunk_rows):
+            chunk = slice(start, start + chunk_rows)
+            with self._autocast():
+                if prefix is not None:
+                    logits = prefix.completion_logits(chunk, completion_ids[chunk], completion_mask[chunk])
+                else:
+                    logits = completion_logits(self.train_model, prompt_ids, prompt_mask, completion_ids,
+                                               completion_mask, share_prompts=not args.gradient_checkpointing)
+                logps = token_logprobs(logits, completion_ids[chunk], args.temperature)  # [n, C]
+            loss, metrics = grpo_loss(
+                logps.float(), None if old_logps is None else old_logps[chunk],
+                None if ref_logps is None else ref_logps[chunk], batch.advantages[rows][chunk], mask[chunk],
+                loss_type=args.loss_type, epsilon=args.epsilon, epsilon_high=args.epsilon_high, beta=args.beta,
+                importance_sampling_level=args.importance_sampling_level,
+                max_completion_length=args.max_completion_length, delta=args.delta, num_items=window_tokens,
+                use_bias_correction_kl=args.use_bias_correction_kl)
+            scaled = loss * chunk_weight(args.loss_type, mask[chunk], mask, window_tokens) * window_scale
+            scaled.backward()
+            loss_total += scaled.item()
+            with torch.no_grad():
+                metrics["entropy"] = _masked_mean(token_entropy(logits.detach(), args.temperature),
+                                                  completion_mask[chunk])
+            # token-weighted, so that the chunks' metrics add up to the micro-batch's masked means
+            loss_share = mask[chunk].sum().item() / max(1, mask.sum().item())
+            entropy_share = completion_mask[chunk].sum().item() / max(1, completion_mask.sum().item())
+            for key, value in metrics.items():
+                values[key] = values.get(key, 0.0) + (entropy_share if key == "entropy" else loss_share) * value.item()
+            del logits, logps, loss, scaled
+        if prefix is not None:
+            prefix.backward()
+        return loss_total, values  # the window's loss is the sum of its micro-batches' scaled losses
 
     # ------------------------------------------------------------------ pieces
 
@@ -566,8 +615,7 @@ class GRPOTrainer:
         if not self.dist.is_main:
             return
         with open(os.path.join(self.args.output_dir, "completions.jsonl"), "a") as handle:
-            for sample in samples:
-                handle.write(json.dumps(sample, default=str) + "\n")
+            handle.writelines(json.dumps(sample, default=str) + "\n" for sample in samples)
 
     def _save_checkpoint(self, optimizer, scheduler) -> str:
         state = {"global_step": self.state.global_step, "max_steps": self.state.max_steps,
@@ -696,6 +744,10 @@ def load_weights(model, path: str) -> None:
     for name in files:
         state.update(load_file(os.path.join(path, name)))
     model.load_state_dict(state, strict=False)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 def _group_order(num_rows: int, group_size: int, generator: torch.Generator) -> torch.Tensor:

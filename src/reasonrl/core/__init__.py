@@ -2,6 +2,6 @@
 
 from reasonrl.core.advantages import group_advantages, nanstd
 from reasonrl.core.logprobs import token_entropy, token_logprobs
-from reasonrl.core.losses import LOSS_TYPES, grpo_loss, k3_kl
+from reasonrl.core.losses import LOSS_TYPES, chunk_weight, grpo_loss, k3_kl
 
-__all__ = ["group_advantages", "nanstd", "token_logprobs", "token_entropy", "grpo_loss", "k3_kl", "LOSS_TYPES"]
+__all__ = ["LOSS_TYPES", "chunk_weight", "group_advantages", "grpo_loss", "k3_kl", "nanstd", "token_entropy", "token_logprobs"]

@@ -57,6 +57,17 @@ LOSS_TYPES = tuple(_AGGREGATIONS)
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
 
+def chunk_weight(loss_type: str, chunk_mask: Tensor, mask: Tensor, num_items: Tensor | float | None = None) -> Tensor:
+    """w such that sum over chunks of w * grpo_loss(chunk) == grpo_loss(all rows), when a micro-batch's rows
+    (mask [B, T]) are split into chunks (chunk_mask [b, T]): each aggregation is a sum over rows divided by a
+    normaliser that depends on the masks only, so a chunk's loss is rescaled by its share of that normaliser."""
+    if loss_type in ("grpo", "dr_grpo"):  # divided by the number of rows
+        return torch.tensor(chunk_mask.size(0) / mask.size(0))
+    if loss_type == "dapo" and num_items is not None:  # divided by a given token count, the same for every chunk
+        return torch.tensor(1.0)
+    return chunk_mask.sum().float() / mask.sum().float().clamp(min=1.0)  # bnpo (dapo alone): by the token count
+
+
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean over completion tokens; for per-sequence values [B, 1], the mean over sequences (as TRL logs it)."""
     if values.shape[-1] == 1:
