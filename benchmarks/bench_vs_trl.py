@@ -202,7 +202,7 @@ def run_reasonrl(cfg: dict, timer: GenerationTimer) -> dict:
     args = GRPOConfig(
         output_dir=cfg["output_dir"], bf16=cfg["bf16"], report_to="none", seed=42, beta=cfg["beta"],
         use_bias_correction_kl=True, gradient_checkpointing=cfg["gradient_checkpointing"],
-        max_steps=cfg["warmup"] + cfg["steps"], logging_steps=1, save_steps=10**9, **BATCH)
+        max_steps=cfg["warmup"] + cfg["steps"], logging_steps=1, save_steps=10**9, **cfg.get("batch", BATCH))
     dataset = Dataset.from_dict({"prompt": make_prompts()})
     load_start = time.perf_counter()
     trainer = rt.GRPOTrainer(cfg["model"], digit_reward, args=args, train_dataset=dataset, peft_config=lora_config())
@@ -224,6 +224,8 @@ def worker(pairs: list[str]) -> None:
     import torch
 
     cfg = dict(p.split("=", 1) for p in pairs)
+    if "batch" in cfg:  # reasonrl only: batch settings other than BATCH (bench_scaling.py), as JSON
+        cfg["batch"] = json.loads(cfg["batch"])
     cfg.update(beta=float(cfg["beta"]), bf16=cfg["precision"] == "bf16", steps=int(cfg["steps"]),
                warmup=int(cfg["warmup"]), gradient_checkpointing=cfg["gradient_checkpointing"] == "1")
     timer = GenerationTimer()
@@ -310,13 +312,16 @@ def floors(params: int, precision: str, machine: dict, decode_steps: int) -> dic
 # ------------------------------------------------------------------------------------------------ parent
 
 
-def run_worker(tool: str, workload: str, precision: str, beta: float, model: str, opts, scratch: str) -> dict:
-    """Run one worker subprocess; its JSON result, or {"error": ...} with the tail of its stderr."""
+def run_worker(tool: str, workload: str, precision: str, beta: float, model: str, opts, scratch: str,
+               extra: dict | None = None) -> dict:
+    """Run one worker subprocess; its JSON result, or {"error": ...} with the tail of its stderr. `extra`: more
+    key=value pairs for the worker (bench_scaling.py passes batch=<JSON>)."""
     out_dir = tempfile.mkdtemp(prefix=f"{tool}-{workload}-{precision}-", dir=scratch)
     command = [sys.executable, os.path.abspath(__file__), "--worker", f"tool={tool}", f"workload={workload}",
                f"precision={precision}", f"beta={beta}", f"steps={opts.steps}", f"warmup={opts.warmup}",
                f"model={model}", f"output_dir={out_dir}",
                f"gradient_checkpointing={int(opts.gradient_checkpointing)}"]
+    command += [f"{key}={value}" for key, value in (extra or {}).items()]
     env = {**os.environ, **OFFLINE_ENV}
     log_path = os.path.join(out_dir, "worker.log")
     start = time.perf_counter()

@@ -202,10 +202,11 @@ class GRPOConfig:
     """Clip the gradient norm to this value; 0 disables clipping."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: less memory, about 20% slower. TRL's default."""
-    backward_chunk_rows: int = 2
+    backward_chunk_rows: int | None = None
     """reasonrl: completions of a micro-batch that go through forward and backward together (0 = all of them). Its
-    prompts still run once; smaller chunks hold fewer activations (memory) at some speed cost. The gradient is the
-    same. Used by a single process without gradient checkpointing."""
+    prompts still run once, and the gradient is the same; smaller chunks hold fewer activations at some speed cost.
+    None: 1 on CPU (the SmolLM-135M seed workload: -39% peak memory in fp32 for +3% step time), all on GPU, where
+    small matmuls waste the device. Used by a single process without gradient checkpointing."""
     bf16: bool | None = None
     """bfloat16 autocast. None (TRL's default) means auto: on when CUDA supports bf16, else float32. TRL resolves None
     to True and then refuses plain CPU; reasonrl picks float32 there and allows bf16=true on CPU."""
@@ -264,13 +265,14 @@ class GRPOConfig:
             _require(self, name, getattr(self, name) is None or getattr(self, name) >= 1, "must be >= 1 or None")
         _require(self, "num_generations_eval", self.num_generations_eval is None or self.num_generations_eval >= 2,
                  "must be >= 2 or None")
-        for name in ("learning_rate", "epsilon", "beta", "weight_decay", "max_grad_norm", "top_k", "warmup_steps",
-                     "backward_chunk_rows"):
+        for name in ("learning_rate", "epsilon", "beta", "weight_decay", "max_grad_norm", "top_k", "warmup_steps"):
             _require(self, name, getattr(self, name) >= 0, "must be >= 0")
         for name in ("temperature", "repetition_penalty", "adam_epsilon", "lora_alpha", "logging_steps",
                      "save_steps"):
             _require(self, name, getattr(self, name) > 0, "must be > 0")
         _require(self, "epsilon_high", self.epsilon_high is None or self.epsilon_high >= 0, "must be >= 0 or None")
+        _require(self, "backward_chunk_rows", self.backward_chunk_rows is None or self.backward_chunk_rows >= 0,
+                 "must be >= 0 (0 = the whole micro-batch) or None (auto)")
         _require(self, "top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
         _require(self, "warmup_ratio", 0 <= self.warmup_ratio <= 1, "must be in [0, 1]")
         _require(self, "lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)")

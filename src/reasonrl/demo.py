@@ -137,6 +137,8 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
         reward_weights=[1.0, 0.2], logging_steps=25, save_steps=settings.grpo_steps, gradient_checkpointing=False,
         bf16=False, seed=settings.seed, lr_scheduler_type="cosine", optim="adamw_torch",
         scale_rewards=settings.scale_rewards,
+        # a 1M-parameter model: per-call overhead, not activation memory, is what costs; one backward per micro-batch
+        backward_chunk_rows=0,
     )
     dataset = Dataset.from_list([{"prompt": row["prompt"], "answer": row["answer"]} for row in train])
     trainer = GRPOTrainer(model, [task.reward, "format"], args=config, train_dataset=dataset,

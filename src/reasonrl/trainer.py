@@ -494,7 +494,10 @@ class GRPOTrainer:
         window_scale = 1.0 if args.loss_type == "dapo" else 1.0 / window_size
         num_rows = len(rows)
         chunked = not (self.dist.enabled or args.gradient_checkpointing)
-        chunk_rows = (args.backward_chunk_rows or num_rows) if chunked else num_rows
+        chunk_rows = args.backward_chunk_rows
+        if chunk_rows is None:  # auto: one row at a time on CPU, where activation memory is the limit
+            chunk_rows = 0 if self.device.type == "cuda" else 1
+        chunk_rows = (chunk_rows or num_rows) if chunked else num_rows
         prefix = None
         if chunked:
             with self._autocast():
