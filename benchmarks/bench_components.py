@@ -22,8 +22,8 @@ Groups (the first variant of each is the baseline its ratios refer to):
            unshared    rollout.completion_logits(share_prompts=False): every row recomputes the prompt
            shared      completion_logits(share_prompts=True): the prompt once, one backward
            prefix-k2   rollout.PromptPrefix, then forward + backward per chunk of 2 rows, then prefix.backward()
-                       (reasonrl's default path, backward_chunk_rows=2)
-           prefix-k1   the same with chunks of 1 row
+                       (backward_chunk_rows=2)
+           prefix-k1   the same with chunks of 1 row (reasonrl's default on CPU: backward_chunk_rows=None)
            Each non-baseline worker checks once, after its timing, that its LoRA gradients equal the baseline's:
            max |g - g_unshared| / max |g_unshared|, in fp32 with dropout off (the model in eval mode), so that
            neither the bf16 rounding of different matmul shapes nor different dropout masks blur the comparison.

@@ -206,7 +206,7 @@ def test_shared_prompt_forward_gives_the_unshared_logits_and_gradients(char_toke
 
 
 def test_group_order_keeps_groups_together_and_covers_every_row():
-    from reasonrl.trainer import _group_order
+    from reasonrl.rounds import group_order as _group_order
 
     order = _group_order(12, 4, torch.Generator().manual_seed(0))
     assert sorted(order.tolist()) == list(range(12))

@@ -7,8 +7,9 @@ import torch
 from datasets import Dataset
 
 from reasonrl import GRPOConfig, GRPOTrainer
+from reasonrl.rounds import PromptSampler
+from reasonrl.rounds import is_every as _is_every
 from reasonrl.tiny import build_tiny_model
-from reasonrl.trainer import PromptSampler, _is_every
 
 
 def test_is_every_steps_and_fractions():

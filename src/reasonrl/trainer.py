@@ -32,7 +32,6 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -60,82 +59,13 @@ from reasonrl.models import (
     prepare_tokenizer,
     reference_policy,
 )
+from reasonrl.optim import make_optimizer, make_scheduler
 from reasonrl.rollout import PromptPrefix, Rollout, completion_logits, generate
+from reasonrl.rounds import Batch, PromptSampler, RoundProgress, TrainerState, group_order, is_every
 from reasonrl.scoring import check_failures, combine_rewards, log_failures_once, score_round
 from reasonrl.tracking import Trackers
 
 logger = logging.getLogger("reasonrl")
-
-
-@dataclass
-class TrainerState:
-    """What reward functions see as `trainer_state` (TRL passes its TrainerState; these are its common fields)."""
-
-    global_step: int = 0
-    max_steps: int = 0
-    epoch: float = 0.0
-
-
-class PromptSampler:
-    """Shuffled passes over the dataset, one permutation per epoch from (seed, epoch): resumable by position."""
-
-    def __init__(self, size: int, seed: int, shuffle: bool = True):
-        self.size, self.seed, self.shuffle = size, seed, shuffle
-        self.epoch, self.position = 0, 0
-
-    def _order(self) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.size))
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.size, generator=generator).tolist()
-
-    def take(self, count: int) -> list[int]:
-        indices = []
-        while len(indices) < count:
-            if self.position >= self.size:
-                self.epoch, self.position = self.epoch + 1, 0
-            order = self._order()
-            chunk = order[self.position: self.position + count - len(indices)]
-            indices += chunk
-            self.position += len(chunk)
-        return indices
-
-    @property
-    def epochs_done(self) -> float:
-        return self.epoch + self.position / self.size
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-
-
-@dataclass
-class Batch:
-    """A scored round, ready for the optimizer: B = prompts x G rows."""
-
-    rollout: Rollout
-    advantages: torch.Tensor  # [B]
-    loss_mask: torch.Tensor  # [B, C] completion mask, minus truncated rows if mask_truncated_completions
-    old_logps: torch.Tensor | None  # [B, C] when the round is reused (off-policy), else None
-    ref_logps: torch.Tensor | None  # [B, C] when beta > 0
-
-
-@dataclass
-class RoundProgress:
-    """A round being optimized: what a checkpoint saved in its middle holds, so that resuming finishes it exactly."""
-
-    batch: Batch
-    metrics: dict  # the round's metrics, as its next optimizer step logs them
-    orders: torch.Tensor  # [num_iterations, B] the micro-batch order of each pass, all drawn at the round start
-    num_windows: int  # optimizer steps in the round (num_iterations x windows per pass)
-    next_window: int = 0  # optimizer steps of the round already taken
-    last_completions: list | None = None  # what log_completions prints
-
-    @property
-    def done(self) -> bool:
-        return self.next_window >= self.num_windows
 
 
 class GRPOTrainer:
@@ -236,8 +166,8 @@ class GRPOTrainer:
         total_steps = args.max_steps if args.max_steps > 0 else math.ceil(
             args.num_train_epochs * rounds_per_epoch) * steps_per_round
         self.state.max_steps = total_steps
-        optimizer = self._make_optimizer()
-        scheduler = self._make_scheduler(optimizer, total_steps)
+        optimizer = make_optimizer(self.model, args)
+        scheduler = make_scheduler(optimizer, args, total_steps)
         if resume_from_checkpoint:
             self._resume(resume_from_checkpoint, optimizer, scheduler)
         self._start_logs()
@@ -270,7 +200,7 @@ class GRPOTrainer:
                     self._log(metrics)
                     progress.update(1)
                     progress.set_postfix(reward=f"{metrics['reward']:.3f}", loss=f"{metrics['loss']:.4f}")
-                    if _is_every(self.state.global_step, args.save_steps, total_steps):
+                    if is_every(self.state.global_step, args.save_steps, total_steps):
                         self._save_checkpoint(optimizer, scheduler)
                     if self.step_guard.diverged:  # K non-finite steps in a row (guards.StepGuard)
                         self._stop_diverged(optimizer, scheduler)
@@ -278,7 +208,7 @@ class GRPOTrainer:
                     round_start = time.perf_counter()
                     if self.state.global_step >= total_steps:
                         break
-        if not _is_every(self.state.global_step, args.save_steps, total_steps):
+        if not is_every(self.state.global_step, args.save_steps, total_steps):
             self._save_checkpoint(optimizer, scheduler)
         return self.log_history
 
@@ -289,7 +219,7 @@ class GRPOTrainer:
         args = self.args
         num_rows = batch.advantages.size(0)
         if orders is None:
-            orders = torch.stack([_group_order(num_rows, args.num_generations, self.generator)
+            orders = torch.stack([group_order(num_rows, args.num_generations, self.generator)
                                   for _ in range(args.num_iterations)])  # [num_iterations, B]
         micro_batches = math.ceil(num_rows / args.per_device_train_batch_size)
         num_windows = args.num_iterations * math.ceil(micro_batches / args.gradient_accumulation_steps)
@@ -543,31 +473,6 @@ class GRPOTrainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def _make_optimizer(self):
-        args = self.args
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ConfigError("the model has no trainable parameters: unfreeze it, or set use_peft=true for LoRA")
-        if args.optim == "adafactor":
-            return torch.optim.Adafactor(params, lr=args.learning_rate, weight_decay=args.weight_decay)
-        if args.optim == "sgd":
-            return torch.optim.SGD(params, lr=args.learning_rate, weight_decay=args.weight_decay)
-        if args.optim in ("adamw_8bit", "paged_adamw_8bit"):
-            import bitsandbytes
-
-            return bitsandbytes.optim.AdamW8bit(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                                eps=args.adam_epsilon, weight_decay=args.weight_decay)
-        return torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                 eps=args.adam_epsilon, weight_decay=args.weight_decay,
-                                 fused=args.optim == "adamw_torch_fused" or None)
-
-    def _make_scheduler(self, optimizer, total_steps: int):
-        from transformers import get_scheduler
-
-        return get_scheduler(self.args.lr_scheduler_type, optimizer,
-                             num_warmup_steps=self.args.num_warmup_steps(total_steps),
-                             num_training_steps=total_steps, scheduler_specific_kwargs=self.args.lr_scheduler_kwargs)
-
     def _log(self, metrics: dict) -> None:
         args = self.args
         row = {"step": self.state.global_step, "epoch": round(self.state.epoch, 4), **metrics}
@@ -579,7 +484,7 @@ class GRPOTrainer:
         with open(os.path.join(args.output_dir, "metrics.jsonl"), "a") as handle:
             handle.write(json.dumps(row) + "\n")
         self.trackers.log(row, self.state.global_step)
-        if _is_every(self.state.global_step, args.logging_steps, self.state.max_steps):
+        if is_every(self.state.global_step, args.logging_steps, self.state.max_steps):
             from tqdm.auto import tqdm
 
             keys = ["reward", "reward_std", "loss", "kl", "entropy", "completions/mean_length", "grad_norm"]
@@ -751,25 +656,6 @@ def load_weights(model, path: str) -> None:
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
-def _group_order(num_rows: int, group_size: int, generator: torch.Generator) -> torch.Tensor:
-    """A random order of the rows that keeps each group's rows together: groups shuffled, rows in place within them.
-
-    Micro-batches cut from it hold whole groups (or slices of one), so their rows share a prompt that the training
-    forward computes once (rollout.completion_logits(share_prompts=True)). Which rows meet in a micro-batch does not
-    change an optimizer step's gradient when the step covers the round (the default), only the cost of computing it.
-    """
-    groups = torch.randperm(num_rows // group_size, generator=generator)  # [B / G]
-    return (groups[:, None] * group_size + torch.arange(group_size)).flatten()  # [B]
-
-
-def _is_every(step: int, every: float, total_steps: int) -> bool:
-    """TrainingArguments' convention: `every` steps, or a fraction of all steps when it is in (0, 1); 0 = never."""
-    if not every:
-        return False
-    interval = int(every) if every >= 1 else max(1, round(every * total_steps))
-    return step % interval == 0
 
 
 def _step_of(line: str) -> float:
