@@ -205,7 +205,8 @@ class GRPOConfig:
     backward_chunk_rows: int | None = None
     """reasonrl: completions of a micro-batch that go through forward and backward together (0 = all of them). Its
     prompts still run once, and the gradient is the same; smaller chunks hold fewer activations at some speed cost.
-    None: 1 on CPU (the SmolLM-135M seed workload: -39% peak memory in fp32 for +3% step time), all on GPU, where
+    None (auto): on CPU, as many rows as fit about 256 completion tokens in bf16 or 128 in fp32 (SmolLM-135M, 96
+    tokens: 2 rows in bf16, 1 in fp32; docs/PERFORMANCE.md has what each costs); on GPU the whole micro-batch, as
     small matmuls waste the device. Used by a single process without gradient checkpointing."""
     bf16: bool | None = None
     """bfloat16 autocast. None (TRL's default) means auto: on when CUDA supports bf16, else float32. TRL resolves None

@@ -425,8 +425,9 @@ class GRPOTrainer:
         num_rows = len(rows)
         chunked = not (self.dist.enabled or args.gradient_checkpointing)
         chunk_rows = args.backward_chunk_rows
-        if chunk_rows is None:  # auto: one row at a time on CPU, where activation memory is the limit
-            chunk_rows = 0 if self.device.type == "cuda" else 1
+        if chunk_rows is None:  # auto: on CPU, where activation memory is the limit, ~256 bf16 / 128 fp32 tokens
+            budget = 256 if self.bf16 else 128
+            chunk_rows = 0 if self.device.type == "cuda" else max(1, budget // width)
         chunk_rows = (chunk_rows or num_rows) if chunked else num_rows
         prefix = None
         if chunked:
