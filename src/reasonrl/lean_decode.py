@@ -25,16 +25,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from reasonrl.models import unwrap_model
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-
-
-def _unwrap(model):
-    """The transformers CausalLM under peft/DDP wrappers."""
-    if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):  # DistributedDataParallel
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
 
 
 def _is_lora(linear) -> bool:
@@ -124,7 +117,7 @@ class LeanDecoder:
     @classmethod
     def build(cls, model, dtype: torch.dtype | None = None) -> LeanDecoder | None:
         """A decoder for `model` (peft-wrapped or not), or None when the model needs the generic path."""
-        inner = _unwrap(model)
+        inner = unwrap_model(model)
         if _unsupported_reason(inner) is not None:
             return None
         if dtype is None:

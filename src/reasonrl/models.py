@@ -99,6 +99,13 @@ def is_peft_model(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+def unwrap_model(model):
+    """The transformers model under a DistributedDataParallel and a peft wrapper, whichever are there."""
+    if isinstance(getattr(model, "module", None), torch.nn.Module):  # DistributedDataParallel
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def frozen_copy(model):
     """A frozen copy of `model` in eval mode: the reference policy of full fine-tuning."""
     reference = copy.deepcopy(model)

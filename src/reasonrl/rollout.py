@@ -15,6 +15,7 @@ from transformers import DynamicCache
 
 from reasonrl.core import token_logprobs
 from reasonrl.lean_decode import LeanDecoder
+from reasonrl.models import unwrap_model
 
 
 @dataclass
@@ -62,8 +63,7 @@ def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty:
 
 def _cache_keyword(model) -> str:
     """Newer transformers call the KV cache argument `cache`; older ones `past_key_values`."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(type(unwrap_model(model)).forward).parameters else "past_key_values"
 
 
 def _output_cache(output):
@@ -199,12 +199,15 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion
     """Logits [B, C, V] that predict each completion token, with positions counted over real tokens.
 
     Only the C+1 last positions are projected to the vocabulary (logits_to_keep), not the prompt's. With
-    `share_prompts`, rows with the same prompt run it once (_shared_prompt_logits).
+    `share_prompts`, rows with the same prompt run it once (the idea of Prefix Grouper, arXiv 2506.05433): a
+    forward over the U distinct prompts fills a KV cache, still attached to the graph, that the completions of all B
+    rows attend to, so the gradients are those of the unshared computation and the prompt tokens cost U rows, not B.
     """
     if share_prompts:
-        logits = _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-        if logits is not None:
-            return logits
+        distinct = distinct_prompts(prompt_ids, prompt_mask)
+        if distinct[1].numel() < prompt_ids.size(0):  # some rows share a prompt
+            prefix = PromptPrefix(model, prompt_ids, prompt_mask, cut_graph=False, distinct=distinct)
+            return prefix.completion_logits(slice(None), completion_ids, completion_mask)
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+C]
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
     return model(input_ids=input_ids, attention_mask=attention_mask,
@@ -212,33 +215,14 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion
                  logits_to_keep=completion_ids.size(1) + 1).logits[:, :-1]
 
 
-def _shared_prompt_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor | None:
-    """completion_logits with each distinct prompt computed once (the G rows of a group share theirs).
-
-    The idea of Prefix Grouper (arXiv 2506.05433): a forward over the U distinct prompts fills a KV cache, whose
-    keys and values (still attached to the graph) are indexed out to the B rows; a second forward runs the
-    completions against it. The backward flows through the cache into the prompts' forward, so the gradients are
-    those of the unshared computation; the prompt tokens cost U instead of B rows of forward and backward.
-    None when no two rows share a prompt.
-    """
-    keyed = prompt_ids.masked_fill(prompt_mask == 0, -1)  # a row's identity: its tokens and its padding
+def distinct_prompts(prompt_ids, prompt_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row_prompt [B], first_row [U]): which of the U distinct prompts each row holds (its tokens and padding),
+    and the first row holding each."""
+    keyed = prompt_ids.masked_fill(prompt_mask == 0, -1)
     distinct, row_prompt = torch.unique(keyed, dim=0, return_inverse=True)  # [U, P], [B]
-    if distinct.size(0) == keyed.size(0):
-        return None
+    rows = torch.arange(keyed.size(0), device=keyed.device)
     first_row = torch.full((distinct.size(0),), keyed.size(0), dtype=torch.long, device=keyed.device)
-    first_row = first_row.scatter_reduce(0, row_prompt, torch.arange(keyed.size(0), device=keyed.device), "amin")
-    unique_mask = prompt_mask[first_row]
-    positions = position_ids_from_mask(unique_mask)
-    prompt_out = model(input_ids=prompt_ids[first_row], attention_mask=unique_mask, position_ids=positions,
-                       use_cache=True, logits_to_keep=1)
-    cache = _output_cache(prompt_out)
-    cache.reorder_cache(row_prompt)  # [U, ...] -> [B, ...] per layer, differentiable (index_select)
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+C]
-    completion_positions = position_ids_from_mask(attention_mask)[:, prompt_ids.size(1):]
-    out = model(input_ids=completion_ids, attention_mask=attention_mask, position_ids=completion_positions,
-                use_cache=True, logits_to_keep=completion_ids.size(1), **{_cache_keyword(model): cache})
-    first = prompt_out.logits[:, -1:][row_prompt]  # [B, 1, V]: predicts the first completion token
-    return torch.cat([first, out.logits[:, :-1]], dim=1)  # [B, C, V]
+    return row_prompt, first_row.scatter_reduce(0, row_prompt, rows, "amin")
 
 
 class PromptPrefix:
@@ -248,29 +232,30 @@ class PromptPrefix:
     The prompts' KV cache and last logits are cut from the graph into leaf tensors; each chunk's completions attend
     to them and its backward accumulates their gradients; `backward()` then sends those through the prompts'
     forward. The sum over chunks is the gradient of the whole micro-batch, as the loss is a sum over rows.
+    With `cut_graph=False` the cache stays in the graph: one forward and one backward of all the rows
+    (completion_logits(share_prompts=True)), and `backward()` has nothing to do.
     """
 
-    def __init__(self, model, prompt_ids, prompt_mask):
+    def __init__(self, model, prompt_ids, prompt_mask, cut_graph: bool = True, distinct=None):
         self.model, self.prompt_width = model, prompt_ids.size(1)
-        keyed = prompt_ids.masked_fill(prompt_mask == 0, -1)
-        distinct, self.row_prompt = torch.unique(keyed, dim=0, return_inverse=True)  # [U, P], [B]
-        first_row = torch.full((distinct.size(0),), keyed.size(0), dtype=torch.long, device=keyed.device)
-        first_row = first_row.scatter_reduce(0, self.row_prompt, torch.arange(keyed.size(0), device=keyed.device),
-                                             "amin")
+        self.row_prompt, first_row = distinct or distinct_prompts(prompt_ids, prompt_mask)  # [B], [U]
         self.prompt_mask = prompt_mask
         unique_mask = prompt_mask[first_row]
         out = model(input_ids=prompt_ids[first_row], attention_mask=unique_mask,
                     position_ids=position_ids_from_mask(unique_mask), use_cache=True, logits_to_keep=1)
         cache = _output_cache(out)
         self.outputs = [t for layer in cache.layers for t in (layer.keys, layer.values)] + [out.logits[:, -1:]]
-        grad = torch.is_grad_enabled()
-        self.leaves = [t.detach().requires_grad_(grad) for t in self.outputs]  # [U, ...] each
+        if cut_graph:
+            grad = torch.is_grad_enabled()
+            self.leaves = [t.detach().requires_grad_(grad) for t in self.outputs]  # [U, ...] each
+        else:
+            self.leaves = self.outputs
 
     def completion_logits(self, rows: slice, completion_ids, completion_mask) -> torch.Tensor:
         """Logits [n, C, V] predicting the completion tokens of rows `rows` (completion_ids [n, C] are theirs)."""
         prompt_of_row = self.row_prompt[rows]  # [n]
         *kv, first = [leaf[prompt_of_row] for leaf in self.leaves]
-        cache = DynamicCache(ddp_cache_data=list(zip(kv[0::2], kv[1::2])), config=_config(self.model))
+        cache = DynamicCache(ddp_cache_data=list(zip(kv[0::2], kv[1::2])), config=unwrap_model(self.model).config)
         attention_mask = torch.cat([self.prompt_mask[rows], completion_mask], dim=1)  # [n, P+C]
         out = self.model(input_ids=completion_ids, attention_mask=attention_mask,
                          position_ids=position_ids_from_mask(attention_mask)[:, self.prompt_width:], use_cache=True,
@@ -279,15 +264,11 @@ class PromptPrefix:
 
     def backward(self) -> None:
         """Send the gradients the chunks left on the prompts' cache and logits through the prompts' forward."""
-        pairs = [(out, leaf.grad) for out, leaf in zip(self.outputs, self.leaves) if leaf.grad is not None]
+        pairs = [(out, leaf.grad) for out, leaf in zip(self.outputs, self.leaves)
+                 if out is not leaf and leaf.grad is not None]
         if pairs:
             torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
         self.outputs = self.leaves = []
-
-
-def _config(model):
-    model = getattr(model, "module", model)  # DistributedDataParallel
-    return model.config
 
 
 def sequence_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,

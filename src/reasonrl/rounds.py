@@ -46,6 +46,11 @@ class PromptSampler:
         return indices
 
     @property
+    def draws(self) -> int:
+        """Prompts drawn so far, over all epochs: the next prompt's draw number."""
+        return self.epoch * self.size + self.position
+
+    @property
     def epochs_done(self) -> float:
         return self.epoch + self.position / self.size
 

@@ -39,7 +39,15 @@ import torch
 from reasonrl import checkpoint as ckpt
 from reasonrl import distributed
 from reasonrl.config import ConfigError, GRPOConfig
-from reasonrl.core import chunk_weight, group_advantages, grpo_loss, nanstd, token_entropy, token_logprobs
+from reasonrl.core import (
+    chunk_weight,
+    group_advantages,
+    grpo_loss,
+    masked_mean,
+    nanstd,
+    token_entropy,
+    token_logprobs,
+)
 from reasonrl.data import (
     DataError,
     PromptTokenizer,
@@ -232,7 +240,7 @@ class GRPOTrainer:
     def _make_round(self) -> tuple[Batch, dict]:
         args, g = self.args, self.args.num_generations
         # every process draws the round's global prompt list and keeps its contiguous slice of whole prompts
-        first_draw = self.sampler.epoch * self.sampler.size + self.sampler.position  # counts draws across epochs
+        first_draw = self.sampler.draws
         indices = self.sampler.take(args.prompts_per_generation)
         mine = distributed.shard(len(indices), self.dist)
         seeds = distributed.prompt_seeds(args.seed, first_draw, len(indices))[mine]  # a prompt samples alike anywhere
@@ -313,25 +321,20 @@ class GRPOTrainer:
         for start in range(0, rollout.completion_ids.size(0), size):
             rows = slice(start, start + size)
             with self._autocast():
-                logps, _ = self._forward(model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
-                                         rollout.completion_ids[rows], rollout.completion_mask[rows])
+                logps = self._forward(model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
+                                      rollout.completion_ids[rows], rollout.completion_mask[rows])
             pieces.append(logps.float())
         model.train(was_training)
         return torch.cat(pieces)
 
-    def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy=False):
-        """Log-probs [b, C] of the completion tokens at the sampling temperature (and entropies if asked).
+    def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask):
+        """Log-probs [b, C] of the completion tokens at the sampling temperature.
 
-        Rows with the same prompt compute it once (rollout._shared_prompt_logits), except under gradient
-        checkpointing, where transformers turns the KV cache that carries the prompt off."""
+        Rows with the same prompt compute it once (rollout.completion_logits(share_prompts=True)), except under
+        gradient checkpointing, where transformers turns the KV cache that carries the prompt off."""
         logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
                                    share_prompts=not self.args.gradient_checkpointing)  # [b, C, V]
-        logps = token_logprobs(logits, completion_ids, self.args.temperature)
-        entropy = None
-        if with_entropy:
-            with torch.no_grad():
-                entropy = token_entropy(logits.detach(), self.args.temperature)
-        return logps, entropy
+        return token_logprobs(logits, completion_ids, self.args.temperature)
 
     # ------------------------------------------------------------------ 4: optimizer steps on a round
 
@@ -455,7 +458,7 @@ class GRPOTrainer:
             scaled.backward()
             loss_total += scaled.item()
             with torch.no_grad():
-                metrics["entropy"] = _masked_mean(token_entropy(logits.detach(), args.temperature),
+                metrics["entropy"] = masked_mean(token_entropy(logits.detach(), args.temperature),
                                                   completion_mask[chunk])
             # token-weighted, so that the chunks' metrics add up to the micro-batch's masked means
             loss_share = mask[chunk].sum().item() / max(1, mask.sum().item())
@@ -653,10 +656,6 @@ def load_weights(model, path: str) -> None:
     for name in files:
         state.update(load_file(os.path.join(path, name)))
     model.load_state_dict(state, strict=False)
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 def _step_of(line: str) -> float:

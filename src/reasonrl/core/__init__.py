@@ -2,6 +2,7 @@
 
 from reasonrl.core.advantages import group_advantages, nanstd
 from reasonrl.core.logprobs import token_entropy, token_logprobs
-from reasonrl.core.losses import LOSS_TYPES, chunk_weight, grpo_loss, k3_kl
+from reasonrl.core.losses import LOSS_TYPES, chunk_weight, grpo_loss, k3_kl, masked_mean
 
-__all__ = ["LOSS_TYPES", "chunk_weight", "group_advantages", "grpo_loss", "k3_kl", "nanstd", "token_entropy", "token_logprobs"]
+__all__ = ["LOSS_TYPES", "chunk_weight", "group_advantages", "grpo_loss", "k3_kl", "masked_mean", "nanstd",
+           "token_entropy", "token_logprobs"]

@@ -68,7 +68,7 @@ def chunk_weight(loss_type: str, chunk_mask: Tensor, mask: Tensor, num_items: Te
     return chunk_mask.sum().float() / mask.sum().float().clamp(min=1.0)  # bnpo (dapo alone): by the token count
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean over completion tokens; for per-sequence values [B, 1], the mean over sequences (as TRL logs it)."""
     if values.shape[-1] == 1:
         return values.float().mean()
@@ -132,7 +132,7 @@ def grpo_loss(
         if use_bias_correction_kl:
             per_token_kl = per_token_kl * ratio
         per_token_loss = per_token_loss + beta * per_token_kl
-        metrics["kl"] = _masked_mean(per_token_kl.detach(), mask)
+        metrics["kl"] = masked_mean(per_token_kl.detach(), mask)
     else:
         metrics["kl"] = torch.zeros((), dtype=logps.dtype)
     per_token_loss = per_token_loss.expand_as(mask)
@@ -143,7 +143,7 @@ def grpo_loss(
     with torch.no_grad():
         low = ((capped_ratio < 1 - epsilon_low) & (advantages < 0)).to(logps.dtype)
         high = ((capped_ratio > 1 + epsilon_high) & (advantages > 0)).to(logps.dtype)
-        metrics["clip_ratio/low_mean"] = _masked_mean(low, mask)
-        metrics["clip_ratio/high_mean"] = _masked_mean(high, mask)
-        metrics["clip_ratio/region_mean"] = _masked_mean(torch.maximum(low, high), mask)
+        metrics["clip_ratio/low_mean"] = masked_mean(low, mask)
+        metrics["clip_ratio/high_mean"] = masked_mean(high, mask)
+        metrics["clip_ratio/region_mean"] = masked_mean(torch.maximum(low, high), mask)
     return loss, metrics
