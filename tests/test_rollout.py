@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from reasonrl import lean_decode
 from reasonrl.rollout import generate, position_ids_from_mask, sequence_logprobs
 from reasonrl.tiny import build_tiny_model
 
@@ -141,7 +142,9 @@ def test_lean_decoder_equals_the_model_forward_with_a_trained_lora(char_tokenize
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.05)
-    assert LeanDecoder.build(model) is not None
+    decoder = LeanDecoder.build(model)
+    assert decoder is not None and decoder.layers[0]["qkv"].prepacked == lean_decode._can_prepack(
+        torch.device("cpu"), torch.float32)
     ids, mask = _encode(char_tokenizer)
     kwargs = dict(num_generations=2, max_new_tokens=24, eos_token_id=char_tokenizer.eos_token_id,
                   pad_token_id=char_tokenizer.pad_token_id, seeds=[1, 2, 3])
@@ -157,6 +160,27 @@ def test_lean_decoder_equals_the_model_forward_with_a_trained_lora(char_tokenize
     reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
                                pad_token_id=char_tokenizer.pad_token_id)[:, ids.size(1):]
     assert torch.equal(greedy[0][:, : reference.size(1)], reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepacked_weights_give_the_plain_matmuls_logits(char_tokenizer, dtype):
+    from reasonrl.lean_decode import LeanDecoder
+
+    if not lean_decode._can_prepack(torch.device("cpu"), dtype):
+        pytest.skip(f"this oneDNN build cannot prepack {dtype}")
+    model = build_tiny_model(char_tokenizer, arch="llama", seed=3, dtype=dtype).eval()
+    ids, mask = _encode(char_tokenizer)
+    positions = position_ids_from_mask(mask)
+    logits = []
+    for prepack in (True, False):
+        decoder = LeanDecoder.build(model, dtype, prepack=prepack)
+        assert decoder.layers[0]["down"].prepacked == prepack and decoder.lm_head.prepacked == prepack
+        first = decoder.prefill(ids, mask, positions, 2, 8)
+        logits.append(torch.stack([first, decoder.step(first.argmax(-1)), decoder.step(first.argmin(-1))]))
+    if dtype == torch.bfloat16:  # oneDNN computes the same bf16 dot products either way
+        assert torch.equal(logits[0], logits[1])
+    else:  # fp32: another summation order
+        assert (logits[0] - logits[1]).abs().max().item() < 1e-4 * logits[1].abs().max().item()
 
 
 def test_lean_decoder_declines_what_it_does_not_cover(char_tokenizer):
