@@ -14,16 +14,26 @@ Groups (the first variant of each is the baseline its ratios refer to):
   rollout  2 prompts x num_generations 4, `--tokens` new tokens each (default 96), model in eval mode.
            model       reasonrl.rollout.generate(lean=False): the model's own forward with transformers' cache,
                        each prompt prefilled once for its 4 samples
-           lean        generate(lean=True): merged LoRA, fused projections, static cache (lean_decode.LeanDecoder)
+           lean-plain  generate(lean=True) with plain weight tensors: merged LoRA, fused projections, static cache
+                       (lean_decode.LeanDecoder(prepack=False))
+           lean        the same with the weights reordered into oneDNN's blocked layout (reasonrl's default on CPU)
            hf.generate transformers' model.generate on the prompts repeated 4x (no prompt sharing), do_sample,
                        min_new_tokens = max_new_tokens, top_k 0, top_p 1: what TRL's GRPOTrainer runs
   train    one micro-batch: 4 completions of `--tokens` tokens sharing one 64-token prompt, model.train(),
-           forward + backward of -(token log-probs * mask).sum() / tokens (reasonrl.core.token_logprobs).
-           unshared    rollout.completion_logits(share_prompts=False): every row recomputes the prompt
-           shared      completion_logits(share_prompts=True): the prompt once, one backward
+           forward + backward of -(token log-probs * mask).sum() / tokens, plus the entropy metric, as the
+           trainer computes them (core.token_logprobs with_entropy: one pass, its own backward), with the trainer's
+           LoRA dropout (core.dropout) and, under bf16, LoRA inputs kept in bf16.
+           unshared    rollout.sequence_logprobs(share_prompts=False): every row recomputes the prompt
+           shared      sequence_logprobs(share_prompts=True): the prompt once, one backward
            prefix-k2   rollout.PromptPrefix, then forward + backward per chunk of 2 rows, then prefix.backward()
                        (backward_chunk_rows=2)
-           prefix-k1   the same with chunks of 1 row (reasonrl's default on CPU: backward_chunk_rows=None)
+           prefix-k1   the same with chunks of 1 row
+           prefix-k2/torch-dropout      prefix-k2 with peft's own LoRA dropout (torch's nn.Dropout)
+           prefix-k2/peft-cast          prefix-k2 with peft casting the LoRA input to the fp32 adapter's dtype
+                                        (bf16 only; the same as prefix-k2 in fp32)
+           prefix-k2/autograd-logprobs  prefix-k2 with log-probs through autograd (fp32 upcast, log_softmax,
+                                        gather) and a separate entropy pass, as before core.token_logprobs had
+                                        its own backward
            Each non-baseline worker checks once, after its timing, that its LoRA gradients equal the baseline's:
            max |g - g_unshared| / max |g_unshared|, in fp32 with dropout off (the model in eval mode), so that
            neither the bf16 rounding of different matmul shapes nor different dropout masks blur the comparison.
@@ -52,8 +62,9 @@ import bench_vs_trl as vs  # the workload, the LoRA config, the prompts, peak_rs
 PROMPT_ROWS = 2  # rollout: prompts per generate call
 NUM_GENERATIONS = 4
 GROUPS = {
-    "rollout": ("model", "lean", "hf.generate"),
-    "train": ("unshared", "shared", "prefix-k2", "prefix-k1"),
+    "rollout": ("model", "lean-plain", "lean", "hf.generate"),
+    "train": ("unshared", "shared", "prefix-k2", "prefix-k1", "prefix-k2/torch-dropout", "prefix-k2/peft-cast",
+              "prefix-k2/autograd-logprobs"),
 }
 GRAD_TOLERANCE = 1e-4
 
@@ -72,19 +83,35 @@ def reset_peak_rss() -> bool:
 
 
 def load(cfg: dict):
-    """The workload's model (bf16 or fp32 base weights) with the LoRA adapter, its tokenizer, and the autocast."""
+    """The workload's model (bf16 or fp32 base weights) with the LoRA adapter, its tokenizer, and the autocast.
+
+    As in reasonrl's trainer, the LoRA dropout is core.dropout's (variant option `/torch-dropout`: peft's
+    nn.Dropout) and, under bf16, peft's LoRA layers keep their bf16 input (`/peft-cast`: peft casts it to fp32)."""
     import contextlib
 
     import torch
+    from peft.helpers import disable_input_dtype_casting
 
     from reasonrl.models import add_lora, load_model, load_tokenizer
 
+    options = cfg["variant"].split("/")[1:]
     bf16 = cfg["precision"] == "bf16"
     model = add_lora(load_model(cfg["model"], dtype=torch.bfloat16 if bf16 else torch.float32), vs.lora_config())
+    if "torch-dropout" in options:
+        for module in model.modules():
+            if hasattr(module, "lora_dropout"):
+                for name, layer in list(module.lora_dropout.items()):
+                    module.lora_dropout[name] = torch.nn.Dropout(layer.p)
     tokenizer = load_tokenizer(cfg["model"])
 
+    @contextlib.contextmanager
     def autocast():
-        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        if not bf16:
+            yield
+            return
+        with torch.autocast("cpu", dtype=torch.bfloat16), disable_input_dtype_casting(
+                model, active="peft-cast" not in options):
+            yield
 
     return model, tokenizer, autocast
 
@@ -111,12 +138,12 @@ def rollout_call(cfg: dict, model, tokenizer, autocast):
     tokens, variant = cfg["tokens"], cfg["variant"]
     never = model.config.vocab_size  # an id outside the vocabulary: never sampled, so every row runs to `tokens`
 
-    if variant in ("model", "lean"):
+    if variant in ("model", "lean", "lean-plain"):
         def call():
             with autocast():
                 ids, mask, _, _ = generate(model, prompt_ids, prompt_mask, num_generations=NUM_GENERATIONS,
                                            max_new_tokens=tokens, eos_token_id=never, pad_token_id=0,
-                                           temperature=1.0, seeds=[1, 2], lean=variant == "lean")
+                                           temperature=1.0, seeds=[1, 2], lean=variant != "model")
             return int(mask.sum()), int(ids.size(1))
     elif variant == "hf.generate":
         input_ids = prompt_ids.repeat_interleave(NUM_GENERATIONS, dim=0)
@@ -141,33 +168,53 @@ def lora_grads(model) -> dict:
 
 
 def train_step(variant: str, model, prompt_ids, prompt_mask, completion_ids, completion_mask, autocast) -> None:
-    """Forward + backward of one micro-batch the variant's way; gradients accumulate in the LoRA parameters."""
-    from reasonrl.core import token_logprobs
-    from reasonrl.rollout import PromptPrefix, completion_logits
+    """Forward + backward of one micro-batch the variant's way, with the entropy metric the trainer logs; gradients
+    accumulate in the LoRA parameters."""
+    import torch
 
+    from reasonrl.core import token_entropy
+    from reasonrl.rollout import PromptPrefix, completion_logits, sequence_logprobs
+
+    base, *options = variant.split("/")
+    autograd_logprobs = "autograd-logprobs" in options
     rows = completion_ids.size(0)
     total = completion_mask.sum().clamp(min=1)
-    if variant in ("unshared", "shared"):
+
+    def logprobs(logits_of, ids):
+        """Log-probs and entropies the variant's way: core.token_logprobs with its own backward and the entropy from
+        the same pass, or (`/autograd-logprobs`) log_softmax + gather through autograd and a separate entropy pass."""
+        if not autograd_logprobs:
+            return logits_of(True)
+        logits = logits_of(False)
+        logps = torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None]).squeeze(-1)
+        with torch.no_grad():
+            entropy = token_entropy(logits.detach())
+        return logps, entropy
+
+    if base in ("unshared", "shared"):
+        share = base == "shared"
         with autocast():
-            logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                       share_prompts=variant == "shared")
-            logps = token_logprobs(logits, completion_ids)
+            logps, _ = logprobs(lambda fused: sequence_logprobs(
+                model, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts=share,
+                with_entropy=True) if fused else completion_logits(
+                model, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts=share), completion_ids)
         loss = -(logps.float() * completion_mask).sum() / total
         loss.backward()
         return
-    if not variant.startswith("prefix-k"):
+    if not base.startswith("prefix-k"):
         raise SystemExit(f"unknown train variant {variant!r}")
-    k = int(variant.removeprefix("prefix-k"))
+    k = int(base.removeprefix("prefix-k"))
     with autocast():
         prefix = PromptPrefix(model, prompt_ids, prompt_mask)
     for start in range(0, rows, k):
         chunk = slice(start, start + k)
         with autocast():
-            logits = prefix.completion_logits(chunk, completion_ids[chunk], completion_mask[chunk])
-            logps = token_logprobs(logits, completion_ids[chunk])
+            logps, _ = logprobs(lambda fused: prefix.completion_logprobs(
+                chunk, completion_ids[chunk], completion_mask[chunk], with_entropy=True) if fused else
+                prefix.completion_logits(chunk, completion_ids[chunk], completion_mask[chunk]), completion_ids[chunk])
         loss = -(logps.float() * completion_mask[chunk]).sum() / total  # chunks' losses sum to the whole's
         loss.backward()
-        del logits, logps, loss
+        del logps, loss
     prefix.backward()
 
 
@@ -215,16 +262,17 @@ def grad_check(variant: str, model, inputs) -> dict:
             "grad_ok": relative <= GRAD_TOLERANCE, "grad_params": len(base)}
 
 
-def watch_lean_decoder(result: dict) -> None:
+def watch_lean_decoder(result: dict, prepack: bool | None) -> None:
     """Record in result["lean_used"] whether generate's LeanDecoder.build returned a decoder (False: generate fell
-    back to the model's own forward), without building one more decoder."""
+    back to the model's own forward), without building one more decoder; build it with `prepack` (None: auto)."""
     from reasonrl.lean_decode import LeanDecoder
 
     build = LeanDecoder.build
 
-    def watched(model, dtype=None):
-        decoder = build(model, dtype)
+    def watched(model, dtype=None, prepack_=None):
+        decoder = build(model, dtype, prepack)
         result["lean_used"] = result.get("lean_used", True) and decoder is not None
+        result["prepacked"] = decoder is not None and decoder.lm_head.prepacked
         return decoder
 
     LeanDecoder.build = watched
@@ -242,8 +290,8 @@ def worker(pairs: list[str]) -> None:
     inputs = None
     if cfg["group"] == "rollout":
         call = rollout_call(cfg, model, tokenizer, autocast)
-        if cfg["variant"] == "lean":
-            watch_lean_decoder(result)
+        if cfg["variant"].startswith("lean"):
+            watch_lean_decoder(result, prepack=False if cfg["variant"] == "lean-plain" else None)
     else:
         call, inputs = train_call(cfg, model, tokenizer, autocast)
     result["setup_rss_kb"] = vs.peak_rss_kb()
@@ -272,7 +320,7 @@ def worker(pairs: list[str]) -> None:
 
 def run_worker(path: str, group: str, variant: str, precision: str, opts, scratch: str) -> dict:
     """One variant in its own subprocess; its JSON result, or {"error": ...} with the tail of its stderr."""
-    tag = variant.replace(".", "_")
+    tag = variant.replace(".", "_").replace("/", "+")
     log_path = os.path.join(scratch, f"{group}-{tag}-{precision}.log")
     command = [sys.executable, os.path.abspath(__file__), "--worker", f"group={group}", f"variant={variant}",
                f"precision={precision}", f"model={path}", f"tokens={opts.tokens}", f"repeats={opts.repeats}"]
@@ -298,7 +346,8 @@ def note(result: dict) -> str:
     """The table's last column: what the worker checked."""
     parts = []
     if "lean_used" in result:
-        parts.append("LeanDecoder used" if result["lean_used"] else "LeanDecoder NOT used (fell back)")
+        parts.append(("LeanDecoder used" + (", prepacked" if result.get("prepacked") else ", plain weights"))
+                     if result["lean_used"] else "LeanDecoder NOT used (fell back)")
     if "grad_rel_diff" in result:
         verdict = "ok" if result["grad_ok"] else f"MISMATCH > {GRAD_TOLERANCE:g}"
         parts.append(f"grad vs unshared: max diff {result['grad_max_diff']:.2e} = {result['grad_rel_diff']:.2e} of "
@@ -318,7 +367,7 @@ def print_report(rows: list[dict], facts: dict, opts) -> None:
     print("median/min s: one call (rollout: one generate of 2 prompts x 4 samples; train: one micro-batch forward + "
           "backward); x base: median / the group's first variant's median; tok/s: completion tokens / median; "
           "setup MB: VmHWM after load + LoRA; peak MB: VmHWM over warm-up + timed calls; cols: generated columns")
-    header = (f"{'prec':4} {'group':7} {'variant':11} {'median s':>9} {'min s':>8} {'x base':>6} {'tok/s':>8} "
+    header = (f"{'prec':4} {'group':7} {'variant':27} {'median s':>9} {'min s':>8} {'x base':>6} {'tok/s':>8} "
               f"{'cols':>5} {'setup MB':>8} {'peak MB':>8} {'x base':>6}  notes")
     print(header)
     print("-" * len(header))
@@ -328,7 +377,7 @@ def print_report(rows: list[dict], facts: dict, opts) -> None:
             for row in rows:
                 if row["precision"] != precision or row["group"] != group:
                     continue
-                lead = f"{precision:4} {group:7} {row['variant']:11}"
+                lead = f"{precision:4} {group:7} {row['variant']:27}"
                 if "error" in row:
                     print(f"{lead} FAILED ({row['error']}; log {row['log']})")
                     continue

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from reasonrl.core import (
     LOSS_TYPES,
     chunk_weight,
+    dropout,
     group_advantages,
     grpo_loss,
     k3_kl,
@@ -112,6 +113,35 @@ def test_token_logprobs_gradient_matches_and_bf16_is_upcast():
     torch.log_softmax(logits, -1).gather(-1, ids[..., None]).sum().backward()
     assert torch.allclose(ours, logits.grad, atol=1e-6)
     assert token_logprobs(logits.detach().bfloat16(), ids).dtype == torch.float32
+
+
+@settings(max_examples=30, deadline=None)
+@given(temperature=st.sampled_from([1.0, 0.6, 1.7]), chunk_rows=st.integers(1, 9),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), strided=st.booleans(), seed=st.integers(0, 10_000))
+def test_token_logprobs_backward_and_entropy_equal_autograds(temperature, chunk_rows, dtype, strided, seed):
+    # the hand-written backward against autograd through the reference expression, on fp32 and bf16 logits and on
+    # a strided view (the model's logits[:, :-1]); the entropy against token_entropy
+    generator = torch.Generator().manual_seed(seed)
+    full = (torch.randn(3, 9, 40, generator=generator) * 3).to(dtype)
+    ids = torch.randint(0, 40, (3, 8), generator=generator)
+    upstream = torch.randn(3, 8, generator=generator)
+    grads = []
+    for ours in (True, False):
+        leaf = full.clone().requires_grad_(True)
+        logits = leaf[:, :-1] if strided else leaf[:, 1:].contiguous()
+        if ours:
+            logps, entropy = token_logprobs(logits, ids, temperature, chunk_rows=chunk_rows, with_entropy=True)
+        else:
+            logps = torch.log_softmax(logits.float() / temperature, -1).gather(-1, ids[..., None]).squeeze(-1)
+            reference_logps = logps.detach()
+        (logps * upstream).sum().backward()
+        grads.append(leaf.grad)
+    assert torch.allclose(logps.detach(), reference_logps, atol=1e-5)
+    assert torch.allclose(entropy, token_entropy(logits.detach(), temperature), atol=1e-5)
+    assert grads[0].dtype == dtype
+    scale = grads[1].float().abs().max().item()
+    tolerance = (1e-6 if dtype == torch.float32 else 1e-2) * scale  # bf16: the rounding of a bf16 gradient
+    assert (grads[0].float() - grads[1].float()).abs().max().item() <= tolerance
 
 
 def test_token_entropy_hand_values():
@@ -288,3 +318,35 @@ def test_chunk_weight_by_hand():
     assert chunk_weight("dr_grpo", mask[:3], mask).item() == pytest.approx(3 / 4)
     assert chunk_weight("bnpo", mask[:2], mask).item() == pytest.approx(3 / 6)
     assert chunk_weight("dapo", mask[:2], mask, num_items=torch.tensor(40.0)).item() == 1.0
+
+
+# ---------------------------------------------------------------- dropout: torch's maths with a cheaper mask
+
+
+@settings(max_examples=25, deadline=None)
+@given(p=st.floats(0.01, 0.9), dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 2**31))
+def test_dropout_keeps_1_minus_p_and_scales_by_its_inverse(p, dtype, seed):
+    x = (torch.rand(64, 1024, generator=torch.Generator().manual_seed(seed)) + 0.5).to(dtype)  # no zeros in x
+    out = dropout(x, p, generator=torch.Generator().manual_seed(seed + 1))
+    kept = out != 0
+    n = x.numel()
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)  # a 5-sigma band
+    # kept values: x times the fp32 1 / (1 - p) (torch's dropout scale), rounded once to x's dtype (not x times a
+    # scale rounded to bf16)
+    assert torch.equal(out[kept], (x[kept].float() * torch.tensor(1.0 / (1.0 - p))).to(dtype))
+
+
+def test_dropout_gradient_is_the_mask_times_the_scale_and_eval_is_identity():
+    x = torch.randn(8, 16, requires_grad=True)
+    g = torch.randn(8, 16)
+    torch.manual_seed(0)
+    out = dropout(x, 0.25)
+    out.backward(g)
+    kept = out.detach() != 0
+    assert 0 < kept.sum() < x.numel()
+    assert torch.equal(x.grad, torch.where(kept, g * (1 / 0.75), torch.zeros_like(g)))
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.25).detach(), out.detach())  # the global generator decides the mask
+    assert dropout(x, 0.25, training=False) is x and dropout(x, 0.0) is x
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        dropout(x, 1.0)

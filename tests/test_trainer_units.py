@@ -100,3 +100,36 @@ def test_backward_in_row_chunks_gives_the_same_steps(tmp_path, char_tokenizer, l
         for row, whole_row in zip(history, whole_history):
             for key in ("loss", "kl", "entropy", "grad_norm", "clip_ratio/region_mean"):
                 assert row[key] == pytest.approx(whole_row[key], rel=1e-5, abs=1e-7), (chunk_rows, key)
+
+
+@pytest.mark.parametrize("disable_dropout", [False, True])
+def test_lora_dropout_is_the_lean_one_and_disable_dropout_still_zeroes_it(tmp_path, char_tokenizer, disable_dropout):
+    from peft import LoraConfig, get_peft_model
+
+    from reasonrl.models import LoraDropout
+
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear", task_type="CAUSAL_LM")
+    base = _trainer(tmp_path, char_tokenizer, disable_dropout=disable_dropout)
+    for given in ("config", "peft model"):  # the trainer adds the adapter, or the user passes a peft model
+        model = build_tiny_model(char_tokenizer, seed=0)
+        trainer = GRPOTrainer(model if given == "config" else get_peft_model(model, lora), base.reward_funcs,
+                              args=base.args, train_dataset=base.train_dataset, processing_class=char_tokenizer,
+                              peft_config=lora if given == "config" else None)
+        dropouts = [d for m in trainer.model.modules() if hasattr(m, "lora_dropout") for d in m.lora_dropout.values()]
+        assert dropouts and all(type(d) is LoraDropout for d in dropouts), given
+        assert {d.p for d in dropouts} == ({0.0} if disable_dropout else {0.1})
+
+
+def test_bf16_steps_keep_lora_inputs_in_bf16_only_inside_the_trainers_autocast(tmp_path, char_tokenizer):
+    from peft import LoraConfig
+
+    base = _trainer(tmp_path, char_tokenizer, bf16=True, max_steps=1)
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = GRPOTrainer(base.model, base.reward_funcs, args=base.args, train_dataset=base.train_dataset,
+                          processing_class=char_tokenizer, peft_config=lora)
+    layers = [m for m in trainer.model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    with trainer._autocast():
+        assert layers and not any(m.cast_input_dtype_enabled for m in layers)
+    assert all(m.cast_input_dtype_enabled for m in layers)  # restored: evaluation without autocast still casts
+    history = trainer.train()
+    assert len(history) == 1 and torch.isfinite(torch.tensor(history[0]["loss"]))

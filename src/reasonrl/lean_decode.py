@@ -14,16 +14,14 @@ change, so this path:
   * keeps a static KV cache [B, kv_heads, P + max_new_tokens, head_dim] per layer, written in place;
   * prefills each prompt once and copies its keys and values to the G rows that sample from it.
 
-It reuses the model's own modules where they are not the bottleneck: the RMSNorm layers (and Qwen3's q/k norms),
-the rotary embedding and the modeling file's `apply_rotary_pos_emb`, so scaling variants (rope_scaling) stay
-transformers'. Anything it does not cover (other architectures, sliding windows, DoRA, quantized or LoRA'd
+It reuses the model's own modules where they are not the bottleneck: the RMSNorm layers (and Qwen3's q/k norms)
+and the rotary embedding, so scaling variants (rope_scaling) stay transformers'; the rotation itself (the same
+rotate_half in all four modeling files) is applied to q and k together in three ops. Anything it does not cover (other architectures, sliding windows, DoRA, quantized or LoRA'd
 embeddings) returns None from `LeanDecoder.build`, and generation falls back to `model.forward` with its cache.
 tests/test_rollout.py checks greedy tokens against HF `generate` and log-probs against the training forward.
 """
 
 from __future__ import annotations
-
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +66,7 @@ class _Linear:
     bitwise F.linear's in bf16 and within float rounding in fp32), else plain F.linear."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, prepack: bool):
-        self.bias, self.prepacked = bias, False
+        self.bias, self.prepacked, self.dtype = bias, False, weight.dtype
         if prepack:
             try:
                 weight = torch.ops.mkldnn._reorder_linear_weight(weight, None)
@@ -78,6 +76,7 @@ class _Linear:
         self.weight = weight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)  # as autocast would: an fp32 model decoded in bf16 keeps fp32 norms and residuals
         if self.prepacked:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
@@ -124,7 +123,6 @@ class LeanDecoder:
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.rotary = inner.rotary_emb
-        self.apply_rotary = sys.modules[type(inner.layers[0].self_attn).__module__].apply_rotary_pos_emb
         self.embed = inner.embed_tokens
         self.final_norm = self._norm(inner.norm)
         lm_head = model.get_output_embeddings()
@@ -167,21 +165,29 @@ class LeanDecoder:
             return module
         return lambda x: F.rms_norm(x.float(), (x.size(-1),), None, eps).to(x.dtype) * weight
 
+    def _rotary(self, hidden, positions) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sign-folded sin [b, T, 1, D] for positions [b, T], from the model's own rotary embedding (so
+        rope_scaling variants stay transformers'); the sin's first half is negated, for rotate_half."""
+        cos, sin = self.rotary(hidden, positions)  # [b, T, D]
+        half = sin.size(-1) // 2
+        return cos.unsqueeze(2), torch.cat([-sin[..., :half], sin[..., half:]], dim=-1).unsqueeze(2)
+
     def _layers(self, hidden, cos, sin, mask, start: int, expand: int = 1):
-        """hidden [b, T, hidden] at cache slots start..start+T-1; `mask` [b, 1, T, start+T] (True = attend).
+        """hidden [b, T, hidden] at cache slots start..start+T-1, cos and sin from _rotary; `mask` [b, 1, T,
+        start+T] (True = attend).
 
         With expand = G the b rows are prompts and their keys/values are written to the G rows of each."""
         batch, length, _ = hidden.shape
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         for layer, (key_cache, value_cache) in zip(self.layers, self.cache):
             x = layer["input_norm"](hidden)
-            qkv = layer["qkv"](x)  # [b, T, (H + 2 KVH) D]
-            q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-            q, k, v = (t.view(batch, length, -1, head_dim) for t in (q, k, v))
+            qkv = layer["qkv"](x).view(batch, length, heads + 2 * kv_heads, head_dim)
+            qk, v = qkv[:, :, : heads + kv_heads], qkv[:, :, heads + kv_heads:]
             if layer["q_norm"] is not None:
-                q, k = layer["q_norm"](q), layer["k_norm"](k)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, T, D]
-            q, k = self.apply_rotary(q, k, cos, sin)
+                qk = torch.cat([layer["q_norm"](qk[:, :, :heads]), layer["k_norm"](qk[:, :, heads:])], dim=2)
+            # rotary on q and k at once: x cos + rotate_half(x) sin, where rotate_half(x) = roll(x) * (-1 | +1)
+            qk = torch.addcmul(qk * cos, qk.roll(head_dim // 2, -1), sin)
+            q, k, v = qk[:, :, :heads].transpose(1, 2), qk[:, :, heads:].transpose(1, 2), v.transpose(1, 2)
             end = start + length
             if expand > 1:
                 key_cache[:, :, start:end] = k.repeat_interleave(expand, 0)
@@ -224,8 +230,7 @@ class LeanDecoder:
             mask = (causal & prompt_mask.bool()[:, None, None, :]) | torch.eye(width, dtype=torch.bool,
                                                                                  device=prompt_ids.device)
             hidden = self.embed(prompt_ids).to(self.dtype)  # [N, P, hidden]
-            cos, sin = self.rotary(hidden, positions)
-            hidden = self._layers(hidden, cos, sin, mask, 0, expand=num_generations)
+            hidden = self._layers(hidden, *self._rotary(hidden, positions), mask, 0, expand=num_generations)
             return self._logits(hidden[:, -1]).repeat_interleave(num_generations, 0)
 
     @torch.no_grad()
@@ -234,8 +239,8 @@ class LeanDecoder:
         with torch.autocast(token.device.type, enabled=False):
             self.attend[:, 0, 0, self.slot] = True
             hidden = self.embed(token[:, None]).to(self.dtype)  # [B, 1, hidden]
-            cos, sin = self.rotary(hidden, self.next_position)
-            hidden = self._layers(hidden, cos, sin, self.attend[..., : self.slot + 1], self.slot)
+            hidden = self._layers(hidden, *self._rotary(hidden, self.next_position), self.attend[..., : self.slot + 1],
+                                  self.slot)
             self.slot += 1
             self.next_position = self.next_position + 1
             return self._logits(hidden[:, -1])

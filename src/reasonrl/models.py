@@ -10,6 +10,8 @@ import re
 
 import torch
 
+from reasonrl.core import dropout
+
 logger = logging.getLogger("reasonrl")
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -88,7 +90,26 @@ def add_lora(model, peft_config):
     """Wrap `model` with a trainable LoRA adapter; the base weights are frozen."""
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config)
+    return use_lean_lora_dropout(get_peft_model(model, peft_config))
+
+
+class LoraDropout(torch.nn.Dropout):
+    """peft's LoRA dropout computed by core.dropout (same distribution, cheaper mask). It is an nn.Dropout, so
+    model.eval() and disable_dropout treat it as one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def use_lean_lora_dropout(model):
+    """Swap the nn.Dropout of every LoRA layer of `model` for LoraDropout (in place; returns the model)."""
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict):
+            for name, layer in list(dropouts.items()):
+                if type(layer) is torch.nn.Dropout:
+                    dropouts[name] = LoraDropout(layer.p)
+    return model
 
 
 def is_peft_model(model) -> bool:

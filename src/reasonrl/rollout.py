@@ -61,6 +61,13 @@ def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty:
     return torch.where(seen, penalised, logits)
 
 
+def _last_position(prompt_ids: torch.Tensor) -> torch.Tensor:
+    """logits_to_keep for the last prompt column only, as an index tensor rather than the int 1: with one prompt
+    the int's slice makes a [1, 1, hidden] view that torch.matmul sends through bmm with a copy of the expanded
+    [1, hidden, vocab] weight (65 ms for a 49k vocabulary on the project's machine); an index makes a plain mm."""
+    return torch.tensor([prompt_ids.size(1) - 1], device=prompt_ids.device)
+
+
 def _cache_keyword(model) -> str:
     """Newer transformers call the KV cache argument `cache`; older ones `past_key_values`."""
     return "cache" if "cache" in inspect.signature(type(unwrap_model(model)).forward).parameters else "past_key_values"
@@ -80,7 +87,7 @@ class ModelDecoder:
 
     def prefill(self, prompt_ids, prompt_mask, positions, num_generations: int, max_new_tokens: int) -> torch.Tensor:
         out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=1)
+                         logits_to_keep=_last_position(prompt_ids))
         self.cache = _output_cache(out)
         if num_generations > 1:
             self.cache.batch_repeat_interleave(num_generations)
@@ -162,16 +169,22 @@ architecture and `lean` is true, else through its own forward with transformers'
 
     tokens, logps = [], []
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    # without a penalty or filter the sampling distribution is the one whose log-probs are recorded
+    unfiltered = repetition_penalty == 1.0 and not (top_k and 0 < top_k < logits.size(-1)) and top_p >= 1.0
     for step in range(max_new_tokens):
-        scaled = logits / temperature if temperature > 0 else logits
+        scaled = logits / temperature if temperature > 0 and temperature != 1.0 else logits
         log_probs = torch.log_softmax(scaled, dim=-1)  # what training recomputes: no penalty, no filtering
         if greedy:
             token = logits.argmax(-1)
         else:
-            sampling_logits = logits if seen is None else _apply_repetition_penalty(logits, seen, repetition_penalty)
-            probs = _filter_logits(sampling_logits / temperature, top_k, top_p).softmax(-1)  # [B, V]
+            if unfiltered:
+                probs = log_probs.exp()  # = softmax(logits / temperature), one pass instead of three
+            else:
+                sampling_logits = logits if seen is None else _apply_repetition_penalty(logits, seen,
+                                                                                        repetition_penalty)
+                probs = _filter_logits(sampling_logits / temperature, top_k, top_p).softmax(-1)  # [B, V]
             # the first token whose cumulative probability passes u (a zero-probability token never does)
-            cdf = probs.double().cumsum(-1)  # [B, V]
+            cdf = torch.cumsum(probs, -1, dtype=torch.float64)  # [B, V]
             target = uniforms[:, step:step + 1] * cdf[:, -1:]
             token = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.size(-1) - 1)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
@@ -203,16 +216,34 @@ def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion
     forward over the U distinct prompts fills a KV cache, still attached to the graph, that the completions of all B
     rows attend to, so the gradients are those of the unshared computation and the prompt tokens cost U rows, not B.
     """
+    return torch.cat(_completion_logit_pieces(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                              share_prompts), dim=1)
+
+
+def _completion_logit_pieces(model, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts):
+    """completion_logits as pieces along the columns (views, no concatenation of [B, C, V])."""
     if share_prompts:
         distinct = distinct_prompts(prompt_ids, prompt_mask)
         if distinct[1].numel() < prompt_ids.size(0):  # some rows share a prompt
             prefix = PromptPrefix(model, prompt_ids, prompt_mask, cut_graph=False, distinct=distinct)
-            return prefix.completion_logits(slice(None), completion_ids, completion_mask)
+            return prefix.completion_logit_pieces(slice(None), completion_ids, completion_mask)
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+C]
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    return model(input_ids=input_ids, attention_mask=attention_mask,
-                 position_ids=position_ids_from_mask(attention_mask), use_cache=False,
-                 logits_to_keep=completion_ids.size(1) + 1).logits[:, :-1]
+    return [model(input_ids=input_ids, attention_mask=attention_mask,
+                  position_ids=position_ids_from_mask(attention_mask), use_cache=False,
+                  logits_to_keep=completion_ids.size(1) + 1).logits[:, :-1]]
+
+
+def _logprobs_of_pieces(pieces, completion_ids, temperature: float, with_entropy: bool):
+    """token_logprobs over logit pieces [B, c_i, V] that cover the completion's C columns in order."""
+    results, start = [], 0
+    for piece in pieces:
+        columns = slice(start, start + piece.size(1))
+        results.append(token_logprobs(piece, completion_ids[:, columns], temperature, with_entropy=with_entropy))
+        start = columns.stop
+    if not with_entropy:
+        return torch.cat(results, dim=1)
+    return torch.cat([r[0] for r in results], dim=1), torch.cat([r[1] for r in results], dim=1)
 
 
 def distinct_prompts(prompt_ids, prompt_mask) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,7 +273,8 @@ class PromptPrefix:
         self.prompt_mask = prompt_mask
         unique_mask = prompt_mask[first_row]
         out = model(input_ids=prompt_ids[first_row], attention_mask=unique_mask,
-                    position_ids=position_ids_from_mask(unique_mask), use_cache=True, logits_to_keep=1)
+                    position_ids=position_ids_from_mask(unique_mask), use_cache=True,
+                    logits_to_keep=_last_position(prompt_ids))
         cache = _output_cache(out)
         self.outputs = [t for layer in cache.layers for t in (layer.keys, layer.values)] + [out.logits[:, -1:]]
         if cut_graph:
@@ -253,6 +285,16 @@ class PromptPrefix:
 
     def completion_logits(self, rows: slice, completion_ids, completion_mask) -> torch.Tensor:
         """Logits [n, C, V] predicting the completion tokens of rows `rows` (completion_ids [n, C] are theirs)."""
+        return torch.cat(self.completion_logit_pieces(rows, completion_ids, completion_mask), dim=1)
+
+    def completion_logprobs(self, rows: slice, completion_ids, completion_mask, temperature: float = 1.0,
+                            with_entropy: bool = False):
+        """Log-probs [n, C] of the completion tokens of rows `rows` at `temperature` (and their entropies [n, C])."""
+        pieces = self.completion_logit_pieces(rows, completion_ids, completion_mask)
+        return _logprobs_of_pieces(pieces, completion_ids, temperature, with_entropy)
+
+    def completion_logit_pieces(self, rows: slice, completion_ids, completion_mask) -> list[torch.Tensor]:
+        """completion_logits as [n, 1, V] (from the prompt's last position) and [n, C-1, V], not concatenated."""
         prompt_of_row = self.row_prompt[rows]  # [n]
         *kv, first = [leaf[prompt_of_row] for leaf in self.leaves]
         cache = DynamicCache(ddp_cache_data=list(zip(kv[0::2], kv[1::2])), config=unwrap_model(self.model).config)
@@ -260,7 +302,7 @@ class PromptPrefix:
         out = self.model(input_ids=completion_ids, attention_mask=attention_mask,
                          position_ids=position_ids_from_mask(attention_mask)[:, self.prompt_width:], use_cache=True,
                          logits_to_keep=completion_ids.size(1), **{_cache_keyword(self.model): cache})
-        return torch.cat([first, out.logits[:, :-1]], dim=1)
+        return [first, out.logits[:, :-1]]
 
     def backward(self) -> None:
         """Send the gradients the chunks left on the prompts' cache and logits through the prompts' forward."""
@@ -271,8 +313,10 @@ class PromptPrefix:
         self.outputs = self.leaves = []
 
 
-def sequence_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                      temperature: float = 1.0) -> torch.Tensor:
-    """Log-probs [B, C] of the completion tokens under `model`, at `temperature`: what the loss uses."""
-    logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
-    return token_logprobs(logits, completion_ids, temperature)
+def sequence_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float = 1.0,
+                      share_prompts: bool = False, with_entropy: bool = False):
+    """Log-probs [B, C] of the completion tokens under `model`, at `temperature`: what the loss uses; with
+    `with_entropy`, also the entropies [B, C] of those positions' distributions. `share_prompts` as in
+    completion_logits."""
+    pieces = _completion_logit_pieces(model, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts)
+    return _logprobs_of_pieces(pieces, completion_ids, temperature, with_entropy)

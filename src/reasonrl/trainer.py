@@ -45,8 +45,6 @@ from reasonrl.core import (
     grpo_loss,
     masked_mean,
     nanstd,
-    token_entropy,
-    token_logprobs,
 )
 from reasonrl.data import (
     DataError,
@@ -66,9 +64,10 @@ from reasonrl.models import (
     load_tokenizer,
     prepare_tokenizer,
     reference_policy,
+    use_lean_lora_dropout,
 )
 from reasonrl.optim import make_optimizer, make_scheduler
-from reasonrl.rollout import PromptPrefix, Rollout, completion_logits, generate
+from reasonrl.rollout import PromptPrefix, Rollout, generate, sequence_logprobs
 from reasonrl.rounds import Batch, PromptSampler, RoundProgress, TrainerState, group_order, is_every
 from reasonrl.scoring import check_failures, combine_rewards, log_failures_once, score_round
 from reasonrl.tracking import Trackers
@@ -134,6 +133,7 @@ class GRPOTrainer:
             peft_config = lora_config_from(args)
         if peft_config is not None:
             model = add_lora(model, peft_config)
+        use_lean_lora_dropout(model)  # also a peft model given ready-made
         if args.disable_dropout:
             for module in model.modules():
                 if isinstance(module, torch.nn.Dropout):
@@ -332,9 +332,8 @@ class GRPOTrainer:
 
         Rows with the same prompt compute it once (rollout.completion_logits(share_prompts=True)), except under
         gradient checkpointing, where transformers turns the KV cache that carries the prompt off."""
-        logits = completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                   share_prompts=not self.args.gradient_checkpointing)  # [b, C, V]
-        return token_logprobs(logits, completion_ids, self.args.temperature)
+        return sequence_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                 self.args.temperature, share_prompts=not self.args.gradient_checkpointing)
 
     # ------------------------------------------------------------------ 4: optimizer steps on a round
 
@@ -440,13 +439,14 @@ class GRPOTrainer:
         loss_total, values = 0.0, {}
         for start in range(0, num_rows, chunk_rows):
             chunk = slice(start, start + chunk_rows)
-            with self._autocast():
+            with self._autocast():  # log-probs [n, C] and, for the metric, entropies [n, C]
                 if prefix is not None:
-                    logits = prefix.completion_logits(chunk, completion_ids[chunk], completion_mask[chunk])
+                    logps, entropy = prefix.completion_logprobs(chunk, completion_ids[chunk], completion_mask[chunk],
+                                                                args.temperature, with_entropy=True)
                 else:
-                    logits = completion_logits(self.train_model, prompt_ids, prompt_mask, completion_ids,
-                                               completion_mask, share_prompts=not args.gradient_checkpointing)
-                logps = token_logprobs(logits, completion_ids[chunk], args.temperature)  # [n, C]
+                    logps, entropy = sequence_logprobs(self.train_model, prompt_ids, prompt_mask, completion_ids,
+                                                       completion_mask, args.temperature, with_entropy=True,
+                                                       share_prompts=not args.gradient_checkpointing)
             loss, metrics = grpo_loss(
                 logps.float(), None if old_logps is None else old_logps[chunk],
                 None if ref_logps is None else ref_logps[chunk], batch.advantages[rows][chunk], mask[chunk],
@@ -457,15 +457,13 @@ class GRPOTrainer:
             scaled = loss * chunk_weight(args.loss_type, mask[chunk], mask, window_tokens) * window_scale
             scaled.backward()
             loss_total += scaled.item()
-            with torch.no_grad():
-                metrics["entropy"] = masked_mean(token_entropy(logits.detach(), args.temperature),
-                                                  completion_mask[chunk])
+            metrics["entropy"] = masked_mean(entropy, completion_mask[chunk])
             # token-weighted, so that the chunks' metrics add up to the micro-batch's masked means
             loss_share = mask[chunk].sum().item() / max(1, mask.sum().item())
             entropy_share = completion_mask[chunk].sum().item() / max(1, completion_mask.sum().item())
             for key, value in metrics.items():
                 values[key] = values.get(key, 0.0) + (entropy_share if key == "entropy" else loss_share) * value.item()
-            del logits, logps, loss, scaled
+            del logps, entropy, loss, scaled
         if prefix is not None:
             prefix.backward()
         return loss_total, values  # the window's loss is the sum of its micro-batches' scaled losses
@@ -473,9 +471,18 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ pieces
 
     def _autocast(self):
+        """bf16: autocast, and peft's LoRA layers keep their bf16 input instead of casting it to their fp32 weights'
+        dtype (autocast casts it back to bf16 for the matmul: two copies per layer that change nothing but, with
+        dropout, a rare double rounding)."""
         if not self.bf16:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        context = contextlib.ExitStack()
+        context.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
+        if is_peft_model(self.model):
+            from peft.helpers import disable_input_dtype_casting
+
+            context.enter_context(disable_input_dtype_casting(self.model))
+        return context
 
     def _log(self, metrics: dict) -> None:
         args = self.args

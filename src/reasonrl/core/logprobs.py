@@ -1,7 +1,11 @@
-"""Per-token log-probabilities and entropies from logits, light on memory.
+"""Per-token log-probabilities and entropies from logits, light on memory and on passes over the vocabulary.
 
 A full-vocabulary fp32 log-softmax of a [B, T, V] batch is the largest tensor of a GRPO step (49k vocab x 8 x 160
-tokens = 250 MB). We only need one number per token, so rows are processed in chunks: log p(x) = logit(x) - logsumexp.
+tokens = 250 MB). We only need one or two numbers per token, so `token_logprobs` works on chunks of rows and has
+its own backward: log p(x) = logit(x) / T - logsumexp(logits / T), and its gradient with respect to the logits is
+(onehot(x) - softmax(logits / T)) / T, computed from the logits and the saved logsumexp in one pass. Through
+autograd the same maths costs a float copy, a log-softmax, a gather, their backwards (a zero fill, a scatter and
+several passes) and, for the entropy metric, a second log-softmax: about three times the passes over [rows, V].
 """
 
 from __future__ import annotations
@@ -11,27 +15,71 @@ import torch
 CHUNK_ROWS = 512
 
 
-def token_logprobs(
-    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0, chunk_rows: int = CHUNK_ROWS
-) -> torch.Tensor:
-    """log softmax(logits / temperature) at `token_ids`.  logits [B, T, V], token_ids [B, T] -> [B, T] (fp32).
+def _chunks(logits: torch.Tensor, chunk_rows: int):
+    """(batch row, column slice) pieces of [B, T, V] logits, each a [<= chunk_rows, V] view (no copy)."""
+    batch, length, _ = logits.shape
+    for row in range(batch):
+        for start in range(0, length, chunk_rows):
+            yield row, slice(start, min(start + chunk_rows, length))
 
-    Differentiable. Each chunk of `chunk_rows` rows is upcast to fp32 on its own, so the peak extra memory is
-    chunk_rows x V floats instead of B x T x V.
+
+class _TokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, token_ids, temperature: float, chunk_rows: int, with_entropy: bool):
+        batch, length, _ = logits.shape
+        logps = torch.empty(batch, length, dtype=torch.float32, device=logits.device)
+        logsumexp = torch.empty_like(logps)
+        entropy = torch.empty_like(logps) if with_entropy else None
+        for row, columns in _chunks(logits, chunk_rows):
+            scaled = logits[row, columns].float()  # [n, V]: a copy for bf16, a view for fp32 (not modified below)
+            if temperature != 1.0:
+                scaled = scaled / temperature
+            peak = scaled.amax(-1, keepdim=True)
+            exp = (scaled - peak).exp_()  # [n, V]
+            total = exp.sum(-1)
+            lse = peak.squeeze(-1) + total.log()
+            logsumexp[row, columns] = lse
+            logps[row, columns] = scaled.gather(-1, token_ids[row, columns, None]).squeeze(-1) - lse
+            if with_entropy:  # H = logsumexp - sum_j p_j x_j
+                entropy[row, columns] = lse - (exp.mul_(scaled)).sum(-1) / total
+        ctx.save_for_backward(logits, token_ids, logsumexp)
+        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        if with_entropy:
+            ctx.mark_non_differentiable(entropy)
+            return logps, entropy
+        return logps
+
+    @staticmethod
+    def backward(ctx, grad_logps, *unused):
+        logits, token_ids, logsumexp = ctx.saved_tensors
+        temperature = ctx.temperature
+        grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        for row, columns in _chunks(logits, ctx.chunk_rows):
+            scaled = logits[row, columns].float()
+            if temperature != 1.0:
+                scaled = scaled / temperature
+            weight = grad_logps[row, columns, None].float() / temperature  # [n, 1]
+            # d logp / d logits = (onehot - softmax) / T, times the incoming gradient
+            piece = (scaled - logsumexp[row, columns, None]).exp_().mul_(-weight)
+            piece.scatter_add_(-1, token_ids[row, columns, None], weight)
+            grad[row, columns] = piece
+        return grad, None, None, None, None
+
+
+def token_logprobs(
+    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0, chunk_rows: int = CHUNK_ROWS,
+    with_entropy: bool = False,
+):
+    """log softmax(logits / temperature) at `token_ids`.  logits [B, T, V] (any strides), token_ids [B, T] -> [B, T]
+    fp32; with `with_entropy`, also the entropy [B, T] of softmax(logits / temperature) (not differentiable).
+
+    Differentiable in the logits, with the backward described in the module docstring. Each chunk of `chunk_rows`
+    rows is upcast to fp32 on its own, so the peak extra memory is chunk_rows x V floats instead of B x T x V.
     """
-    batch, length, vocab = logits.shape
-    flat_logits = logits.reshape(-1, vocab)  # [B*T, V]
-    flat_ids = token_ids.reshape(-1, 1)  # [B*T, 1]
-    pieces = []
-    for start in range(0, flat_logits.shape[0], chunk_rows):
-        rows = flat_logits[start : start + chunk_rows].float()
-        if temperature != 1.0:
-            rows = rows / temperature
-        chosen = rows.gather(-1, flat_ids[start : start + chunk_rows]).squeeze(-1)
-        pieces.append(chosen - torch.logsumexp(rows, dim=-1))
-    if not pieces:
-        return logits.new_zeros(batch, length, dtype=torch.float32)
-    return torch.cat(pieces).view(batch, length)
+    if logits.size(0) * logits.size(1) == 0:
+        empty = logits.new_zeros(logits.shape[:2], dtype=torch.float32)
+        return (empty, empty.clone()) if with_entropy else empty
+    return _TokenLogprobs.apply(logits, token_ids, float(temperature), chunk_rows, with_entropy)
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
