@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from reasonrl import lean_decode
-from reasonrl.rollout import generate, position_ids_from_mask, sequence_logprobs
+from reasonrl.rollout import PromptPrefix, generate, position_ids_from_mask, sequence_logprobs
 from reasonrl.tiny import build_tiny_model
 
 PROMPTS = ["What is 12+30? Think first.", "Hi", "A longer prompt, so that the others are left-padded."]
@@ -196,7 +196,7 @@ def test_lean_decoder_declines_what_it_does_not_cover(char_tokenizer):
     assert LeanDecoder.build(sliding) is None
 
 
-def test_shared_prompt_forward_gives_the_unshared_logits_and_gradients(char_tokenizer):
+def test_shared_and_chunked_prompt_forwards_give_the_unshared_logits_and_gradients(char_tokenizer):
     # two groups of 3 rows (prompts of different lengths, so one is left-padded), LoRA with non-zero B
     from peft import LoraConfig, get_peft_model
 
@@ -222,11 +222,26 @@ def test_shared_prompt_forward_gives_the_unshared_logits_and_gradients(char_toke
         logps = logits.log_softmax(-1).gather(-1, completion_ids[..., None]).squeeze(-1)
         (logps * completion_mask).sum().backward()
         results[share] = logps.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
-    (plain, plain_grads), (shared, shared_grads) = results[False], results[True]
-    assert ((plain - shared) * completion_mask).abs().max().item() < 1e-5
+    # PromptPrefix in row chunks (what the trainer runs): each chunk's backward leaves gradients on the cut cache,
+    # prefix.backward() sends them through the prompts' forward
+    for chunk_rows in (1, 2, 4):
+        model.zero_grad()
+        prefix = PromptPrefix(model, prompt_ids, prompt_mask)
+        pieces = []
+        for start in range(0, 6, chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            logps = prefix.completion_logprobs(rows, completion_ids[rows], completion_mask[rows])
+            (logps * completion_mask[rows]).sum().backward()
+            pieces.append(logps.detach())
+        prefix.backward()
+        results[chunk_rows] = torch.cat(pieces), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    (plain, plain_grads) = results[False]
     largest = max(g.abs().max().item() for g in plain_grads)
     assert largest > 0.1  # the gradients are not trivially zero
-    assert max((a - b).abs().max().item() for a, b in zip(plain_grads, shared_grads)) < 1e-5 * max(1.0, largest)
+    for key in (True, 1, 2, 4):
+        other, other_grads = results[key]
+        assert ((plain - other) * completion_mask).abs().max().item() < 1e-5, key
+        assert max((a - b).abs().max().item() for a, b in zip(plain_grads, other_grads)) < 1e-5 * max(1.0, largest)
 
 
 def test_group_order_keeps_groups_together_and_covers_every_row():
