@@ -2,7 +2,7 @@
 
     python benchmarks/bench_components.py                                  # seed workload, bf16 + fp32, 3 repeats
     python benchmarks/bench_components.py --precision bf16 --groups train --repeats 5
-    python benchmarks/bench_components.py --workload tiny --repeats 1 --tokens 16     # smoke test, < 1 minute
+    python benchmarks/bench_components.py --workload tiny --repeats 1 --tokens 16     # smoke test, about 90 s
 
 The workload is bench_vs_trl.py's (imported, not copied): `seed` = the SmolLM-135M architecture with random weights,
 `tiny` = a 2-layer Qwen2 (smoke tests only); the character tokenizer; LoRA r=8, alpha 32, dropout 0.05 on all
