@@ -129,12 +129,13 @@ def test_seeded_sampling_follows_the_softmax(model, char_tokenizer):
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-def test_lean_decoder_equals_the_model_forward_with_a_trained_lora(char_tokenizer, arch):
+def test_lean_decoder_equals_the_model_forward_with_a_trained_lora(char_tokenizer, arch, monkeypatch):
     # LoRA B starts at zero; give it values so that the merged weights really differ from the base ones
     from peft import LoraConfig, get_peft_model
 
     from reasonrl.lean_decode import LeanDecoder
 
+    monkeypatch.setattr(lean_decode, "PREPACK_MIN_FP32_ELEMENTS", 0)  # prepack the tiny model's weights too
     torch.manual_seed(0)
     model = get_peft_model(build_tiny_model(char_tokenizer, arch=arch, seed=2),
                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")).eval()
@@ -163,9 +164,10 @@ def test_lean_decoder_equals_the_model_forward_with_a_trained_lora(char_tokenize
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_prepacked_weights_give_the_plain_matmuls_logits(char_tokenizer, dtype):
+def test_prepacked_weights_give_the_plain_matmuls_logits(char_tokenizer, dtype, monkeypatch):
     from reasonrl.lean_decode import LeanDecoder
 
+    monkeypatch.setattr(lean_decode, "PREPACK_MIN_FP32_ELEMENTS", 0)
     if not lean_decode._can_prepack(torch.device("cpu"), dtype):
         pytest.skip(f"this oneDNN build cannot prepack {dtype}")
     model = build_tiny_model(char_tokenizer, arch="llama", seed=3, dtype=dtype).eval()
@@ -181,6 +183,16 @@ def test_prepacked_weights_give_the_plain_matmuls_logits(char_tokenizer, dtype):
         assert torch.equal(logits[0], logits[1])
     else:  # fp32: another summation order
         assert (logits[0] - logits[1]).abs().max().item() < 1e-4 * logits[1].abs().max().item()
+
+
+def test_small_fp32_weights_stay_plain_and_bf16_ones_are_prepacked(char_tokenizer):
+    from reasonrl.lean_decode import LeanDecoder
+
+    if not lean_decode._can_prepack(torch.device("cpu"), torch.bfloat16):
+        pytest.skip("this oneDNN build cannot prepack bf16")
+    model = build_tiny_model(char_tokenizer, arch="llama", seed=3)  # weights far below 1 MiB
+    assert not LeanDecoder.build(model, torch.float32).layers[0]["qkv"].prepacked
+    assert LeanDecoder.build(model.to(torch.bfloat16), torch.bfloat16).layers[0]["qkv"].prepacked
 
 
 def test_lean_decoder_declines_what_it_does_not_cover(char_tokenizer):

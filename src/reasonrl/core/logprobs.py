@@ -16,11 +16,18 @@ CHUNK_ROWS = 512
 
 
 def _chunks(logits: torch.Tensor, chunk_rows: int):
-    """(batch row, column slice) pieces of [B, T, V] logits, each a [<= chunk_rows, V] view (no copy)."""
+    """(batch rows, columns) slices of [B, T, V] logits covering at most about chunk_rows positions each: whole
+    batch rows at a time when T <= chunk_rows, else pieces of one row. Indexing with them gives views (no copy),
+    also of a strided tensor such as the model's logits[:, :-1]."""
     batch, length, _ = logits.shape
+    if length <= chunk_rows:
+        step = max(1, chunk_rows // max(1, length))
+        for start in range(0, batch, step):
+            yield slice(start, start + step), slice(None)
+        return
     for row in range(batch):
         for start in range(0, length, chunk_rows):
-            yield row, slice(start, min(start + chunk_rows, length))
+            yield slice(row, row + 1), slice(start, start + chunk_rows)
 
 
 class _TokenLogprobs(torch.autograd.Function):
@@ -30,18 +37,18 @@ class _TokenLogprobs(torch.autograd.Function):
         logps = torch.empty(batch, length, dtype=torch.float32, device=logits.device)
         logsumexp = torch.empty_like(logps)
         entropy = torch.empty_like(logps) if with_entropy else None
-        for row, columns in _chunks(logits, chunk_rows):
-            scaled = logits[row, columns].float()  # [n, V]: a copy for bf16, a view for fp32 (not modified below)
+        for rows, columns in _chunks(logits, chunk_rows):
+            scaled = logits[rows, columns].float()  # [n, c, V]: a copy for bf16, a view for fp32 (not modified below)
             if temperature != 1.0:
                 scaled = scaled / temperature
             peak = scaled.amax(-1, keepdim=True)
-            exp = (scaled - peak).exp_()  # [n, V]
+            exp = (scaled - peak).exp_()  # [n, c, V]
             total = exp.sum(-1)
             lse = peak.squeeze(-1) + total.log()
-            logsumexp[row, columns] = lse
-            logps[row, columns] = scaled.gather(-1, token_ids[row, columns, None]).squeeze(-1) - lse
+            logsumexp[rows, columns] = lse
+            logps[rows, columns] = scaled.gather(-1, token_ids[rows, columns, None]).squeeze(-1) - lse
             if with_entropy:  # H = logsumexp - sum_j p_j x_j
-                entropy[row, columns] = lse - (exp.mul_(scaled)).sum(-1) / total
+                entropy[rows, columns] = lse - (exp.mul_(scaled)).sum(-1) / total
         ctx.save_for_backward(logits, token_ids, logsumexp)
         ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
         if with_entropy:
@@ -54,15 +61,15 @@ class _TokenLogprobs(torch.autograd.Function):
         logits, token_ids, logsumexp = ctx.saved_tensors
         temperature = ctx.temperature
         grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        for row, columns in _chunks(logits, ctx.chunk_rows):
-            scaled = logits[row, columns].float()
+        for rows, columns in _chunks(logits, ctx.chunk_rows):
+            scaled = logits[rows, columns].float()
             if temperature != 1.0:
                 scaled = scaled / temperature
-            weight = grad_logps[row, columns, None].float() / temperature  # [n, 1]
+            weight = grad_logps[rows, columns, None].float() / temperature  # [n, c, 1]
             # d logp / d logits = (onehot - softmax) / T, times the incoming gradient
-            piece = (scaled - logsumexp[row, columns, None]).exp_().mul_(-weight)
-            piece.scatter_add_(-1, token_ids[row, columns, None], weight)
-            grad[row, columns] = piece
+            piece = (scaled - logsumexp[rows, columns, None]).exp_().mul_(-weight)
+            piece.scatter_add_(-1, token_ids[rows, columns, None], weight)
+            grad[rows, columns] = piece
         return grad, None, None, None, None
 
 
