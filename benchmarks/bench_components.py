@@ -55,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_vs_trl as vs  # the workload, the LoRA config, the prompts, peak_rss_kb
@@ -180,24 +181,24 @@ def train_step(variant: str, model, prompt_ids, prompt_mask, completion_ids, com
     rows = completion_ids.size(0)
     total = completion_mask.sum().clamp(min=1)
 
-    def logprobs(logits_of, ids):
-        """Log-probs and entropies the variant's way: core.token_logprobs with its own backward and the entropy from
-        the same pass, or (`/autograd-logprobs`) log_softmax + gather through autograd and a separate entropy pass."""
+    def logprobs(fused, plain, ids):
+        """Log-probs and entropies the variant's way: `fused()` (core.token_logprobs with its own backward and the
+        entropy from the same pass), or with `/autograd-logprobs` log_softmax + gather through autograd on the
+        logits `plain()` returns, and a separate entropy pass."""
         if not autograd_logprobs:
-            return logits_of(True)
-        logits = logits_of(False)
+            return fused()
+        logits = plain()
         logps = torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None]).squeeze(-1)
         with torch.no_grad():
             entropy = token_entropy(logits.detach())
         return logps, entropy
 
     if base in ("unshared", "shared"):
+        inputs = (model, prompt_ids, prompt_mask, completion_ids, completion_mask)
         share = base == "shared"
         with autocast():
-            logps, _ = logprobs(lambda fused: sequence_logprobs(
-                model, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts=share,
-                with_entropy=True) if fused else completion_logits(
-                model, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts=share), completion_ids)
+            logps, _ = logprobs(partial(sequence_logprobs, *inputs, share_prompts=share, with_entropy=True),
+                                partial(completion_logits, *inputs, share_prompts=share), completion_ids)
         loss = -(logps.float() * completion_mask).sum() / total
         loss.backward()
         return
@@ -208,10 +209,10 @@ def train_step(variant: str, model, prompt_ids, prompt_mask, completion_ids, com
         prefix = PromptPrefix(model, prompt_ids, prompt_mask)
     for start in range(0, rows, k):
         chunk = slice(start, start + k)
+        inputs = (chunk, completion_ids[chunk], completion_mask[chunk])
         with autocast():
-            logps, _ = logprobs(lambda fused: prefix.completion_logprobs(
-                chunk, completion_ids[chunk], completion_mask[chunk], with_entropy=True) if fused else
-                prefix.completion_logits(chunk, completion_ids[chunk], completion_mask[chunk]), completion_ids[chunk])
+            logps, _ = logprobs(partial(prefix.completion_logprobs, *inputs, with_entropy=True),
+                                partial(prefix.completion_logits, *inputs), completion_ids[chunk])
         loss = -(logps.float() * completion_mask[chunk]).sum() / total  # chunks' losses sum to the whole's
         loss.backward()
         del logps, loss

@@ -16,8 +16,9 @@ change, so this path:
 
 It reuses the model's own modules where they are not the bottleneck: the RMSNorm layers (and Qwen3's q/k norms)
 and the rotary embedding, so scaling variants (rope_scaling) stay transformers'; the rotation itself (the same
-rotate_half in all four modeling files) is applied to q and k together in three ops. Anything it does not cover (other architectures, sliding windows, DoRA, quantized or LoRA'd
-embeddings) returns None from `LeanDecoder.build`, and generation falls back to `model.forward` with its cache.
+rotate_half in all four modeling files) is applied to q and k together in three ops. Anything it does not cover
+(other architectures, sliding windows, DoRA, quantized or LoRA'd embeddings) returns None from `LeanDecoder.build`,
+and generation falls back to `model.forward` with its cache.
 tests/test_rollout.py checks greedy tokens against HF `generate` and log-probs against the training forward.
 """
 
@@ -133,10 +134,10 @@ class LeanDecoder:
         self.embed = inner.embed_tokens
         self.final_norm = self._norm(inner.norm)
         lm_head = model.get_output_embeddings()
-        if lm_head.weight.dtype == dtype and not prepack:  # tied embeddings: no copy
-            self.lm_head = _Linear(lm_head.weight, lm_head.bias, prepack=False)
+        if lm_head.weight.dtype == dtype:  # (tied) weights used as they are, or prepacked straight from them
+            self.lm_head = _Linear(lm_head.weight, lm_head.bias, prepack)
         else:
-            self.lm_head = _Linear(*_merged_weights([lm_head], dtype), prepack=prepack)
+            self.lm_head = _Linear(*_merged_weights([lm_head], dtype), prepack)
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -144,9 +145,10 @@ class LeanDecoder:
                 "input_norm": self._norm(layer.input_layernorm),
                 "post_norm": self._norm(layer.post_attention_layernorm),
                 "q_norm": getattr(attn, "q_norm", None), "k_norm": getattr(attn, "k_norm", None),
-                "qkv": _Linear(*_merged_weights([attn.q_proj, attn.k_proj, attn.v_proj], dtype), prepack),  # [(H + 2 KVH) D, hidden]
+                # [(H + 2 KVH) D, hidden] and [2 I, hidden]: one matmul each
+                "qkv": _Linear(*_merged_weights([attn.q_proj, attn.k_proj, attn.v_proj], dtype), prepack),
                 "o": _Linear(*_merged_weights([attn.o_proj], dtype), prepack),
-                "gate_up": _Linear(*_merged_weights([mlp.gate_proj, mlp.up_proj], dtype), prepack),  # [2 I, hidden]
+                "gate_up": _Linear(*_merged_weights([mlp.gate_proj, mlp.up_proj], dtype), prepack),
                 "down": _Linear(*_merged_weights([mlp.down_proj], dtype), prepack),
                 "scaling": attn.scaling,
             })
