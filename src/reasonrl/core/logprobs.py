@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 CHUNK_ROWS = 512
+CHUNK_ELEMENTS = 1 << 23  # token_logprobs' default chunk: 8M logits (32 MB in fp32), e.g. 170 positions of a 49k vocab
 
 
 def _chunks(logits: torch.Tensor, chunk_rows: int):
@@ -74,18 +75,21 @@ class _TokenLogprobs(torch.autograd.Function):
 
 
 def token_logprobs(
-    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0, chunk_rows: int = CHUNK_ROWS,
+    logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0, chunk_rows: int | None = None,
     with_entropy: bool = False,
 ):
     """log softmax(logits / temperature) at `token_ids`.  logits [B, T, V] (any strides), token_ids [B, T] -> [B, T]
     fp32; with `with_entropy`, also the entropy [B, T] of softmax(logits / temperature) (not differentiable).
 
-    Differentiable in the logits, with the backward described in the module docstring. Each chunk of `chunk_rows`
-    rows is upcast to fp32 on its own, so the peak extra memory is chunk_rows x V floats instead of B x T x V.
+    Differentiable in the logits, with the backward described in the module docstring. Chunks of about `chunk_rows`
+    positions (default: CHUNK_ELEMENTS / V) are upcast to fp32 one at a time, so the extra memory is two fp32
+    chunks, not B x T x V floats.
     """
     if logits.size(0) * logits.size(1) == 0:
         empty = logits.new_zeros(logits.shape[:2], dtype=torch.float32)
         return (empty, empty.clone()) if with_entropy else empty
+    if chunk_rows is None:
+        chunk_rows = max(1, CHUNK_ELEMENTS // logits.size(-1))
     return _TokenLogprobs.apply(logits, token_ids, float(temperature), chunk_rows, with_entropy)
 
 
