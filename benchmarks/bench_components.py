@@ -91,9 +91,8 @@ def load(cfg: dict):
     import contextlib
 
     import torch
-    from peft.helpers import disable_input_dtype_casting
 
-    from reasonrl.models import add_lora, load_model, load_tokenizer
+    from reasonrl.models import add_lora, load_model, load_tokenizer, lora_inputs_not_cast, lora_layers
 
     options = cfg["variant"].split("/")[1:]
     bf16 = cfg["precision"] == "bf16"
@@ -104,14 +103,15 @@ def load(cfg: dict):
                 for name, layer in list(module.lora_dropout.items()):
                     module.lora_dropout[name] = torch.nn.Dropout(layer.p)
     tokenizer = load_tokenizer(cfg["model"])
+    layers = lora_layers(model)
 
     @contextlib.contextmanager
     def autocast():
         if not bf16:
             yield
             return
-        with torch.autocast("cpu", dtype=torch.bfloat16), disable_input_dtype_casting(
-                model, active="peft-cast" not in options):
+        with torch.autocast("cpu", dtype=torch.bfloat16), lora_inputs_not_cast(
+                [] if "peft-cast" in options else layers):
             yield
 
     return model, tokenizer, autocast

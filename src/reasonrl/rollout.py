@@ -132,8 +132,8 @@ def generate(
     Randomness: with `seeds` (one int per prompt), prompt i's samples come from its own generator seeded with
     seeds[i] (inverse-CDF sampling from uniforms drawn up front), so they do not depend on which other prompts share
     the batch, or on which process of a distributed run draws them. Otherwise the uniforms come from `generator`.
-The model runs through lean_decode.LeanDecoder (merged LoRA, fused projections, static cache) when it supports the
-architecture and `lean` is true, else through its own forward with transformers' cache (ModelDecoder).
+    The model runs through lean_decode.LeanDecoder (merged LoRA, fused projections, static cache) when it supports
+    the architecture and `lean` is true, else through its own forward with transformers' cache (ModelDecoder).
 
     Returns completion_ids [N*G, C], completion_mask [N*G, C], sampling_logps [N*G, C], is_truncated [N*G].
     Rows are grouped by prompt: rows i*G .. i*G+G-1 belong to prompt i.

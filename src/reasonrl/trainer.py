@@ -62,6 +62,8 @@ from reasonrl.models import (
     is_peft_model,
     load_model,
     load_tokenizer,
+    lora_inputs_not_cast,
+    lora_layers,
     prepare_tokenizer,
     reference_policy,
     use_lean_lora_dropout,
@@ -132,8 +134,9 @@ class GRPOTrainer:
 
             peft_config = lora_config_from(args)
         if peft_config is not None:
-            model = add_lora(model, peft_config)
-        use_lean_lora_dropout(model)  # also a peft model given ready-made
+            model = add_lora(model, peft_config)  # with the lean LoRA dropout
+        else:
+            use_lean_lora_dropout(model)  # a peft model given ready-made (a no-op for a plain model)
         if args.disable_dropout:
             for module in model.modules():
                 if isinstance(module, torch.nn.Dropout):
@@ -145,6 +148,8 @@ class GRPOTrainer:
         # the training forward/backward goes through DistributedDataParallel (gradients averaged over processes);
         # generation, old/reference log-probs, peft's disable_adapter and saving use the unwrapped self.model
         self.train_model = distributed.wrap(self.model, self.dist)
+        # peft's LoRA layers, found once: _autocast switches their input casting off and on at every forward
+        self._lora_layers = lora_layers(self.model)
 
         self.eval_dataset = eval_dataset
         render_prompt(self.train_dataset[0]["prompt"], self.tokenizer)  # a prompt format problem shows now, not later
@@ -478,10 +483,7 @@ class GRPOTrainer:
             return contextlib.nullcontext()
         context = contextlib.ExitStack()
         context.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
-        if is_peft_model(self.model):
-            from peft.helpers import disable_input_dtype_casting
-
-            context.enter_context(disable_input_dtype_casting(self.model))
+        context.enter_context(lora_inputs_not_cast(self._lora_layers))
         return context
 
     def _log(self, metrics: dict) -> None:
