@@ -30,14 +30,16 @@ def group_advantages(
     - "batch": (r - group mean) / (std over the whole batch + eps)
     - "none":  r - group mean  (Dr. GRPO)
 
-    Stds use Bessel's correction. NaN marks an unscorable completion: it is left out of every mean and std and
+    Stds use Bessel's correction. The statistics are computed in float64 (the result is float32): in float32 the
+    mean of a group of equal large rewards (e.g. nine times 683.43) is not exactly that value, and dividing the
+    rounding error by a std of the same size gave such a group advantages of about -0.35 instead of 0. NaN marks an unscorable completion: it is left out of every mean and std and
     its advantage is 0, as is every advantage whose statistics are undefined (a group with one scorable value).
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     if num_generations < 1:
         raise ValueError(f"num_generations must be >= 1, got {num_generations}")
-    rewards = torch.as_tensor(rewards).float().reshape(-1)  # [N]
+    rewards = torch.as_tensor(rewards).double().reshape(-1)  # [N]
     n = rewards.numel()
     if n % num_generations != 0:
         raise ValueError(
@@ -51,4 +53,4 @@ def group_advantages(
         advantages = advantages / (nanstd(grouped, dim=1, keepdim=True) + eps)
     elif scale == "batch":
         advantages = advantages / (nanstd(rewards) + eps)
-    return torch.nan_to_num(advantages.reshape(-1), nan=0.0)  # [N]
+    return torch.nan_to_num(advantages.reshape(-1), nan=0.0).float()  # [N]
