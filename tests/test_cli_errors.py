@@ -8,16 +8,13 @@ end to end, progress bars included.
 """
 
 import json
-import logging
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import yaml
-
-from reasonrl.cli import main
+from cli_helpers import assert_one_line_error, run_cli, run_main
+from cli_helpers import snapshot as _snapshot
 
 REWARDS = '''
 import math
@@ -107,52 +104,6 @@ def _train_args(ws, model, out):
             "per_device_train_batch_size=2", "optim=adamw_torch", "logging_steps=1", f"output_dir={out}"]
 
 
-def _snapshot(folder):
-    """Every file under `folder` with its bytes and modification time."""
-    return {str(path.relative_to(folder)): (path.read_bytes(), path.stat().st_mtime_ns)
-            for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
-def assert_one_line_error(code, err, command, phrases):
-    assert "Traceback" not in err, err[-3000:]
-    assert code == 2, err[-3000:]
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith(f"reasonrl {command}: error: "), err[-3000:]
-    assert sum("error:" in line for line in lines) == 1, err[-3000:]
-    message = lines[-1]
-    print(message)  # shown by pytest -rP
-    for phrase in phrases:
-        assert phrase in message, f"{phrase!r} not in {message!r}"
-    return message
-
-
-def run_main(capsys, argv):
-    """main(argv) in-process: (exit code, stderr)."""
-    # datasets and transformers log through a handler bound to the sys.stderr of their import, which in a test run
-    # may be an earlier test's closed capture; point it at this call's stderr, as a real run's is at the real one
-    import datasets.utils.logging
-    import transformers.utils.logging
-
-    datasets.utils.logging.get_logger(), transformers.utils.logging.get_logger()  # their handlers exist
-    handlers = [handler for name in ("datasets", "transformers") for handler in logging.getLogger(name).handlers
-                if type(handler) is logging.StreamHandler]
-    previous = [sys.__stderr__ if handler.stream is sys.stderr else handler.stream for handler in handlers]
-    for handler in handlers:
-        handler.stream = sys.stderr
-    try:
-        code = main([str(arg) for arg in argv])
-    finally:
-        for handler, stream in zip(handlers, previous):
-            handler.stream = stream
-    return code, capsys.readouterr().err
-
-
-def run_cli(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "reasonrl", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=600, check=False)
-
-
 # ---- train: (id, extra arguments, phrases of the message); {ws}, {model}, {nochat} and {notok} are filled in
 
 TRAIN_CASES = [
@@ -187,7 +138,7 @@ TRAIN_CASES = [
     ("non-utf8-csv", ["dataset_name={ws}/latin1.csv"], ["latin1.csv is not UTF-8", "re-encode it as UTF-8"]),
     ("malformed-json", ["dataset_name={ws}/bad.json"], ["could not read dataset", "check that it is valid JSON"]),
     ("prompt-not-text", ["dataset_name={ws}/int_prompt.jsonl"],
-     ["a prompt must be a string or a list of chat messages, got int", "fix that row"]),
+     ["the prompt must be a string or a list of chat messages, got int", "fix that row"]),
     ("chat-prompts-without-chat-template", ["model_name_or_path={nochat}", "dataset_name={ws}/chat.jsonl"],
      ["prompts are conversational but the tokenizer has no chat template", "use a chat model or plain-text"]),
     # the model
@@ -214,7 +165,7 @@ TRAIN_CASES = [
     ("reward-returns-string", ["reward_funcs=[{ws}/rewards.py:text]"],
      ["'text' returned a str ('1.0')", "must return a list with one float (or None) per completion"]),
     ("reward-returns-strings", ["reward_funcs=[{ws}/rewards.py:words]"],
-     ["'words' returned a str ('good')", "rewards must be floats or None"]),
+     ["'words' returned a str ('good')", "rewards must be one float (or None) per completion"]),
     ("reward-returns-nan", ["reward_funcs=[{ws}/rewards.py:nan]"],
      ["'nan' returned NaN", "return None for a completion it cannot score"]),
     ("reward-returns-none", ["reward_funcs=[{ws}/rewards.py:nothing]"],
@@ -223,7 +174,7 @@ TRAIN_CASES = [
     ("output-dir-is-a-file", ["output_dir={ws}/train.jsonl"], ["output_dir", "train.jsonl is a file", "choose a folder"]),
     ("resume-nothing", ["--resume"], ["nothing to resume", "holds no checkpoint", "drop --resume"]),
     ("resume-not-a-checkpoint", ["--resume", "{ws}/nowhere"],
-     ["cannot resume from", "not a checkpoint folder", "--resume alone for the latest"]),
+     ["cannot resume from", "no such folder", "--resume alone for the latest"]),
 ]
 
 
@@ -268,7 +219,7 @@ def test_output_dir_holding_a_run_is_refused_and_left_unchanged(ws, tiny_model_d
     before = _snapshot(run)
     code, err = run_main(capsys, ["train", *_train_args(ws, tiny_model_dir, run)])
     assert_one_line_error(code, err, "train", [f"output_dir {run} already holds a run", "pass --resume to continue",
-                                               "--overwrite to start over", "choose another output_dir"])
+                                               "--overwrite (overwrite_output_dir=true) to start over", "choose another output_dir"])
     assert _snapshot(run) == before
 
 

@@ -63,7 +63,8 @@ def test_cli_train_changes_every_lora_parameter_and_no_base_parameter(trained_ru
 
     root, _ = trained_run
     out = root / "out"
-    assert sorted(os.listdir(out)) == ["checkpoint-2", "checkpoint-3", "completions.jsonl", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == ["checkpoint-2", "checkpoint-3", "completions.jsonl", "metrics.jsonl",
+                                       "reasonrl-run.json"]
     trained = _adapter(out / "checkpoint-3")
     # the untrained adapter: the same LoRA config applied with the same seed (peft initialises A randomly, B = 0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -126,14 +126,14 @@ def test_a_reward_that_always_raises_stops_the_run_and_keeps_the_checkpoints(tmp
 
 def test_a_hanging_reward_times_out_and_counts_as_errors(tmp_path, char_tokenizer):
     def hangs(completions, **kwargs):
-        time.sleep(5)
+        time.sleep(120)
         return [0.0] * len(completions)
 
     trainer = _trainer(tmp_path, char_tokenizer, [hangs, length_reward], max_steps=2, reward_timeout=0.5)
     start = time.perf_counter()
     history = trainer.train()
     elapsed = time.perf_counter() - start
-    assert elapsed < 4.5  # two rounds: each waited 0.5 s, not 5 s
+    assert elapsed < 60  # two rounds: each waited 0.5 s, not 120 s (a wide margin for a busy machine)
     assert [row["rewards/hangs/errors"] for row in history] == [4, 4]
     assert [row["rewards/length_reward/errors"] for row in history] == [0, 0]
     assert all(math.isnan(row["rewards/hangs/mean"]) for row in history)
@@ -286,7 +286,8 @@ def test_train_runs_model_code_from_the_hub_only_when_asked(tmp_path, monkeypatc
         seen["trust_remote_code"] = kwargs["trust_remote_code"]
         raise ModelLoadError("stopped before loading")
 
-    monkeypatch.setattr(trainer_module, "load_model", load_model)
+    # the config is read first (its positions are checked before the weights load): the same flag must reach it
+    monkeypatch.setattr(trainer_module, "load_model_config", load_model)
     (tmp_path / "train.jsonl").write_text('{"prompt": "Say 1:"}\n')
     code = main(["train", "model_name_or_path=org/remote-code-model", f"dataset_name={tmp_path / 'train.jsonl'}",
                  "reward_funcs=[length]", f"output_dir={tmp_path / 'out'}", *options])

@@ -50,9 +50,13 @@ def test_optimizers_take_steps(tmp_path, char_tokenizer, optim):
     assert any(not (a == b).all() for a, b in zip(before, trainer.model.parameters()))
 
 
-def test_a_new_run_in_the_same_folder_starts_fresh_logs(tmp_path, char_tokenizer):
+def test_a_new_run_in_the_same_folder_starts_fresh_logs_only_when_told(tmp_path, char_tokenizer):
+    from reasonrl.errors import ConfigError
+
     _trainer(tmp_path, char_tokenizer).train()
-    _trainer(tmp_path, char_tokenizer, max_steps=1).train()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        _trainer(tmp_path, char_tokenizer, max_steps=1).train()
+    _trainer(tmp_path, char_tokenizer, max_steps=1, overwrite_output_dir=True).train()
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [row["step"] for row in rows] == [1]
 

@@ -20,6 +20,8 @@ import shutil
 import numpy as np
 import torch
 
+from reasonrl.errors import CheckpointError, reason_of
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 LEFTOVER_RE = re.compile(r"^\.checkpoint-\d+\.(tmp|old)$")  # a staging folder, or one set aside to be deleted
 
@@ -69,20 +71,29 @@ def save_checkpoint(output_dir: str, step: int, *, model, tokenizer, optimizer, 
     final = os.path.join(output_dir, f"checkpoint-{step}")
     staging = os.path.join(output_dir, f".checkpoint-{step}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    if round_state is not None:
-        save_round(staging, *round_state)
-    model.save_pretrained(staging, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(staging)
-    torch.save(optimizer.state_dict(), os.path.join(staging, "optimizer.pt"))
-    torch.save(scheduler.state_dict(), os.path.join(staging, "scheduler.pt"))
-    torch.save(rng_state(generator), os.path.join(staging, "rng_state.pt"))
-    with open(os.path.join(staging, "trainer_state.json"), "w") as handle:
-        json.dump(trainer_state, handle, indent=1)
-    with open(os.path.join(staging, "config.yaml"), "w") as handle:
-        handle.write(config_yaml)
-    _fsync_tree(staging)
+    try:
+        os.makedirs(staging)
+        if round_state is not None:
+            save_round(staging, *round_state)
+        model.save_pretrained(staging, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        torch.save(optimizer.state_dict(), os.path.join(staging, "optimizer.pt"))
+        torch.save(scheduler.state_dict(), os.path.join(staging, "scheduler.pt"))
+        torch.save(rng_state(generator), os.path.join(staging, "rng_state.pt"))
+        with open(os.path.join(staging, "trainer_state.json"), "w") as handle:
+            json.dump(trainer_state, handle, indent=1)
+        with open(os.path.join(staging, "config.yaml"), "w") as handle:
+            handle.write(config_yaml)
+        _fsync_tree(staging)
+    except Exception as error:  # noqa: BLE001 - a full disk, a quota, a folder gone (OSError, safetensors' error)
+        if not isinstance(error, (OSError, RuntimeError)) and "safetensors" not in type(error).__module__:
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        earlier = latest_checkpoint(output_dir)
+        reason = getattr(error, "strerror", None) or reason_of(error, 120)
+        raise CheckpointError(f"could not write checkpoint-{step} in {output_dir} ({reason}); free space there and "
+                              f"resume from {earlier or 'the start'} with --resume") from None
     replaced = None
     if os.path.exists(final):  # re-saving the same step (e.g. the final one): set the old one aside, then drop it
         replaced = _set_aside(final)
@@ -93,8 +104,9 @@ def save_checkpoint(output_dir: str, step: int, *, model, tokenizer, optimizer, 
     for name in os.listdir(output_dir):  # what killed runs left half-written or half-deleted
         if LEFTOVER_RE.match(name):
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
-    if save_total_limit:
-        for old in list_checkpoints(output_dir)[:-save_total_limit]:
+    if save_total_limit:  # the oldest of this timeline's earlier checkpoints; never the one just written
+        earlier = [path for path in list_checkpoints(output_dir) if checkpoint_step(path) < step]
+        for old in earlier[: max(0, len(earlier) - (save_total_limit - 1))]:
             shutil.rmtree(_set_aside(old), ignore_errors=True)
     return final
 
@@ -182,6 +194,11 @@ def list_checkpoints(output_dir: str) -> list[str]:
     return [path for _, path in sorted(found)]
 
 
+def checkpoint_step(path: str) -> int:
+    """N of a `checkpoint-N` folder."""
+    return int(CHECKPOINT_RE.match(os.path.basename(os.path.abspath(path))).group(1))
+
+
 def latest_checkpoint(output_dir: str) -> str | None:
     checkpoints = list_checkpoints(output_dir)
     return checkpoints[-1] if checkpoints else None
@@ -195,3 +212,140 @@ def load_training_state(path: str) -> tuple[dict, dict, dict, dict]:
     with open(os.path.join(path, "trainer_state.json")) as handle:
         trainer_state = json.load(handle)
     return load("optimizer.pt"), load("scheduler.pt"), load("rng_state.pt"), trainer_state
+
+
+# ---------------------------------------------------------------- checks before resuming
+
+TRAINING_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pt")
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+_STATE_KEYS = ("global_step", "epoch", "sampler")
+
+
+def validate_checkpoint(path: str) -> None:
+    """CheckpointError unless `path` is a complete, readable checkpoint: its files present, trainer_state.json
+    well-formed, its weights' safetensors headers readable and covering the file. Reads no tensor data."""
+    if not os.path.isfile(os.path.join(path, "trainer_state.json")):
+        raise CheckpointError(f"cannot resume from {path}: not a checkpoint folder (no trainer_state.json); give one "
+                              f"like {os.path.join(os.path.dirname(path.rstrip(os.sep)) or '.', 'checkpoint-100')}, "
+                              f"or --resume alone for the latest")
+    try:
+        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot resume from {path}: trainer_state.json is damaged ({reason_of(error, 120)}); "
+                              f"resume from an earlier checkpoint") from None
+    if not isinstance(state, dict) or any(key not in state for key in _STATE_KEYS) or not isinstance(
+            state.get("global_step"), int) or not isinstance(state.get("sampler"), dict):
+        raise CheckpointError(f"cannot resume from {path}: trainer_state.json lacks the run's position "
+                              f"({', '.join(_STATE_KEYS)}); resume from an earlier checkpoint")
+    missing = [name for name in TRAINING_FILES if not os.path.isfile(os.path.join(path, name))]
+    weights = [name for name in WEIGHT_FILES if os.path.isfile(os.path.join(path, name))]
+    if not weights:
+        missing.append("the weights (adapter_model.safetensors or model.safetensors)")
+    if missing:
+        raise CheckpointError(f"cannot resume from {path}: it is incomplete (missing {', '.join(missing)}); resume "
+                              f"from an earlier checkpoint")
+    for name in _weight_shards(path, weights[0]):
+        _check_safetensors(os.path.join(path, name))
+
+
+def _weight_shards(path: str, name: str) -> list[str]:
+    if not name.endswith(".index.json"):
+        return [name]
+    try:
+        with open(os.path.join(path, name), encoding="utf-8") as handle:
+            shards = sorted(set(json.load(handle)["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"cannot resume from {path}: {name} is damaged ({reason_of(error, 120)})") from None
+    missing = [shard for shard in shards if not os.path.isfile(os.path.join(path, shard))]
+    if missing:
+        raise CheckpointError(f"cannot resume from {path}: weight shard(s) {', '.join(missing)} missing")
+    return shards
+
+
+def _check_safetensors(file: str) -> None:
+    """The header parses and the tensors it lists fit in the file (a truncated copy fails here)."""
+    try:
+        with open(file, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(header_size)) if 0 < header_size < 100_000_000 else None
+        end = max((info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"), default=0)
+        complete = 8 + header_size + end <= os.path.getsize(file)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        complete = False
+    if not complete:
+        raise CheckpointError(f"{file} is damaged or truncated (not a complete safetensors file); resume from an "
+                              f"earlier checkpoint")
+
+
+def load_weights(model, path: str) -> None:
+    """Load a checkpoint's weights (safetensors) into `model`: the adapter for a peft model, else every weight.
+
+    The checkpoint must match the model: a LoRA checkpoint for a LoRA model of the same rank and target modules, a
+    full one for a full model with the same parameters. A mismatch is a CheckpointError, never a silent partial load.
+    """
+    from safetensors.torch import load_file
+
+    from reasonrl.models import is_peft_model
+
+    has_adapter = os.path.isfile(os.path.join(path, "adapter_model.safetensors"))
+    if is_peft_model(model) != has_adapter:
+        saved, now = ("a LoRA adapter", "full fine-tuning") if has_adapter else ("full weights", "LoRA")
+        raise CheckpointError(f"{path} holds {saved} but this run uses {now}; resume with the settings the run was "
+                              f"started with (use_peft={str(has_adapter).lower()})")
+    files = ["adapter_model.safetensors"] if has_adapter else _weight_shards(
+        path, next(n for n in WEIGHT_FILES[1:] if os.path.isfile(os.path.join(path, n))))
+    try:
+        state = {}
+        for name in files:
+            state.update(load_file(os.path.join(path, name)))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise CheckpointError(f"cannot read the weights in {path}: {reason_of(error, 150)}; resume from an earlier "
+                              f"checkpoint") from None
+    if has_adapter:
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        _check_keys(path, state, get_peft_model_state_dict(model))
+        set_peft_model_state_dict(model, state)
+        return
+    _check_keys(path, state, model.state_dict())
+    model.load_state_dict(state, strict=False)
+
+
+def _check_keys(path: str, saved: dict, expected: dict) -> None:
+    """The saved tensors are exactly the model's (same names and shapes), but for tied weights saved once."""
+    unknown = sorted(set(saved) - set(expected))
+    if unknown:
+        raise CheckpointError(f"{path} holds weights this model does not have ({unknown[0]}, {len(unknown)} in all); "
+                              f"resume with the model and LoRA settings the run was started with")
+    for key, tensor in saved.items():
+        if tuple(expected[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"{path} was saved with other shapes ({key}: {tuple(tensor.shape)}, this model: "
+                                  f"{tuple(expected[key].shape)}); resume with the settings the run was started with "
+                                  f"(lora_r, lora_target_modules, the model)")
+    saved_storage = {expected[key].data_ptr() for key in saved}
+    missing = [key for key in expected if key not in saved and expected[key].data_ptr() not in saved_storage]
+    if missing:
+        raise CheckpointError(f"{path} lacks weights of this model ({missing[0]}, {len(missing)} in all); resume with "
+                              f"the model and LoRA settings the run was started with")
+
+
+RESUME_SETTINGS = ("optim", "lr_scheduler_type", "use_peft", "lora_r", "lora_alpha", "lora_target_modules")
+"""Options a checkpoint's optimizer, schedule or weights depend on: resuming with other values is refused."""
+
+
+def check_resume_settings(path: str, settings: dict) -> None:
+    """CheckpointError when `settings` (the run's GRPOConfig as a dict) change an option the checkpoint's state
+    depends on, e.g. an AdamW state loaded into SGD would be taken silently."""
+    import yaml
+
+    try:
+        with open(os.path.join(path, "config.yaml"), encoding="utf-8") as handle:
+            saved = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError):
+        return  # a checkpoint without a readable config (older or hand-made): nothing to compare against
+    changed = [f"{key}={settings[key]!r} (saved: {saved[key]!r})" for key in RESUME_SETTINGS
+               if key in saved and key in settings and saved[key] != settings[key]]
+    if changed:
+        raise CheckpointError(f"cannot resume from {path} with other settings: {', '.join(changed)}; resume with the "
+                              f"run's settings, or start a new run")

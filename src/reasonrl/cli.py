@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+
+from reasonrl.errors import ReasonRLError, UsageError
 
 
 def _floats(text: str) -> list[float]:
@@ -29,29 +33,9 @@ def _cmd_explain(args) -> int:
     return 0
 
 
-class UsageError(Exception):
-    """A user mistake: printed as one line, exit code 2."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Every exception type that means "the user can fix this": one line on stderr, exit 2, no traceback."""
-    from reasonrl.config import ConfigError
-    from reasonrl.data import DataError
-    from reasonrl.export import ExportError
-    from reasonrl.guards import TrainingDiverged
-    from reasonrl.models import ModelLoadError
-    from reasonrl.rewards import RewardSpecError
-    from reasonrl.scoring import RewardError
-
-    return (UsageError, ConfigError, DataError, ExportError, ModelLoadError, RewardSpecError, RewardError,
-            TrainingDiverged)
-
-
 def _cmd_train(args) -> int:
-    import os
-
-    from reasonrl.checkpoint import latest_checkpoint
-    from reasonrl.config import GRPOConfig
+    from reasonrl import distributed, rundir
+    from reasonrl.config import GRPOConfig, apply_overrides
     from reasonrl.trainer import GRPOTrainer
 
     if args.config is None and not args.overrides:
@@ -60,54 +44,26 @@ def _cmd_train(args) -> int:
     if args.config is not None:
         cfg = GRPOConfig.from_yaml(args.config, overrides=args.overrides)
     else:
-        from reasonrl.config import apply_overrides
-
         cfg = GRPOConfig.from_dict(apply_overrides({}, args.overrides))
+    if args.resume is not None and args.overwrite:
+        raise UsageError("--resume continues the run in output_dir and --overwrite starts it over; pass one of them")
     if args.resume is not None:
-        cfg.resume_from_checkpoint = True if args.resume == "latest" else args.resume
-    if args.trust_remote_code:
-        cfg.trust_remote_code = True
+        cfg.resume_from_checkpoint = args.resume
+    cfg.trust_remote_code = cfg.trust_remote_code or args.trust_remote_code
+    cfg.overwrite_output_dir = cfg.overwrite_output_dir or args.overwrite
     if not cfg.model_name_or_path:
         raise UsageError("no model: set model_name_or_path in the config or as model_name_or_path=PATH_OR_ID")
     if not cfg.reward_funcs:
         raise UsageError("no reward functions: set reward_funcs, e.g. reward_funcs=[accuracy,format]")
     if not cfg.dataset_name:
         raise UsageError("no dataset: set dataset_name to a hub id or a local .jsonl/.json/.csv/.parquet file")
-    if os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
-        raise UsageError(f"output_dir {cfg.output_dir} is a file; choose a folder for checkpoints and logs")
-    has_run = os.path.isfile(os.path.join(cfg.output_dir, "metrics.jsonl")) or latest_checkpoint(cfg.output_dir)
-    if has_run and not (cfg.resume_from_checkpoint or args.overwrite or cfg.overwrite_output_dir):
-        raise UsageError(f"output_dir {cfg.output_dir} already holds a run; pass --resume to continue it, "
-                         f"--overwrite to start over, or choose another output_dir")
-    if cfg.resume_from_checkpoint:
-        resume = cfg.resume_from_checkpoint
-        path = latest_checkpoint(cfg.output_dir) if resume is True or resume == "latest" else resume
-        if path is None:
-            raise UsageError(f"nothing to resume: output_dir {cfg.output_dir} holds no checkpoint; drop --resume "
-                             f"to start a new run there")
-        if not os.path.isfile(os.path.join(path, "trainer_state.json")):
-            raise UsageError(f"cannot resume from {path}: not a checkpoint folder (no trainer_state.json); give "
-                             f"one like {os.path.join(cfg.output_dir, 'checkpoint-100')}, or --resume alone for "
-                             f"the latest")
+    # the output folder and the checkpoint to resume from are checked before anything loads (rundir.py); the
+    # trainer makes the folder the run's when training starts, so a mistake found while loading leaves it as it was
+    resume = rundir.resolve_resume(cfg.output_dir, cfg.resume_from_checkpoint, cfg.to_dict())
+    rundir.check_start(cfg.output_dir, resume=resume, overwrite=cfg.overwrite_output_dir)
     trainer = GRPOTrainer(cfg.model_name_or_path, cfg.reward_funcs, args=cfg)
-    # only now that the model, rewards and data have loaded, so that a mistake there leaves the old run as it was
-    # (under torchrun / accelerate launch, rank 0 alone clears it)
-    clears = has_run and (args.overwrite or cfg.overwrite_output_dir) and not cfg.resume_from_checkpoint
-    if clears and trainer.dist.is_main:
-        import shutil
-
-        from reasonrl.checkpoint import list_checkpoints
-
-        for name in ("metrics.jsonl", "completions.jsonl"):
-            if os.path.isfile(os.path.join(cfg.output_dir, name)):
-                os.remove(os.path.join(cfg.output_dir, name))
-        for old_checkpoint in list_checkpoints(cfg.output_dir):  # else --resume could pick up the old run's
-            shutil.rmtree(old_checkpoint)
-    from reasonrl import distributed
-
-    distributed.barrier(trainer.dist)
     try:
-        trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+        trainer.train(resume_from_checkpoint=resume)
     finally:
         distributed.cleanup()
     if trainer.dist.is_main:
@@ -119,7 +75,7 @@ def _cmd_export(args) -> int:
     from reasonrl.export import export, push_to_hub
 
     out = export(args.checkpoint, args.out, merge=args.merge, base=args.base,
-                 trust_remote_code=args.trust_remote_code)
+                 trust_remote_code=args.trust_remote_code, overwrite=args.overwrite)
     print(f"exported {'merged model' if args.merge else 'model'} to {out}")
     if args.push_to_hub:
         print(f"pushed to {push_to_hub(out, args.push_to_hub, private=args.private)}")
@@ -140,6 +96,8 @@ def _cmd_generate(args) -> int:
             raise UsageError(f"cannot read --file {args.file}: {getattr(error, 'strerror', None) or error}") from None
     else:
         text = args.prompt
+    if not text.strip():
+        raise UsageError("the prompt is empty; give some text with --prompt or in --file")
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1 (got {args.max_new_tokens})")
     if args.temperature < 0:
@@ -148,6 +106,12 @@ def _cmd_generate(args) -> int:
         raise UsageError(f"--top-p must be in (0, 1]; 1 keeps every token (got {args.top_p})")
     model, tokenizer = load_for_inference(args.model, base=args.base, trust_remote_code=args.trust_remote_code)
     model.eval()
+    from reasonrl.models import max_positions
+
+    limit = max_positions(model.config)
+    if limit is not None and args.max_new_tokens >= limit:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens} is past the model's {limit} positions; ask for "
+                         f"fewer")
     if args.chat:
         if tokenizer.chat_template is None:
             raise UsageError(f"--chat: the tokenizer of {args.model} has no chat template; drop --chat")
@@ -230,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lora", type=int, default=0, metavar="R", help="train a LoRA adapter of rank R, then merge it")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     p.set_defaults(func=_cmd_sft)
 
@@ -248,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="base model path or hub id, if the adapter does not name it")
     p.add_argument("--push-to-hub", metavar="REPO", help="also upload to this Hub repo (needs a token)")
     p.add_argument("--private", action="store_true", help="make the Hub repo private")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds (only once the new model is "
+                                                             "written)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     p.set_defaults(func=_cmd_export)
 
@@ -270,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_demo(args) -> int:
     from reasonrl.demo import DemoSettings, run_demo
 
+    _require_positive(args, "grpo_steps")
     settings = DemoSettings(out=args.out)
     if args.quick:
         settings.grpo_steps, settings.held_out, settings.k = 20, 100, 4
@@ -286,11 +254,13 @@ def _task_rows(args):
     if args.task is not None:
         task = get_task(args.task)
         return task.generate(args.n, seed=args.seed), task.reward, task.max_trace_length() + 8
+    from reasonrl.data import ensure_prompt_column
     from reasonrl.rewards import accuracy_reward
 
-    from reasonrl.data import ensure_prompt_column
-
     dataset = ensure_prompt_column(load_dataset_any(args.data), args.prompt_column)
+    if not {"answer", "solution"} & set(dataset.column_names):
+        raise UsageError(f"{args.data} has no 'answer' or 'solution' column (found: "
+                         f"{', '.join(dataset.column_names)}) to score the completions against; add one")
     return [dict(row) for row in dataset], accuracy_reward, None
 
 
@@ -298,8 +268,13 @@ def _cmd_eval(args) -> int:
     from reasonrl.evaluate import evaluate, format_report, write_json
     from reasonrl.export import load_for_inference
 
-    if args.k < 1:
-        raise UsageError(f"--k must be >= 1 (got {args.k})")
+    _require_positive(args, "k", "n", "batch_size", "samples", "max_new_tokens")
+    if args.samples is not None and args.samples < args.k:
+        raise UsageError(f"--samples must be >= --k to estimate pass@{args.k} (got {args.samples})")
+    if not args.temperature > 0:
+        raise UsageError(f"--temperature must be > 0 for the pass@k samples (got {args.temperature})")
+    if args.json and os.path.isdir(args.json):
+        raise UsageError(f"--json {args.json} is a folder; give a file name for the report")
     rows, reward, default_tokens = _task_rows(args)
     model, tokenizer = load_for_inference(args.model, trust_remote_code=args.trust_remote_code)
     report = evaluate(model, tokenizer, rows, reward, k=args.k, num_samples=args.samples,
@@ -312,8 +287,12 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_sft(args) -> int:
+    from reasonrl.export import check_model_folder, save_model_folder
     from reasonrl.sft import sft
 
+    _require_positive(args, "n", "batch_size", "lr", "epochs")
+    _require_positive(args, "steps", "lora", allow_zero=True)
+    check_model_folder(args.out, overwrite=args.overwrite)  # before minutes of training, not after
     if args.task is not None:
         from reasonrl.tasks import get_task
 
@@ -347,15 +326,21 @@ def _cmd_sft(args) -> int:
                  learning_rate=args.lr, seed=args.seed)
     if args.lora:
         model = model.merge_and_unload()
-    model.save_pretrained(args.out)
-    tokenizer.save_pretrained(args.out)
-    print(f"trained {len(losses)} steps (final loss {losses[-1]:.4f}); saved to {args.out}")
+
+    def write(folder: str) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    out = save_model_folder(args.out, write, overwrite=args.overwrite)
+    print(f"trained {len(losses)} steps (final loss {losses[-1]:.4f}); saved to {out}")
     return 0
 
 
 def _cmd_plot(args) -> int:
     from reasonrl.plot import plot_run
 
+    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file; give a folder for the PNGs")
     try:
         paths = plot_run(args.run_dir, args.out)
     except FileNotFoundError as error:
@@ -372,6 +357,17 @@ def _cmd_options(args) -> int:
     return 0
 
 
+def _require_positive(args, *names: str, allow_zero: bool = False) -> None:
+    """UsageError for the first of `names` (argparse dests) that is not a finite number above 0 (or at least 0 with
+    allow_zero); None (not given) passes."""
+    for name in names:
+        value = getattr(args, name)
+        if value is None or (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+            continue
+        bound = ">= 0" if allow_zero else (">= 1" if isinstance(value, int) else "> 0")
+        raise UsageError(f"--{name.replace('_', '-')} must be {bound} (got {value})")
+
+
 def _close_progress_bars() -> None:
     """Close the progress bars a failed command left open, so that its error is the last line on stderr."""
     tqdm_std = sys.modules.get("tqdm.std")
@@ -384,11 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except _user_errors() as error:
+    except ReasonRLError as error:  # every user error, by construction (errors.py)
         _close_progress_bars()
-        message = " ".join(str(error).split("\n")[0].split())
-        print(f"reasonrl {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        print(f"reasonrl {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
     except BrokenPipeError:  # e.g. `reasonrl options | head`
         sys.stderr.close()
         return 0

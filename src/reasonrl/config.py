@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from reasonrl.errors import ConfigError
+
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
@@ -42,14 +44,6 @@ BITSANDBYTES_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
 LOGGERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # report_to value -> package it needs
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-
-
-class ConfigError(ValueError):
-    """A user's configuration mistake; the message is one line saying what is wrong and how to fix it."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass
@@ -250,6 +244,17 @@ class GRPOConfig:
         if isinstance(self.dtype, str):
             self.dtype = _DTYPE_ALIASES.get(self.dtype.lower(), self.dtype.lower())
 
+        for f in dataclasses.fields(self):  # inf passes every range check below and then poisons the weights
+            value = getattr(self, f.name)
+            for number in value if isinstance(value, list) else [value]:
+                if isinstance(number, float) and not math.isfinite(number):
+                    raise ConfigError(f"{f.name} must hold finite numbers (got {value})", f.name)
+        if not isinstance(self.output_dir, str) or not self.output_dir.strip():
+            raise ConfigError("output_dir is empty; set it to a folder for checkpoints and logs, e.g. "
+                              "output_dir=runs/my_run", "output_dir")
+        _require(self, "seed", 0 <= self.seed < 2**32, "must be in [0, 2**32 - 1] (numpy's seed range)")
+        _require(self, "learning_rate", self.learning_rate < 3.4e38, "must be below 3.4e38 (a float32)")
+
         _check_choice("loss_type", self.loss_type, LOSS_TYPES)
         _check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
         _check_choice("importance_sampling_level", self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
@@ -293,6 +298,8 @@ class GRPOConfig:
                 {"min_lr", "min_lr_rate"} & set(self.lr_scheduler_kwargs or {})):
             raise ConfigError("lr_scheduler_type=cosine_with_min_lr needs min_lr or min_lr_rate; set e.g. "
                               "lr_scheduler_kwargs={min_lr_rate: 0.1}", "lr_scheduler_kwargs")
+        if self.lr_scheduler_kwargs:
+            _check_scheduler_kwargs(self.lr_scheduler_type, self.lr_scheduler_kwargs)
         if self.optim in BITSANDBYTES_OPTIMIZERS and not _module_available("bitsandbytes"):
             raise ConfigError(f"optim={self.optim!r} needs bitsandbytes (pip install bitsandbytes), which is not "
                               "installed; use optim=adamw_torch", "optim")
@@ -450,13 +457,13 @@ class GRPOConfig:
         """Load a YAML file of `option: value`, then apply `key=value` overrides (CLI style) on top."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not content
         except FileNotFoundError:
             raise ConfigError(f"config file '{path}' not found; check the path") from None
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"cannot read config file '{path}': {getattr(error, 'strerror', None) or error}") from None
         try:
-            values = yaml.safe_load(text)
+            values = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -543,6 +550,22 @@ def _field_rows() -> tuple[tuple[str, str, Any, str], ...]:
 
 # ---- helpers
 
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: PyYAML would keep the last value
+    silently, and a run would train with a setting its author thinks is something else."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 _NONE = ("none", "null", "~")
 
@@ -566,7 +589,8 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def _did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1)
+    lowered = {choice.lower(): choice for choice in choices}
+    close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=1)]
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -574,6 +598,21 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is not supported{_did_you_mean(str(value), choices)}; choose one of: "
                           f"{', '.join(choices)}", name)
+
+
+def _check_scheduler_kwargs(scheduler: str, kwargs: dict) -> None:
+    """lr_scheduler_kwargs must be options of the schedule's function (transformers passes them on by keyword)."""
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+
+    function = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(scheduler)]
+    # the optimizer, warmup and total steps come from the trainer
+    own = {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"}
+    accepted = [name for name in inspect.signature(function).parameters if name not in own]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        takes = f"it takes: {', '.join(accepted)}" if accepted else "it takes none"
+        raise ConfigError(f"lr_scheduler_kwargs has {', '.join(map(repr, unknown))}, which lr_scheduler_type="
+                          f"{scheduler} does not take ({takes})", "lr_scheduler_kwargs")
 
 
 def _require(config: GRPOConfig, name: str, ok: bool, rule: str) -> None:

@@ -10,22 +10,19 @@ import json
 import logging
 import os
 
+from reasonrl.errors import DataError, reason_of
+
 logger = logging.getLogger("reasonrl")
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
-class DataError(ValueError):
-    """A dataset problem the user can fix (one line: what, where, how)."""
-
-
 def _read_jsonl(path: str):
     """Our own JSONL reader, so that a bad line is reported by its number."""
-    from datasets import Dataset
 
     rows = []
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -43,7 +40,56 @@ def _read_jsonl(path: str):
         raise DataError(f"cannot read dataset file {path}: {error.strerror}") from None
     if not rows:
         raise DataError(f"dataset file {path} is empty; it needs at least one row")
-    return Dataset.from_list(rows)
+    return _from_rows(rows, path)
+
+
+def _from_rows(rows: list, source: str):
+    """Dataset.from_list, with pyarrow's complaint about a column of mixed types turned into one line."""
+    from datasets import Dataset
+
+    try:
+        return Dataset.from_list(rows)
+    except Exception as error:
+        if type(error).__module__.startswith(("pyarrow", "datasets")) or isinstance(error, (TypeError, ValueError)):
+            raise DataError(f"{source}: a column mixes value types ({reason_of(error, 160)}); give every row the "
+                            f"same type in each column (e.g. all answers as strings)") from None
+        raise
+
+
+def as_dataset(data, what: str = "train_dataset"):
+    """A datasets.Dataset from what the Python API accepts: a Dataset, a list of row dicts, a dict of columns or a
+    pandas DataFrame. Anything else is a one-line DataError saying what to pass."""
+    import datasets
+
+    if isinstance(data, datasets.Dataset):
+        if len(data) == 0:
+            raise DataError(f"{what} is empty; it needs at least one row")
+        return data
+    if isinstance(data, datasets.DatasetDict):
+        splits = ", ".join(data)
+        raise DataError(f"{what} is a DatasetDict (splits: {splits}); pass one split, e.g. dataset['train']")
+    if isinstance(data, datasets.IterableDataset):
+        raise DataError(f"{what} is an IterableDataset, which reasonrl cannot train on yet; materialize it, e.g. "
+                        f"Dataset.from_list(list(dataset.take(10000)))")
+    if isinstance(data, list):
+        if not data:
+            raise DataError(f"{what} is an empty list; it needs at least one row")
+        if not all(isinstance(row, dict) for row in data):
+            bad = next(row for row in data if not isinstance(row, dict))
+            raise DataError(f"{what} is a list, but not of row dicts (found a {type(bad).__name__}); pass "
+                            f"[{{'prompt': ...}}, ...]")
+        return _from_rows(data, what)
+    if isinstance(data, dict):
+        try:
+            dataset = datasets.Dataset.from_dict(data)
+        except Exception as error:  # noqa: BLE001 - pyarrow's errors for ragged or mixed columns
+            raise DataError(f"{what}: the dict of columns cannot be a table ({reason_of(error, 160)}); give "
+                            f"every column the same number of values of one type") from None
+        return as_dataset(dataset, what)
+    if type(data).__name__ == "DataFrame" and hasattr(data, "to_dict"):
+        return as_dataset(data.to_dict("records"), what)
+    raise DataError(f"{what} must be a datasets.Dataset, a list of row dicts, a dict of columns or a pandas "
+                    f"DataFrame (got {type(data).__name__})")
 
 
 def load_dataset_any(name_or_path: str, *, config: str | None = None, split: str = "train"):
@@ -122,16 +168,49 @@ def is_conversational(prompt) -> bool:
     return isinstance(prompt, list) and len(prompt) > 0 and isinstance(prompt[0], dict) and "role" in prompt[0]
 
 
+def prompt_problem(prompt) -> str | None:
+    """What is wrong with one prompt, or None: a non-empty string, or a list of {role, content} messages whose role
+    and content are strings (the chat template reads both)."""
+    if isinstance(prompt, str):
+        return None if prompt.strip() else "is empty"
+    if not isinstance(prompt, list) or not prompt:
+        return f"must be a string or a list of chat messages, got {type(prompt).__name__} ({prompt!r:.50})"
+    for message in prompt:
+        if not isinstance(message, dict) or "role" not in message:
+            return f"is a list, but not of chat messages {{'role': ..., 'content': ...}} (found {message!r:.50})"
+        if not isinstance(message.get("role"), str):
+            return f"has a message whose role is not a string ({message!r:.60})"
+        if not isinstance(message.get("content"), str):
+            return f"has a message without text content ({message!r:.60}); give each message 'content': '...'"
+    return None
+
+
+def check_prompts(dataset, column: str = "prompt") -> None:
+    """DataError naming the first row whose prompt cannot be rendered; all rows, before any model loads."""
+    for index, prompt in enumerate(dataset[column]):
+        problem = prompt_problem(prompt)
+        if problem:
+            raise DataError(f"row {index} of the training data: the prompt {problem}; fix that row of the "
+                            f"'{column}' column")
+    kinds = {is_conversational(prompt) for prompt in dataset[column]}
+    if len(kinds) > 1:
+        raise DataError("the prompt column mixes plain-text prompts and chat messages; use one kind for every row")
+
+
 def render_prompt(prompt, tokenizer) -> str:
     """The text the model sees: a string as is, a conversation through the chat template."""
+    problem = prompt_problem(prompt)
+    if problem:
+        raise DataError(f"a prompt {problem}; fix that row of the dataset's prompt column")
     if is_conversational(prompt):
         if tokenizer.chat_template is None:
             raise DataError("the prompts are conversational but the tokenizer has no chat template; use a chat "
                             "model or plain-text prompts")
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    if not isinstance(prompt, str):
-        raise DataError(f"a prompt must be a string or a list of chat messages, got {type(prompt).__name__} "
-                        f"({prompt!r:.50}); fix that row of the dataset's prompt column")
+        try:
+            return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        except Exception as error:  # noqa: BLE001 - jinja2's TemplateError and what the template itself raises
+            raise DataError(f"the tokenizer's chat template fails on a prompt ({type(error).__name__}: "
+                            f"{reason_of(error, 150)}); check the prompt's messages ({prompt!r:.80})") from None
     return prompt
 
 
@@ -142,6 +221,17 @@ class PromptTokenizer:
         self.tokenizer = tokenizer
         self.max_prompt_length = max_prompt_length
         self.truncated = 0
+
+    def longest(self, prompts: list, batch_size: int = 1024) -> int:
+        """Tokens of the longest of `prompts` as the model gets it (rendered, cut to max_prompt_length); counts no
+        truncation. Every prompt is rendered, so a chat template that fails on one fails here."""
+        longest = 0
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start: start + batch_size]
+            texts = [render_prompt(prompt, self.tokenizer) for prompt in batch]
+            encoded = self.tokenizer(texts, add_special_tokens=not is_conversational(batch[0]))["input_ids"]
+            longest = max(longest, *(len(ids) for ids in encoded))
+        return min(longest, self.max_prompt_length) if self.max_prompt_length else longest
 
     def __call__(self, prompts: list, device="cpu"):
         import torch

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 from reasonrl.checkpoint import latest_checkpoint
-from reasonrl.models import ModelLoadError, load_model, load_tokenizer
-
-
-class ExportError(ValueError):
-    """A one-line export problem (missing checkpoint, no base model, hub errors)."""
+from reasonrl.errors import ExportError, ModelLoadError
+from reasonrl.models import load_model, load_tokenizer
 
 
 def load_for_inference(path: str, *, base: str | None = None, trust_remote_code: bool = False):
@@ -74,13 +73,59 @@ Trained for {state.get('global_step', '?')} optimizer steps with [reasonrl](http
 """
 
 
+def check_model_folder(out: str, *, overwrite: bool = False, option: str = "--out") -> None:
+    """ExportError unless a model can be written to `out`: a new or empty folder, or (overwrite) any folder."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ExportError(f"{option} {out} is a file; give a folder to write the model to")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise ExportError(f"{option} {out} is not empty ({', '.join(sorted(os.listdir(out))[:4])}); choose a new "
+                          f"folder, or pass --overwrite to replace what is there")
+    ancestor = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK):
+        raise ExportError(f"{option} {out} cannot be created ({ancestor} is not a writable folder)")
+
+
+def save_model_folder(out: str, write, *, overwrite: bool = False, option: str = "--out") -> str:
+    """Run `write(folder)` into a hidden sibling of `out`, then move it into place: a failed or killed save leaves
+    `out` as it was. With overwrite, the old folder is replaced only once the new one is complete."""
+    check_model_folder(out, overwrite=overwrite, option=option)
+    out = os.path.abspath(out)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=_existing_parent(out))
+    try:
+        write(staging)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ExportError(f"could not write the model to {out}: {error.strerror or error}") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    if os.path.isdir(out):  # overwrite: the old folder goes only after the new one is whole
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=os.path.dirname(out))
+        os.rename(out, os.path.join(old, "model"))
+        os.rename(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, out)
+    return out
+
+
+def _existing_parent(path: str) -> str:
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    return parent
+
+
 def export(checkpoint: str, out: str, *, merge: bool = True, base: str | None = None,
-           trust_remote_code: bool = False) -> str:
+           trust_remote_code: bool = False, overwrite: bool = False) -> str:
     """Write a standalone model folder (safetensors, tokenizer, README.md) from a checkpoint."""
     if not os.path.isdir(checkpoint):
         raise ExportError(f"checkpoint {checkpoint} does not exist; give a folder like runs/grpo/checkpoint-100")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ExportError(f"--out {out} is a file; give a folder to write the model to")
+    check_model_folder(out, overwrite=overwrite)
+    if os.path.abspath(out) == os.path.abspath(checkpoint):
+        raise ExportError(f"--out {out} is the checkpoint itself; write the model to another folder")
     try:
         model, tokenizer = load_for_inference(checkpoint, base=base, trust_remote_code=trust_remote_code)
     except ModelLoadError as error:
@@ -88,12 +133,14 @@ def export(checkpoint: str, out: str, *, merge: bool = True, base: str | None = 
     is_adapter = hasattr(model, "merge_and_unload")
     if merge and is_adapter:
         model = model.merge_and_unload()
-    os.makedirs(out, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    with open(os.path.join(out, "README.md"), "w") as handle:
-        handle.write(model_card(checkpoint, merged=merge and is_adapter))
-    return out
+
+    def write(folder: str) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        with open(os.path.join(folder, "README.md"), "w") as handle:
+            handle.write(model_card(checkpoint, merged=merge and is_adapter))
+
+    return save_model_folder(out, write, overwrite=overwrite)
 
 
 def push_to_hub(folder: str, repo_id: str, *, private: bool = False) -> str:

@@ -6,25 +6,26 @@
   After MAX_CONSECUTIVE_SKIPS skips in a row the run is diverging: the trainer saves a checkpoint (of the last good
   weights) and raises `TrainingDiverged`.
 - `StopSignals`: while `train()` runs, SIGTERM and Ctrl-C (SIGINT) only raise a flag; the loop checks it between
-  optimizer steps, saves a checkpoint of the last completed step and raises `TrainingInterrupted`. A second Ctrl-C
-  raises KeyboardInterrupt at once (no new checkpoint; the last saved one stays). The previous handlers come back
-  when training ends, and nothing is installed outside the main thread (signals only reach the main thread).
+  optimizer steps, saves a checkpoint of the last completed step and raises `TrainingInterrupted`. While a round
+  is being made (generation and rewards, which change no weight and may never end: a reward that hangs) the first
+  signal interrupts at once instead (`immediately()`). A second signal of either kind always interrupts at once
+  (KeyboardInterrupt; no new checkpoint, the last saved one stays). The previous handlers come back when training
+  ends, and nothing is installed outside the main thread (signals only reach the main thread).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
 import threading
 
+from reasonrl.errors import TrainingDiverged  # noqa: F401 - raised by the trainer, imported from here too
+
 logger = logging.getLogger("reasonrl")
 
 MAX_CONSECUTIVE_SKIPS = 3
-
-
-class TrainingDiverged(RuntimeError):
-    """Several optimizer steps in a row had a non-finite loss or gradient norm (one line, for the user)."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -66,6 +67,7 @@ class StopSignals:
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict = {}
+        self._immediate = False
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -78,14 +80,62 @@ class StopSignals:
             signal.signal(signum, handler)
         self._previous.clear()
 
+    @contextlib.contextmanager
+    def immediately(self, enabled: bool = True):
+        """Within this block a signal interrupts at once (KeyboardInterrupt), also the first one."""
+        if enabled and self.signum is not None:
+            raise KeyboardInterrupt  # a signal came just before the block
+        previous, self._immediate = self._immediate, enabled
+        try:
+            yield
+        finally:
+            self._immediate = previous
+
     def _handle(self, signum, frame) -> None:
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the step to finish
-        if self.signum is None:
-            self.signum = signum
-            logger.warning("%s received: stopping after the current optimizer step (Ctrl-C again to stop at once)",
-                           signal.Signals(signum).name)
+        if self.signum is not None:
+            raise KeyboardInterrupt  # a second signal: stop now, without waiting for the step to finish
+        self.signum = signum
+        if self._immediate:
+            raise KeyboardInterrupt
+        logger.warning("%s received: stopping after the current optimizer step (Ctrl-C or SIGTERM again to stop at "
+                       "once)", signal.Signals(signum).name)
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+
+class LearningSignal:
+    """Says so when a round cannot teach the model anything, instead of letting the loss sit at 0 in silence.
+
+    A round has no learning signal when no completion could be scored (every reward returned None), or when the
+    G completions of every prompt got the same reward: every advantage is then 0, and so are the loss and the
+    gradient (apart from a KL term). Warned about at the 1st, 10th, 100th, ... such round in a row, not every time.
+    """
+
+    def __init__(self):
+        self.streak = 0
+
+    def check(self, rewards, num_generations: int, step: int) -> None:
+        """rewards: the round's combined rewards [B] (NaN = unscorable), grouped consecutively by prompt."""
+        import torch
+
+        grouped = rewards.view(-1, num_generations)  # [B/G, G]
+        scorable = ~torch.isnan(grouped)
+        if not scorable.any():
+            reason = ("no completion could be scored: every reward function returned None (or failed) for all of "
+                      "them; check that the rewards can read the dataset's columns and the completions' format")
+        else:
+            spread = torch.where(scorable, grouped, grouped.nanmean(1, keepdim=True).expand_as(grouped))
+            if (spread.amax(1) - spread.amin(1) > 1e-6 * (1 + spread.abs().amax(1))).any():
+                self.streak = 0
+                return
+            reason = (f"the {num_generations} completions of every prompt got the same reward (all "
+                      f"{grouped[scorable][0].item():.4g} in the first group), so every advantage is 0 and the "
+                      f"policy gradient is 0; the task may be too hard or too easy for the model, or the reward too "
+                      f"coarse: try more num_generations, a higher temperature, other prompts or a partial-credit "
+                      f"reward (metric frac_reward_zero_std)")
+        self.streak += 1
+        if math.log10(self.streak).is_integer():
+            logger.warning("no learning signal in the round of step %d (%d such round%s in a row): %s", step,
+                           self.streak, "" if self.streak == 1 else "s", reason)

@@ -11,15 +11,12 @@ import re
 import torch
 
 from reasonrl.core import dropout
+from reasonrl.errors import ConfigError, ModelLoadError, reason_of
 
 logger = logging.getLogger("reasonrl")
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
-
-
-class ModelLoadError(ValueError):
-    """The model or tokenizer could not be loaded (one line, says how to fix it)."""
 
 
 # A Hugging Face Hub repo id, 'gpt2' or 'org/name'; other names that do not exist are local paths.
@@ -32,7 +29,7 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except OSError as error:
+    except _LOAD_ERRORS as error:
         raise ModelLoadError(_load_error_message(name_or_path, "tokenizer", error)) from None
     if not tokenizer("hello", add_special_tokens=False)["input_ids"]:  # transformers 5 builds an empty one
         raise ModelLoadError(f"{name_or_path!r} has no tokenizer files (the tokenizer loaded from it is empty); "
@@ -52,8 +49,29 @@ def prepare_tokenizer(tokenizer):
     return tokenizer
 
 
+def _load_error_types() -> tuple[type[BaseException], ...]:
+    types = [OSError, ValueError, ImportError, KeyError, TypeError]
+    try:
+        from safetensors import SafetensorError
+
+        types.append(SafetensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+# what transformers raises for a model the user named badly: missing or damaged files (OSError, ValueError,
+# safetensors' own error), an optional package the model needs (ImportError), an unknown architecture (KeyError)
+_LOAD_ERRORS = _load_error_types()
+
+
 def _load_error_message(name_or_path: str, what: str, error: Exception) -> str:
-    reason = (str(error).splitlines() or [type(error).__name__])[0][:200].rstrip(".")
+    reason = reason_of(error, 200).rstrip(".")
+    if isinstance(error, TypeError):  # from_pretrained got a keyword argument it does not know
+        return f"could not load the {what} {name_or_path!r}: {reason}; check model_init_kwargs"
+    if isinstance(error, ImportError):
+        return (f"loading the {what} {name_or_path!r} needs a package that is not installed: {reason}; install it "
+                f"(pip install ...) and retry")
     if os.path.exists(name_or_path):
         return f"could not load the {what} from {name_or_path!r}: {reason}"
     if not _HUB_ID.match(name_or_path):
@@ -69,13 +87,98 @@ def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, trust_r
     """AutoModelForCausalLM from a hub id or a local folder; weights only from safetensors."""
     from transformers import AutoModelForCausalLM
 
+    _refuse_remote_code(name_or_path, trust_remote_code)
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
     kwargs.update(model_init_kwargs)
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError) as error:
+    except _LOAD_ERRORS as error:
         raise ModelLoadError(_load_error_message(name_or_path, "model", error)) from None
     return model
+
+
+def _refuse_remote_code(name_or_path: str, trust_remote_code: bool) -> None:
+    """A local model that ships its own Python code (auto_map in config.json) is refused unless the user trusts it:
+    said plainly, instead of transformers' error about an unknown architecture."""
+    import json
+
+    config_file = os.path.join(name_or_path, "config.json")
+    if trust_remote_code or not os.path.isfile(config_file):
+        return
+    try:
+        with open(config_file, encoding="utf-8") as handle:
+            auto_map = json.load(handle).get("auto_map")
+    except (OSError, ValueError, AttributeError):
+        return  # a damaged config: AutoConfig says what is wrong with it
+    if auto_map:
+        raise ModelLoadError(f"{name_or_path} ships its own model code (auto_map in config.json), which reasonrl does "
+                             f"not run unless asked: pass --trust-remote-code (trust_remote_code=true), and only for "
+                             f"code you trust")
+
+
+def load_model_config(name_or_path: str, *, trust_remote_code: bool = False):
+    """The model's config alone (no weights): enough for the checks that should fail before a long load."""
+    from transformers import AutoConfig
+
+    _refuse_remote_code(name_or_path, trust_remote_code)
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except _LOAD_ERRORS as error:
+        raise ModelLoadError(_load_error_message(name_or_path, "model", error)) from None
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence the model's config allows, if it says."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_lengths(config, max_completion_length: int, longest_prompt: int = 1) -> None:
+    """ConfigError when the longest prompt plus a completion could run past the model's positions (the static KV
+    cache and the position embeddings are sized by them): found before the first rollout tries to allocate it.
+    Before the data is tokenized, `longest_prompt` is 1 (a completion alone must fit)."""
+    limit = max_positions(config)
+    if limit is not None and longest_prompt + max_completion_length > limit:
+        prompt = f"the longest prompt ({longest_prompt} tokens) + " if longest_prompt > 1 else ""
+        raise ConfigError(f"{prompt}max_completion_length={max_completion_length} exceeds the model's {limit} "
+                          f"positions; lower max_completion_length to at most {max(1, limit - longest_prompt)}"
+                          f"{' (or max_prompt_length)' if prompt else ''}", "max_completion_length")
+
+
+def check_policy(model, tokenizer) -> None:
+    """ModelLoadError unless `model` is a causal LM whose vocabulary holds the tokenizer's EOS and pad tokens.
+
+    Causality is tested, not guessed from the class: the first position's logits must not change when a later
+    token does (a bidirectional model such as BERT fails this, whatever its head)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embeddings, "num_embeddings", None)
+    for kind in ("eos", "pad"):
+        token_id = getattr(tokenizer, f"{kind}_token_id")
+        if token_id is None or (vocab is not None and not 0 <= token_id < vocab):
+            raise ModelLoadError(f"the tokenizer's {kind} token id ({token_id}) is not in the model's vocabulary of "
+                                 f"{vocab}; set tokenizer.{kind}_token to one of its tokens, or use the model's own "
+                                 f"tokenizer")
+    device = next(model.parameters()).device
+    probe = torch.tensor([[tokenizer.eos_token_id, 0], [tokenizer.eos_token_id, 1]], device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = getattr(model(input_ids=probe), "logits", None)
+    except Exception as error:  # noqa: BLE001 - any model that cannot run this cannot be trained here either
+        raise ModelLoadError(f"the model cannot run a forward pass on token ids ({type(error).__name__}: "
+                             f"{reason_of(error, 150)}); GRPO needs a causal language model") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        raise ModelLoadError(f"{type(model).__name__} does not return next-token logits; GRPO needs a causal "
+                             f"language model (AutoModelForCausalLM)")
+    if not torch.allclose(logits[0, 0].float(), logits[1, 0].float(), atol=1e-4, rtol=1e-3):
+        raise ModelLoadError(f"{type(model).__name__} is not a causal language model: its prediction at a position "
+                             f"depends on later tokens; GRPO needs a decoder-only model (AutoModelForCausalLM)")
 
 
 def lora_config_from(cfg):
@@ -87,10 +190,17 @@ def lora_config_from(cfg):
 
 
 def add_lora(model, peft_config):
-    """Wrap `model` with a trainable LoRA adapter; the base weights are frozen."""
+    """Wrap `model` with a trainable LoRA adapter (base weights frozen, peft's dropout swapped for LoraDropout)."""
     from peft import get_peft_model
 
-    return use_lean_lora_dropout(get_peft_model(model, peft_config))
+    try:
+        return use_lean_lora_dropout(get_peft_model(model, peft_config))
+    except ValueError as error:  # peft: target modules not found, or a layer type it cannot adapt
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise ConfigError(f"LoRA cannot be added with lora_target_modules={peft_config.target_modules!r}: "
+                          f"{reason_of(error, 150)}; the model's linear layers are: {', '.join(linear[:12])} (or use "
+                          f"'all-linear')", "lora_target_modules") from None
 
 
 class LoraDropout(torch.nn.Dropout):

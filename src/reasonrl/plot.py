@@ -17,8 +17,18 @@ def read_metrics(run_dir: str) -> list[dict]:
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir} has no metrics.jsonl; give the output_dir of a reasonrl run")
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a blank line, or the torn last line of a killed run
+            if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
+                rows.append(row)
+    if not rows:
+        raise FileNotFoundError(f"{path} holds no metrics rows; give the output_dir of a run that took a step")
+    return rows
 
 
 def _smooth(values: list[float], window: int) -> list[float]:
@@ -54,7 +64,8 @@ def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
         else:
             series[key] = key
         for label, metric in series.items():
-            points = [(row["step"], row[metric]) for row in rows if metric in row and row[metric] is not None]
+            points = [(row["step"], row[metric]) for row in rows
+                      if isinstance(row.get(metric), (int, float)) and not isinstance(row.get(metric), bool)]
             if not points:
                 continue
             xs, ys = zip(*points)

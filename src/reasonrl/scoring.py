@@ -12,18 +12,20 @@ reward: a `RewardError` at once.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
+import functools
+import inspect
 import logging
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 
 import torch
 
+from reasonrl.errors import RewardError, RewardSpecError
+
 logger = logging.getLogger("reasonrl")
-
-
-class RewardError(ValueError):
-    """A reward function misbehaved (one line naming the function and the problem)."""
 
 
 class RewardCallFailed(Exception):
@@ -51,32 +53,49 @@ class RoundScores:
         return sum(self.errors.values()) / max(1, self.rewards_per_func.numel())
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def call_reward(fn, name: str, prompts: list, completions: list, completion_ids: list, columns: dict,
                 timeout: float | None = None) -> list:
     """One reward function on a round; checks the count and types of what it returns.
 
-    Raises `RewardCallFailed` when the function raises or takes longer than `timeout` seconds, `RewardError` when
-    what it returns breaks the contract.
+    The function gets its own copies of the round's lists (one that empties or edits `completions` cannot change
+    what the next function or the count check sees). Raises `RewardCallFailed` when the function raises, calls
+    sys.exit or os._exit, or takes longer than `timeout` seconds; `RewardError` when what it returns breaks the
+    contract (a wrong count, a non-number, NaN, an infinity or a value float32 cannot hold).
     """
-    values = _run(fn, name, dict(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns),
-                  timeout)
-    values = _as_list(values, name)
-    if len(values) != len(completions):
-        raise RewardError(f"reward function '{name}' returned {len(values)} values for {len(completions)} "
+    expected = len(completions)
+    arguments = copy.deepcopy(dict(prompts=prompts, completions=completions, completion_ids=completion_ids,
+                                   **{key: value for key, value in columns.items() if key != "trainer_state"}))
+    if "trainer_state" in columns:  # a copy too: a reward cannot move the run's step counter
+        arguments["trainer_state"] = copy.copy(columns["trainer_state"])
+    values = _as_list(_run(fn, name, arguments, timeout), name)
+    if len(values) != expected:
+        raise RewardError(f"reward function '{name}' returned {len(values)} values for {expected} "
                           f"completions; it must return exactly one per completion")
-    scores = []
-    for value in values:
-        if value is None:
-            scores.append(math.nan)
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-            raise RewardError(f"reward function '{name}' returned a {type(value).__name__} ({value!r:.50}); "
-                              f"rewards must be floats or None")
-        value = float(value)
-        if math.isnan(value):
-            raise RewardError(f"reward function '{name}' returned NaN; return None for a completion it cannot score")
-        scores.append(value)
-    return scores
+    return [_as_score(value, name) for value in values]
+
+
+def _as_score(value, name: str) -> float:
+    if value is None:
+        return math.nan
+    shape = getattr(value, "shape", None)
+    if shape is not None and len(shape) == 0 and hasattr(value, "item"):
+        value, shape = value.item(), None  # a 0-d numpy or torch number
+    if shape is not None or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        # bools pass (1.0 / 0.0, as TRL's torch.tensor makes them); arrays of several values per completion do not
+        returned = (f"a {type(value).__name__} of shape {tuple(shape)} per completion" if shape is not None
+                    else f"a {type(value).__name__} ({value!r:.50})")
+        raise RewardError(f"reward function '{name}' returned {returned}; rewards must be one float (or None) per "
+                          f"completion")
+    value = float(value)
+    if math.isnan(value):
+        raise RewardError(f"reward function '{name}' returned NaN; return None for a completion it cannot score")
+    if not abs(value) <= FLOAT32_MAX:
+        raise RewardError(f"reward function '{name}' returned {value:g}, which is not a finite float32; return "
+                          f"finite rewards (e.g. a large penalty such as -100, not -inf)")
+    return value
 
 
 def _run(fn, name: str, kwargs: dict, timeout: float | None):
@@ -89,7 +108,7 @@ def _run(fn, name: str, kwargs: dict, timeout: float | None):
     if timeout is None:
         try:
             return fn(**kwargs)
-        except Exception as error:
+        except (Exception, SystemExit) as error:  # SystemExit: sys.exit, or os._exit under ProcessExitGuard
             raise RewardCallFailed(name, _describe(error), error) from error
     future: concurrent.futures.Future = concurrent.futures.Future()
 
@@ -104,7 +123,7 @@ def _run(fn, name: str, kwargs: dict, timeout: float | None):
         return future.result(timeout=timeout)
     except concurrent.futures.TimeoutError:
         raise RewardCallFailed(name, f"timed out after {timeout:g} s (reward_timeout)") from None
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise RewardCallFailed(name, _describe(error), error) from error
 
 
@@ -161,8 +180,65 @@ def check_failures(scores: RoundScores, max_fraction: float) -> None:
                       f"reward function, or raise max_reward_error_fraction to tolerate more failures")
 
 
-def combine_rewards(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted sum over functions [B, F] -> [B], NaN-aware; NaN where every function returned None."""
+def combine_rewards(rewards_per_func: torch.Tensor, weights: torch.Tensor,
+                    names: list[str] | None = None) -> torch.Tensor:
+    """Weighted sum over functions [B, F] -> [B], NaN-aware; NaN where every function returned None.
+
+    A sum past float32's range is a RewardError (it would give every advantage of its group 0 or NaN)."""
     combined = (rewards_per_func * weights[None]).nansum(dim=1)
+    if torch.isinf(combined).any():
+        raise RewardError(f"the weighted sum of the rewards ({', '.join(names or [])}) overflows float32 "
+                          f"(|value| > 3.4e38); scale the rewards or reward_weights down")
     combined[torch.isnan(rewards_per_func).all(dim=1)] = math.nan
     return combined
+
+
+class ProcessExitGuard:
+    """While active, os._exit raises SystemExit instead of ending the process at once: a reward function (or a
+    library it calls) that calls it fails that call like any exception, where it would otherwise end the run with
+    no message and no checkpoint. sys.exit already raises SystemExit, which call_reward catches."""
+
+    def __enter__(self):
+        self._exit = os._exit
+
+        def refuse(code=0):
+            raise SystemExit(f"os._exit({code}) called during training")
+
+        os._exit = refuse
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os._exit = self._exit
+
+
+CALL_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state")
+"""What every reward call passes by keyword, besides the dataset's columns (TRL's convention)."""
+
+
+def check_reward_columns(reward_funcs: list, names: list[str], columns: list[str]) -> None:
+    """RewardSpecError when a reward cannot take TRL's call (it would fail on every round): a function without
+    **kwargs that does not name every argument passed, or a built-in reward needing a dataset column the training
+    data lacks. Rewards say what they read with `required_columns` (all of them) or `answer_columns` (any one)."""
+    for fn, name in zip(reward_funcs, names):
+        if not callable(fn):
+            raise RewardSpecError(f"reward {fn!r} is not callable; pass a function, a registered name or a spec "
+                                  f"like module:function")
+        try:
+            parameters = inspect.signature(fn).parameters
+        except (TypeError, ValueError):  # a builtin or C function without a signature: let the call tell
+            parameters = None
+        if parameters is not None and not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            passed = [*CALL_ARGUMENTS, *(c for c in columns if c != "prompt")]
+            unnamed = [argument for argument in passed if argument not in parameters]
+            if unnamed:
+                raise RewardSpecError(f"reward '{name}' takes ({', '.join(parameters)}) but is called with "
+                                      f"{', '.join(passed)} (TRL's convention, by keyword); add **kwargs to its "
+                                      f"parameters")
+        target = fn.func if isinstance(fn, functools.partial) else fn
+        required = [c for c in getattr(target, "required_columns", ()) if c not in columns]
+        any_of = getattr(target, "answer_columns", ())
+        if required or (any_of and not set(any_of) & set(columns)):
+            wanted = " and ".join(repr(c) for c in required) if required else " or ".join(map(repr, any_of))
+            raise RewardSpecError(f"reward '{name}' reads the dataset column {wanted}, which the training data "
+                                  f"lacks (columns: {', '.join(columns)}); add or rename that column (and keep "
+                                  f"remove_unused_columns=false)")

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 
 import numpy as np
@@ -38,7 +39,8 @@ import torch
 
 from reasonrl import checkpoint as ckpt
 from reasonrl import distributed
-from reasonrl.config import ConfigError, GRPOConfig
+from reasonrl import rundir
+from reasonrl.config import GRPOConfig
 from reasonrl.core import (
     chunk_weight,
     group_advantages,
@@ -47,20 +49,25 @@ from reasonrl.core import (
     nanstd,
 )
 from reasonrl.data import (
-    DataError,
     PromptTokenizer,
+    as_dataset,
+    check_prompts,
     ensure_prompt_column,
     is_conversational,
     load_dataset_any,
     render_prompt,
 )
-from reasonrl.guards import StepGuard, StopSignals, TrainingDiverged, TrainingInterrupted
+from reasonrl.guards import LearningSignal, StepGuard, StopSignals, TrainingDiverged, TrainingInterrupted
+from reasonrl.errors import CheckpointError, ConfigError, DataError, ModelLoadError, ReasonRLError, reason_of
 from reasonrl.models import (
     DTYPES,
     add_lora,
+    check_lengths,
+    check_policy,
     frozen_copy,
     is_peft_model,
     load_model,
+    load_model_config,
     load_tokenizer,
     lora_inputs_not_cast,
     lora_layers,
@@ -71,7 +78,14 @@ from reasonrl.models import (
 from reasonrl.optim import make_optimizer, make_scheduler
 from reasonrl.rollout import PromptPrefix, Rollout, generate, sequence_logprobs
 from reasonrl.rounds import Batch, PromptSampler, RoundProgress, TrainerState, group_order, is_every
-from reasonrl.scoring import check_failures, combine_rewards, log_failures_once, score_round
+from reasonrl.scoring import (
+    ProcessExitGuard,
+    check_failures,
+    check_reward_columns,
+    combine_rewards,
+    log_failures_once,
+    score_round,
+)
 from reasonrl.tracking import Trackers
 
 logger = logging.getLogger("reasonrl")
@@ -88,7 +102,9 @@ class GRPOTrainer:
                  processing_class=None, peft_config=None):
         from reasonrl.rewards import get_reward, reward_name
 
-        self.args = args = args or GRPOConfig()
+        self.args = args = _as_config(args)
+        # mistakes that need no model show before it loads: the output folder, the data, the reward columns
+        rundir.check_output_dir(args.output_dir)
         # torchrun / accelerate launch: a process group from the environment, this process's device (distributed.py)
         self.dist = distributed.setup()
         self.device = self.dist.device
@@ -108,14 +124,20 @@ class GRPOTrainer:
         if train_dataset is None:
             if not args.dataset_name:
                 raise DataError("no training data: pass train_dataset= or set dataset_name to a hub id or a file")
+            if os.path.isfile(args.dataset_name):
+                rundir.ensure_not_run_file(args.dataset_name, args.output_dir, "dataset_name")
             train_dataset = load_dataset_any(args.dataset_name, config=args.dataset_config,
                                              split=args.dataset_train_split)
-        self.train_dataset = ensure_prompt_column(train_dataset, args.prompt_column)
+        self.train_dataset = ensure_prompt_column(as_dataset(train_dataset), args.prompt_column)
         if args.remove_unused_columns:
             self.train_dataset = self.train_dataset.select_columns(["prompt"])
+        check_prompts(self.train_dataset)
+        check_reward_columns(self.reward_funcs, self.reward_names, self.train_dataset.column_names)
 
         # the policy and its tokenizer
         if isinstance(model, str):
+            check_lengths(load_model_config(model, trust_remote_code=args.trust_remote_code),
+                          args.max_completion_length)
             wants_lora = peft_config is not None or args.use_peft
             # frozen base weights can live in bf16 when only the LoRA adapter (kept fp32 by peft) trains
             dtype = torch.bfloat16 if (self.bf16 and wants_lora) else DTYPES.get(args.dtype, "auto")
@@ -125,10 +147,19 @@ class GRPOTrainer:
             processing_class = processing_class or load_tokenizer(self.model_name,
                                                                   trust_remote_code=args.trust_remote_code)
         else:
-            self.model_name = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
+            if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+                raise ModelLoadError(f"model must be a hub id, a local folder or a transformers model object (got "
+                                     f"{type(model).__name__})")
+            self.model_name = getattr(model.config, "_name_or_path", None) or type(model).__name__
             if processing_class is None:
                 processing_class = load_tokenizer(self.model_name, trust_remote_code=args.trust_remote_code)
         self.processing_class = self.tokenizer = prepare_tokenizer(processing_class)
+        check_policy(model, self.tokenizer)
+        # every prompt rendered (chat template) and tokenized once: a template error or a prompt that, with a
+        # completion, would not fit the model's positions shows now, not at the round that draws it
+        self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length)
+        check_lengths(model.config, args.max_completion_length,
+                      self.prompt_tokenizer.longest(self.train_dataset["prompt"]))
         if peft_config is None and args.use_peft and not is_peft_model(model):
             from reasonrl.models import lora_config_from
 
@@ -152,14 +183,13 @@ class GRPOTrainer:
         self._lora_layers = lora_layers(self.model)
 
         self.eval_dataset = eval_dataset
-        render_prompt(self.train_dataset[0]["prompt"], self.tokenizer)  # a prompt format problem shows now, not later
-        self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length)
         self.sampler = PromptSampler(len(self.train_dataset), args.seed, args.shuffle_dataset)
         self.generator = torch.Generator().manual_seed(args.seed)
         self.state = TrainerState()
         self.log_history: list[dict] = []
         self.callbacks: list = []
         self.step_guard = StepGuard()
+        self.learning_signal = LearningSignal()
         self._saved_step: int | None = None  # the step of the last checkpoint this run saved or resumed from
         self._round: RoundProgress | None = None  # the round being optimized (or resumed in its middle)
         self._logged_reward_failures: set = set()  # (function, exception type) whose traceback was logged
@@ -173,7 +203,14 @@ class GRPOTrainer:
 
     def train(self, resume_from_checkpoint: str | bool | None = None):
         args = self.args
-        os.makedirs(args.output_dir, exist_ok=True)
+        # the one reading of the resume option; the folder is checked and made this run's (rundir.py): an earlier
+        # run there is only replaced with overwrite_output_dir, later checkpoints of a resumed one are set aside
+        resume = rundir.resolve_resume(args.output_dir, resume_from_checkpoint, args.to_dict())
+        rundir.check_start(args.output_dir, resume=resume, overwrite=args.overwrite_output_dir)  # on every process
+        distributed.barrier(self.dist)  # before rank 0 changes the folder
+        if self.dist.is_main:
+            rundir.claim(args.output_dir, resume=resume, overwrite=args.overwrite_output_dir)
+        distributed.barrier(self.dist)
         steps_per_round = args.num_iterations * args.effective_steps_per_generation // args.gradient_accumulation_steps
         rounds_per_epoch = math.ceil(len(self.train_dataset) / args.prompts_per_generation)
         total_steps = args.max_steps if args.max_steps > 0 else math.ceil(
@@ -181,8 +218,8 @@ class GRPOTrainer:
         self.state.max_steps = total_steps
         optimizer = make_optimizer(self.model, args)
         scheduler = make_scheduler(optimizer, args, total_steps)
-        if resume_from_checkpoint:
-            self._resume(resume_from_checkpoint, optimizer, scheduler)
+        if resume is not None:
+            self._resume(resume, optimizer, scheduler)
         self._start_logs()
 
         from tqdm.auto import tqdm
@@ -192,12 +229,16 @@ class GRPOTrainer:
         progress = tqdm(total=total_steps, initial=self.state.global_step, desc="GRPO", unit="step",
                         dynamic_ncols=True, disable=not self.dist.is_main)
         # Ctrl-C and SIGTERM only raise a flag, checked between optimizer steps (guards.StopSignals)
-        with StopSignals() as stop, contextlib.closing(self.trackers), progress:
+        # os._exit in a reward fails that reward call instead of ending the run silently (scoring.ProcessExitGuard)
+        with StopSignals() as stop, ProcessExitGuard(), contextlib.closing(self.trackers), progress:
             while self.state.global_step < total_steps:
                 self._stop_if_asked(stop, optimizer, scheduler)
                 round_start = time.perf_counter()
                 if self._round is None or self._round.done:  # else: the rest of the round a checkpoint held
-                    batch, round_metrics = self._make_round()  # 1-3: generate, score, advantages (+ old/ref logps)
+                    # a signal while the round is made stops at once, and a user error (a failing reward) stops too:
+                    # the round is dropped and the last step is saved, as the round changed no weight
+                    with self._round_may_be_dropped(stop, optimizer, scheduler):
+                        batch, round_metrics = self._make_round()  # 1-3: generate, score, advantages (+ logps)
                     round_metrics["rollout_time"] = time.perf_counter() - round_start
                     self._round = self._new_round(batch, round_metrics)
                 batch, round_metrics = self._round.batch, self._round.metrics
@@ -282,9 +323,11 @@ class GRPOTrainer:
         scores = distributed.gather_scores(scores, self.dist)
         check_failures(scores, args.max_reward_error_fraction)
         rewards_per_func = scores.rewards_per_func  # [B_all, F]
-        rewards = combine_rewards(rewards_per_func, self.reward_weights)  # [B_all]
+        rewards = combine_rewards(rewards_per_func, self.reward_weights, self.reward_names)  # [B_all]
         mine = distributed.shard(rewards.size(0), self.dist)  # this process's rows
         advantages = group_advantages(rewards, g, scale=args.scale_rewards)[mine].to(self.device)  # [B]
+        if self.dist.is_main:  # warns when every group's rewards agree (nothing to learn from this round)
+            self.learning_signal.check(rewards, g, self.state.global_step + 1)
 
         loss_mask = completion_mask
         if args.mask_truncated_completions:
@@ -382,11 +425,16 @@ class GRPOTrainer:
                 sums = distributed.mean_over_processes({**sums, "tokens": processed}, self.dist)
                 processed = round(sums.pop("tokens") * self.dist.world_size)
                 loss_sum = sums["loss"]
-                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm)
+                # max_grad_norm=0 disables clipping: the norm is still measured (clipping to inf scales by 1)
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm or math.inf)
                 # a non-finite loss or gradient norm skips the step: no optimizer or schedule move (guards.py)
                 if self.step_guard.allows(self.state.global_step + 1, loss_sum, grad_norm.item()):
                     optimizer.step()
                     scheduler.step()
+                    # a finite step can still give non-finite weights (a huge learning rate): stop before any save
+                    last = "none was saved yet" if self._saved_step is None else f"checkpoint-{self._saved_step}"
+                    _check_finite_weights(self.model, f"step {self.state.global_step + 1} made them so; nothing was "
+                                          f"saved from them (the last checkpoint is {last}); lower learning_rate")
                 optimizer.zero_grad(set_to_none=True)
                 round_.next_window = window_index + 1
                 yield {**sums, "grad_norm": grad_norm.item(), "learning_rate": scheduler.get_last_lr()[0],
@@ -539,6 +587,7 @@ class GRPOTrainer:
             handle.writelines(json.dumps(sample, default=str) + "\n" for sample in samples)
 
     def _save_checkpoint(self, optimizer, scheduler) -> str:
+        _check_finite_weights(self.model, f"the checkpoint of step {self.state.global_step} was not saved")
         state = {"global_step": self.state.global_step, "max_steps": self.state.max_steps,
                  "epoch": self.state.epoch, "sampler": self.sampler.state_dict(),
                  "truncated_prompts": self.prompt_tokenizer.truncated, "log_history": self.log_history[-1:],
@@ -557,16 +606,16 @@ class GRPOTrainer:
         self._saved_step = self.state.global_step
         return path
 
-    def _resume(self, resume_from_checkpoint, optimizer, scheduler) -> None:
-        path = (ckpt.latest_checkpoint(self.args.output_dir) if resume_from_checkpoint is True
-                or resume_from_checkpoint == "latest" else resume_from_checkpoint)
-        if path is None or not os.path.isfile(os.path.join(path, "trainer_state.json")):
-            raise ConfigError(f"no checkpoint to resume from at {path or self.args.output_dir}; give a folder like "
-                              f"{os.path.join(self.args.output_dir, 'checkpoint-100')} or drop the resume option")
-        load_weights(self.model, path)
+    def _resume(self, path: str, optimizer, scheduler) -> None:
+        """Continue from the checkpoint folder `path` (rundir.resolve_resume checked its files)."""
+        ckpt.load_weights(self.model, path)
         optimizer_state, scheduler_state, rng, state = ckpt.load_training_state(path)
-        optimizer.load_state_dict(optimizer_state)
-        scheduler.load_state_dict(scheduler_state)
+        try:
+            optimizer.load_state_dict(optimizer_state)
+            scheduler.load_state_dict(scheduler_state)
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise CheckpointError(f"{path} was saved with another optimizer or schedule ({reason_of(error, 120)}); "
+                                  f"resume with the run's optim and lr_scheduler_type") from None
         ckpt.restore_rng_state(rng, self.generator)
         self.sampler.load_state_dict(state["sampler"])
         self.state.global_step, self.state.epoch = state["global_step"], state["epoch"]
@@ -613,6 +662,30 @@ class GRPOTrainer:
         self._last_completions = round_.last_completions
         return round_
 
+    @contextlib.contextmanager
+    def _round_may_be_dropped(self, stop: StopSignals, optimizer, scheduler):
+        """Making a round changes no weight, only positions (prompts drawn, the sampling generator). A signal there
+        (one process) stops at once instead of waiting for a generation or a reward that may never end, and a user
+        error (a reward breaking its contract or failing too often) stops too. Either way the positions go back to
+        the round's start and the last completed step is checkpointed, so that --resume redoes the round exactly."""
+        start = (self.sampler.state_dict(), ckpt.rng_state(self.generator), self.prompt_tokenizer.truncated)
+        try:
+            with stop.immediately(not self.dist.enabled):
+                yield
+        except (KeyboardInterrupt, ReasonRLError) as error:
+            self.sampler.load_state_dict(start[0])
+            ckpt.restore_rng_state(start[1], self.generator)
+            self.prompt_tokenizer.truncated = start[2]
+            if isinstance(error, KeyboardInterrupt):
+                if self.dist.enabled:  # a second signal: the other processes are mid-round; no collective save
+                    raise
+                stop.signum = stop.signum or signal.SIGINT
+                self._stop_if_asked(stop, optimizer, scheduler)  # saves the last step and raises
+            if self.state.global_step == 0:
+                raise
+            path = self._checkpoint_once(optimizer, scheduler)
+            raise type(error)(f"{error}; the last step's checkpoint is {path}") from None
+
     def _stop_if_asked(self, stop: StopSignals, optimizer, scheduler) -> None:
         """At a safe point (no step half-applied): after Ctrl-C or SIGTERM, save the last completed step and stop."""
         if not distributed.any_process(stop.requested, self.dist):  # all ranks stop at the same step, or none
@@ -643,28 +716,16 @@ class GRPOTrainer:
                                f"resume with --resume")
 
     def save_model(self, output_dir: str | None = None) -> None:
-        """save_pretrained (safetensors) of the model or adapter, and the tokenizer."""
+        """save_pretrained (safetensors) of the model or adapter, and the tokenizer. A folder holding a model that
+        no save_model of this run's folder wrote is refused (rundir.check_model_save)."""
         output_dir = output_dir or self.args.output_dir
         if self.dist.is_main:
+            rundir.check_model_save(output_dir)
+            _check_finite_weights(self.model, f"not saved to {output_dir}")
             self.model.save_pretrained(output_dir, safe_serialization=True)
             self.tokenizer.save_pretrained(output_dir)
+            rundir.record_model_save(output_dir)
         distributed.barrier(self.dist)
-
-
-def load_weights(model, path: str) -> None:
-    """Load a checkpoint's weights (safetensors) into `model`: the adapter for a peft model, else everything."""
-    from safetensors.torch import load_file
-
-    if is_peft_model(model):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, load_file(os.path.join(path, "adapter_model.safetensors")))
-        return
-    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-    state = {}
-    for name in files:
-        state.update(load_file(os.path.join(path, name)))
-    model.load_state_dict(state, strict=False)
 
 
 def _step_of(line: str) -> float:
@@ -680,6 +741,26 @@ def _without_trackers(args: GRPOConfig) -> GRPOConfig:
     quiet = copy.copy(args)
     quiet.report_to = "none"
     return quiet
+
+
+def _check_finite_weights(model, consequence: str) -> None:
+    """TrainingDiverged when a trainable weight is NaN or infinite: such weights are never saved."""
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and not torch.isfinite(parameter).all():
+            raise TrainingDiverged(f"the weights are not finite ({name} holds NaN or inf; learning_rate too high?); "
+                                   f"{consequence}")
+
+
+def _as_config(args) -> GRPOConfig:
+    """The trainer's `args`: a GRPOConfig, a dict of its fields, or None (the defaults)."""
+    if args is None:
+        return GRPOConfig()
+    if isinstance(args, dict):
+        return GRPOConfig.from_dict(args)
+    if not isinstance(args, GRPOConfig):
+        raise ConfigError(f"args must be a reasonrl GRPOConfig or a dict of its options (got "
+                          f"{type(args).__module__}.{type(args).__name__}); use `from reasonrl import GRPOConfig`")
+    return args
 
 
 def _seed_everything(seed: int) -> None:

@@ -69,6 +69,9 @@ def accuracy_reward(
     return rewards
 
 
+accuracy_reward.answer_columns = ("answer", "solution")  # it needs one of them (checked before a model loads)
+
+
 def score_answer(text: str, reference: Any) -> float | None:
     """accuracy_reward for one completion text: 1.0, 0.0, or None when the reference is unusable."""
     gold = reference_answer(reference)

@@ -19,16 +19,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from reasonrl.errors import RewardSpecError
 from reasonrl.rewards.accuracy import accuracy_reward
 from reasonrl.rewards.format import format_reward, tag_count_reward
 from reasonrl.rewards.length import make_length_reward
 
 RewardFunc = Callable[..., list[float | None]]
 """`fn(prompts, completions, completion_ids, **dataset_columns) -> list[float | None]`, called by keyword."""
-
-
-class RewardSpecError(ValueError):
-    """A reward name or spec that gives no usable reward function. The message is one line with the fix."""
 
 
 def _fixed(reward: RewardFunc) -> Callable[[], RewardFunc]:

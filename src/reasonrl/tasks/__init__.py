@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 
+from reasonrl.errors import TaskError
 from reasonrl.tasks import arithmetic, countdown, gsm8k
 from reasonrl.tasks.task import Row, Task
 
@@ -31,13 +32,13 @@ def available_tasks() -> list[str]:
 
 
 def get_task(name: str) -> Task:
-    """The task called `name` (case and dashes ignored); an unknown name raises a one-line ValueError."""
+    """The task called `name` (case and dashes ignored); an unknown name raises a one-line TaskError."""
     key = str(name).strip().lower().replace("-", "_")
     if key in _TASKS:
         return _TASKS[key]
     close = difflib.get_close_matches(key, available_tasks(), n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
-    raise ValueError(f"unknown task {name!r}; {hint}(available: {', '.join(available_tasks())})")
+    raise TaskError(f"unknown task {name!r}; {hint}(available: {', '.join(available_tasks())})")
 
 
 __all__ = ["Row", "Task", "available_tasks", "get_task"]

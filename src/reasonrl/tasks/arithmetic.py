@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from reasonrl.errors import TaskError
 from reasonrl.rewards.answers import extract_answer
 from reasonrl.tasks.task import Row, Task, draw_unique, format_trace, make_reward
 
@@ -68,7 +69,7 @@ def trace(row: Mapping[str, Any]) -> str:
     """The worked completion for a row whose prompt is `<a><op><b>=` (see the module docstring)."""
     match = _PROMPT.fullmatch(str(row["prompt"]).strip())
     if not match:
-        raise ValueError(
+        raise TaskError(
             f"arithmetic prompt {row['prompt']!r} is not '<a><op><b>=' with non-negative integers a, b "
             f"and op in {OPERATIONS!r}; make rows with reasonrl.tasks.arithmetic.generate"
         )
@@ -148,9 +149,9 @@ def _digit_pairs(a: int, b: int) -> list[tuple[int, int]]:
 def _check_difficulty(digits: Any, ops: Any) -> list[str]:
     """The distinct operations of `ops`, in order, after checking both options."""
     if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= MAX_DIGITS:
-        raise ValueError(f"arithmetic digits={digits!r} is out of range; pass an int from 1 to {MAX_DIGITS}")
+        raise TaskError(f"arithmetic digits={digits!r} is out of range; pass an int from 1 to {MAX_DIGITS}")
     if not isinstance(ops, str) or not ops or any(op not in OPERATIONS for op in ops):
-        raise ValueError(
+        raise TaskError(
             f"arithmetic ops={ops!r} is not a string of operations; pass some of {OPERATIONS!r}, e.g. '+-'"
         )
     return list(dict.fromkeys(ops))

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from reasonrl.errors import TaskError
 from reasonrl.rewards.answers import extract_answer
 from reasonrl.tasks.expression import ExpressionError, apply, evaluate, precedence
 from reasonrl.tasks.task import TRACE_OVERHEAD, Row, Task, draw_unique, format_trace, make_reward
@@ -81,7 +82,7 @@ def trace(row: Mapping[str, Any]) -> str:
     try:
         steps = evaluate(str(row["answer"])).steps
     except ExpressionError as error:
-        raise ValueError(
+        raise TaskError(
             f"countdown answer {row['answer']!r} is not a valid expression ({error}); "
             "make rows with reasonrl.tasks.countdown.generate"
         ) from None
@@ -170,7 +171,7 @@ def _check_difficulty(count: Any, max_number: Any, max_target: Any) -> None:
         ("max_target", max_target, 1, MAX_INTERMEDIATE),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(
+            raise TaskError(
                 f"countdown {option}={value!r} is out of range; pass an int from {low} to {high}"
             )
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from reasonrl.errors import TaskError
 from reasonrl.rewards.text import completion_text
 
 Row = dict[str, Any]
@@ -67,17 +68,17 @@ def make_reward(
         **dataset_columns: Any,
     ) -> list[float | None]:
         if completions is None:
-            raise ValueError(f"{name} needs completions=[...]; call it as TRL does, by keyword")
+            raise TaskError(f"{name} needs completions=[...]; call it as TRL does, by keyword")
         missing = [column for column in columns if column not in dataset_columns]
         if missing:
             found = ", ".join(sorted(dataset_columns)) or "none"
-            raise ValueError(
+            raise TaskError(
                 f"{name} needs the dataset column(s) {', '.join(missing)} (got columns: {found}); "
                 f"train on rows made by the task's generate()"
             )
         for column in columns:
             if len(dataset_columns[column]) != len(completions):
-                raise ValueError(
+                raise TaskError(
                     f"{name} got {len(completions)} completions but {len(dataset_columns[column])} "
                     f"'{column}' values; pass one value per completion"
                 )
@@ -88,6 +89,7 @@ def make_reward(
         return scores
 
     reward.__name__ = reward.__qualname__ = name
+    reward.required_columns = tuple(columns)  # checked against the training data before a model loads
     reward.__doc__ = f"1.0 per completion that `verify` accepts for its row, else 0.0 (columns: {columns})."
     return reward
 
@@ -113,7 +115,7 @@ def draw_unique(n: int, draw: Callable[[], Row | None], exclude: Iterable[Any], 
     attempts, limit = 0, 50 * n + 10_000  # far above the coupon-collector cost of any feasible request
     while len(rows) < n:
         if attempts == limit:
-            raise ValueError(
+            raise TaskError(
                 f"{what}: found only {len(rows)} of {n} distinct problems in {limit} draws (with "
                 f"{len(seen) - len(rows)} excluded prompts); ask for fewer rows or a harder difficulty"
             )
@@ -127,6 +129,6 @@ def draw_unique(n: int, draw: Callable[[], Row | None], exclude: Iterable[Any], 
 
 
 def check_count(n: Any, what: str) -> None:
-    """Raise a one-line ValueError unless n is a non-negative int."""
+    """Raise a one-line TaskError unless n is a non-negative int."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"{what}: n={n!r} is not a number of rows; pass an int >= 0")
+        raise TaskError(f"{what}: n={n!r} is not a number of rows; pass an int >= 0")
