@@ -586,3 +586,21 @@ def test_max_grad_norm_zero_leaves_gradients_unclipped(ws, tmp_path, tiny_model_
     assert trainer.log_history[0]["grad_norm"] > 1e-6  # so that clipping at 1e-6 would change the step
     assert all(torch.equal(unclipped[name], huge[name]) for name in unclipped)
     assert not all(torch.equal(unclipped[name], tiny[name]) for name in unclipped)
+
+
+def test_a_read_only_home_and_cache_still_trains_on_local_data_or_says_why(ws, tmp_path, capsys, monkeypatch):
+    """HF_HOME (datasets' and transformers' caches) on a read-only file system: JSONL needs no cache and trains; a
+    CSV, which datasets converts through its cache, is a one-line error naming the cause."""
+    mount = _small_mount(tmp_path / "home", "1m", read_only=True)
+    try:
+        for name in ("HOME", "HF_HOME", "HF_DATASETS_CACHE", "XDG_CACHE_HOME"):
+            monkeypatch.setenv(name, str(mount))
+        out = tmp_path / "run"
+        code, err = run_main(capsys, ["train", *_args(ws, out, "max_steps=1")])
+        assert code == 0, err[-2000:]
+        (tmp_path / "train.csv").write_text("prompt\nSay 1:\nSay 2:\n")
+        code, err = run_main(capsys, ["train", *_args(ws, tmp_path / "run2", f"dataset_name={tmp_path / 'train.csv'}")])
+        if code != 0:
+            assert_one_line_error(code, err, "train", ["train.csv", "Read-only file system"])
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
