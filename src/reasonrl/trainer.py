@@ -427,7 +427,8 @@ class GRPOTrainer:
 
         Single process, without gradient checkpointing: its prompts run once (rollout.PromptPrefix) and its
         completions go through forward and backward `backward_chunk_rows` rows at a time, each chunk's loss weighted
-        by its share of the micro-batch's normaliser (core.chunk_weight), so the gradient is the micro-batch's.
+        by its share of the micro-batch's normaliser (core.chunk_weight), so the gradient is the micro-batch's
+        (one chunk under entropy masking, whose threshold needs every row's entropies).
         Under DDP (which expects one backward per forward) or gradient checkpointing: one forward of the whole rows.
         """
         args, rollout = self.args, batch.rollout
