@@ -29,7 +29,8 @@ SHARED_WITH_TRL = [
     "max_grad_norm", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "gradient_checkpointing", "optim",
     "remove_unused_columns", "report_to", "log_completions", "num_completions_to_print", "generation_batch_size",
     "steps_per_generation", "num_generations_eval", "shuffle_dataset", "trust_remote_code", "disable_dropout",
-    "model_init_kwargs", "resume_from_checkpoint",
+    "model_init_kwargs", "resume_from_checkpoint", "sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_pos",
+    "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg", "top_entropy_quantile",
 ]
 # TRL's __post_init__ rewrites these, so the instance value is not the declared default. Each is checked separately.
 RESOLVED_BY_TRL_AT_INIT = {
@@ -143,7 +144,14 @@ def test_lr_schedulers_are_built_by_transformers():
     ({"generation_batch_size": 16, "steps_per_generation": 2}, "are both set; set only one"),
     ({"loss_type": "ppo"}, "loss_type='ppo' is not supported"),
     ({"loss_type": "dapoo"}, "did you mean 'dapo'?"),
-    ({"loss_type": "cispo"}, "choose one of: grpo, bnpo, dr_grpo, dapo"),
+    ({"loss_type": "ppo"}, "choose one of: grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo"),
+    ({"loss_type": "vespa"}, "did you mean 'vespo'?"),
+    ({"top_entropy_quantile": 1.2}, "top_entropy_quantile must be in [0, 1]"),
+    ({"top_entropy_quantile": -0.1}, "top_entropy_quantile must be in [0, 1]"),
+    ({"sapo_temperature_neg": 0}, "sapo_temperature_neg must be > 0"),
+    ({"sapo_temperature_pos": -1}, "sapo_temperature_pos must be > 0"),
+    ({"vespo_k_pos": -1}, "vespo_k_pos must be >= 0"),
+    ({"vespo_lambda_neg": -0.5}, "vespo_lambda_neg must be >= 0"),
     ({"scale_rewards": "std"}, "scale_rewards='std' is not supported"),
     ({"importance_sampling_level": "seq"}, "importance_sampling_level='seq' is not supported"),
     ({"lr_scheduler_type": "cosine_annealing"}, "lr_scheduler_type='cosine_annealing' is not supported"),
@@ -218,6 +226,38 @@ def test_sequence_level_with_token_loss_warns_like_trl():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         GRPOConfig(importance_sampling_level="sequence", loss_type="grpo")
+
+
+@pytest.mark.parametrize(("kwargs", "phrase"), [
+    ({"importance_sampling_level": "sequence", "loss_type": "cispo", "epsilon_high": 5.0}, "set loss_type=grpo"),
+    ({"importance_sampling_level": "sequence", "loss_type": "dr_grpo"}, "set loss_type=grpo"),
+    ({"loss_type": "luspo"}, "set importance_sampling_level=sequence"),
+    ({"loss_type": "vespo", "importance_sampling_level": "sequence"}, "keep importance_sampling_level=token"),
+    ({"loss_type": "cispo"}, "caps the importance weight at epsilon_high, here 0.2"),
+])
+def test_loss_pairings_warn_like_trl(kwargs, phrase):
+    with pytest.warns(UserWarning, match=phrase):
+        GRPOConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"loss_type": "luspo", "importance_sampling_level": "sequence"},
+    {"loss_type": "sapo", "importance_sampling_level": "sequence"},
+    {"loss_type": "vespo"},
+    {"loss_type": "cispo", "epsilon_high": 5.0},
+])
+def test_recommended_loss_pairings_do_not_warn(kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GRPOConfig(**kwargs)
+
+
+def test_new_loss_options_from_yaml_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("loss_type: sapo\nsapo_temperature_neg: 2\ntop_entropy_quantile: 0.2\n")
+    config = GRPOConfig.from_yaml(path, ["vespo_k_pos=1.5", "loss_type=vespo"])
+    assert (config.loss_type, config.sapo_temperature_neg, config.top_entropy_quantile) == ("vespo", 2.0, 0.2)
+    assert config.vespo_k_pos == 1.5 and isinstance(config.sapo_temperature_neg, float)
 
 
 def test_check_reward_weights_for_callables_passed_to_the_trainer():

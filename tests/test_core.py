@@ -9,12 +9,16 @@ from hypothesis import strategies as st
 
 from reasonrl.core import (
     LOSS_TYPES,
+    WINDOW_TOKENS,
     chunk_weight,
     dropout,
     group_advantages,
     grpo_loss,
+    high_entropy_mask,
     k3_kl,
     nanstd,
+    normalised_by,
+    sequence_metrics,
     token_entropy,
     token_logprobs,
 )
@@ -237,7 +241,13 @@ def test_aggregations_by_hand():
         "bnpo": (-1 + 2 * 3) / 4,  # token mean of the batch
         "dr_grpo": (-1 + 6) / (2 * 10),  # B * max_completion_length
         "dapo": (-1 + 6) / 4,  # token sum / token count
+        "luspo": (-1 + 6) / 2,  # each sequence's token sum, then the mean over sequences
+        # sapo at ratio 1: -A * 4 / tau * sigmoid(0) = -2 A / tau (tau 1 for A > 0, 1.05 otherwise), as grpo
+        "sapo": (-2 + 4 / 1.05) / 2,
+        "cispo": 0.0,  # -min(1, cap) * A * logp with logp 0
+        "vespo": 0.0,  # -phi * A * logp with logp 0
     }
+    assert set(expected) == set(LOSS_TYPES)
     for loss_type, value in expected.items():
         loss, _ = grpo_loss(logps, None, None, advantages, mask, loss_type=loss_type, max_completion_length=10)
         assert loss.item() == pytest.approx(value), loss_type
@@ -265,11 +275,124 @@ def test_loss_is_zero_at_ratio_one_but_gradient_is_not(loss_type):
     assert logps.grad[0, 0].item() == pytest.approx(-1.5 / 24, rel=1e-5)
 
 
+def _one_sequence(log_ratios, logps, advantage, **kwargs):
+    """grpo_loss of one sequence with these token log-ratios and log-probs; returns (loss, d loss / d logps,
+    metrics)."""
+    logps = torch.tensor([logps], dtype=torch.float64, requires_grad=True)
+    old = logps.detach() - torch.tensor([log_ratios], dtype=torch.float64)
+    loss, metrics = grpo_loss(logps, old, None, torch.tensor([advantage]), torch.ones_like(logps), **kwargs)
+    loss.backward()
+    return loss.item(), logps.grad[0].tolist(), metrics
+
+
+@pytest.mark.parametrize(
+    ("advantage", "cap", "weight", "clipped"),
+    [
+        (1.0, 2.0, 2.0, 1.0),  # ratio e above the cap: weight 2, counted as capped (A > 0)
+        (1.0, 5.0, E, 0.0),  # under the cap: the plain ratio
+        (-1.0, 2.0, 2.0, 0.0),  # capped too, but TRL counts only A > 0
+    ],
+)
+def test_cispo_by_hand(advantage, cap, weight, clipped):
+    # one token, logp -1, log-ratio 1 (ratio e): loss -sg(min(e, cap)) * A * logp = weight * A, dapo's token mean;
+    # the gradient is -weight * A on logp (the weight is detached, so no token is cut from the gradient)
+    loss, grad, metrics = _one_sequence([1.0], [-1.0], advantage, loss_type="cispo", epsilon_high=cap)
+    assert loss == pytest.approx(weight * advantage)
+    assert grad == pytest.approx([-weight * advantage])
+    assert metrics["cispo_clip_ratio"].item() == clipped
+    assert set(metrics) == {"kl", "cispo_clip_ratio"}
+
+
+@pytest.mark.parametrize(
+    ("log_ratio", "advantage", "temperatures", "loss", "grad"),
+    [
+        # ratio 1: -A * 4 / tau * sigmoid(0) = -2 A / tau; gradient -A * 4 * sigmoid'(0) * r = -A (PPO's, any tau)
+        (0.0, 1.0, (1.0, 1.05), -2.0, -1.0),
+        (0.0, -1.0, (1.0, 2.0), 1.0, 1.0),  # A < 0 takes temperature_neg = 2: loss -(-1) * 4 / 2 / 2
+        # ratio 2, A = 1, tau 1: loss -4 sigmoid(1); gradient -4 sigmoid(1) (1 - sigmoid(1)) * 2, smaller than PPO's -2
+        (math.log(2), 1.0, (1.0, 1.05), -4 / (1 + math.exp(-1)),
+         -8 * math.exp(-1) / (1 + math.exp(-1)) ** 2),
+    ],
+)
+def test_sapo_by_hand(log_ratio, advantage, temperatures, loss, grad):
+    value, gradient, metrics = _one_sequence([log_ratio], [-1.0], advantage, loss_type="sapo",
+                                             sapo_temperature_pos=temperatures[0],
+                                             sapo_temperature_neg=temperatures[1])
+    assert value == pytest.approx(loss)
+    assert gradient == pytest.approx([grad])
+    assert set(metrics) == {"kl"}  # TRL logs no clip ratios for sapo
+
+
+@pytest.mark.parametrize(
+    ("advantage", "phi"),
+    [
+        (1.0, math.exp(3 + 2 * 1 - 3 * E)),  # k_pos 2, lambda_pos 3: log phi = lambda + k log w - lambda w, w = e
+        (-1.0, math.exp(2 + 3 * 1 - 2 * E)),  # k_neg 3, lambda_neg 2
+    ],
+)
+def test_vespo_by_hand(advantage, phi):
+    # two tokens with log-ratios 0.4 and 0.6: the sequence weight w is their product, e; logps -1, -2
+    loss, grad, metrics = _one_sequence([0.4, 0.6], [-1.0, -2.0], advantage, loss_type="vespo")
+    assert metrics["vespo/phi_seq_mean"].item() == pytest.approx(phi, rel=1e-6)
+    assert loss == pytest.approx(phi * advantage * 3 / 2, rel=1e-6)  # -phi * A * (-1 - 2), over 2 tokens
+    assert grad == pytest.approx([-phi * advantage / 2] * 2, rel=1e-6)  # phi carries no gradient
+    # on-policy, w = 1 and phi(1) = 1: plain REINFORCE
+    loss, grad, metrics = _one_sequence([0.0, 0.0], [-1.0, -2.0], advantage, loss_type="vespo")
+    assert metrics["vespo/phi_seq_mean"].item() == pytest.approx(1.0)
+    assert grad == pytest.approx([-advantage / 2] * 2)
+
+
+def test_luspo_scales_each_sequence_by_its_length():
+    # GSPO's clipped sequence-level loss times the sequence's length: lengths 1 and 3, mean log-ratios 1 and 0
+    logps = torch.zeros(2, 3)
+    old = torch.tensor([[-1.0, 0.0, 0.0], [0.1, -0.1, 0.0]])
+    mask = torch.tensor([[1.0, 0, 0], [1, 1, 1]])
+    loss, metrics = grpo_loss(logps, old, None, torch.tensor([1.0, -2.0]), mask, loss_type="luspo",
+                              importance_sampling_level="sequence")
+    # sequence 0: ratio e clipped to 1.2, -1.2 * 1 token; sequence 1: ratio 1, 2 * 3 tokens; mean over the 2
+    assert loss.item() == pytest.approx((-1.2 + 6) / 2)
+    assert metrics["clip_ratio/high_mean"].item() == pytest.approx(0.5)  # a mean over sequences at this level
+
+
+def test_high_entropy_mask_by_hand():
+    entropies = torch.tensor([[0.1, 0.5, 0.9], [0.3, 0.7, 5.0]])
+    mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])  # 5.0 is padding: neither counted nor kept
+    # top 40%: the 0.6 quantile of [0.1, 0.3, 0.5, 0.7, 0.9] is at position 0.6 * 4 = 2.4: 0.5 + 0.4 * 0.2 = 0.58
+    assert high_entropy_mask(entropies, mask, 0.4).tolist() == [[False, False, True], [False, True, False]]
+    assert high_entropy_mask(entropies, mask, 0.0).tolist() == [[False, False, True], [False, False, False]]
+    assert high_entropy_mask(entropies, mask, 1.0).tolist() == mask.bool().tolist()
+    # the threshold from a larger pool (other processes' tokens): its 0.6 quantile is 1.0 + 0.4 * 0.2 = 1.08, above
+    # every entropy here
+    assert not high_entropy_mask(entropies, mask, 0.4, pool=torch.tensor([0.1, 0.9, 1.0, 1.2, 2.0])).any()
+    assert not high_entropy_mask(entropies, torch.zeros(2, 3), 0.2).any()  # no loss token, nothing kept
+
+
+def test_entropy_mask_drops_policy_terms_but_not_kl_or_normaliser():
+    # dapo, on-policy, logps 0: per-token policy loss -A. Kept tokens: (0, 2) with A = 1 and (1, 1) with A = -2
+    logps = torch.zeros(2, 3)
+    mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])
+    keep = torch.tensor([[False, False, True], [False, True, False]])
+    loss, _ = grpo_loss(logps, None, None, torch.tensor([1.0, -2.0]), mask, loss_type="dapo", entropy_mask=keep)
+    assert loss.item() == pytest.approx((-1 + 2) / 5)  # still divided by all 5 loss tokens, as TRL
+    ref = torch.full((2, 3), 0.5)  # KL on every loss token, masked or not
+    loss, _ = grpo_loss(logps, None, ref, torch.tensor([1.0, -2.0]), mask, loss_type="dapo", beta=0.1,
+                        entropy_mask=keep)
+    assert loss.item() == pytest.approx((-1 + 2) / 5 + 0.1 * (math.exp(0.5) - 1.5), rel=1e-6)
+
+
+def test_normalisers_by_loss_type():
+    expected = {"grpo": "rows", "sapo": "rows", "luspo": "rows", "dr_grpo": "rows", "bnpo": "micro_batch_tokens",
+                "dapo": "window_tokens", "cispo": "window_tokens", "vespo": "window_tokens"}
+    assert {loss_type: normalised_by(loss_type) for loss_type in LOSS_TYPES} == expected
+    assert sequence_metrics("token") == {"vespo/phi_seq_mean"}
+    assert "clip_ratio/region_mean" in sequence_metrics("sequence")
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.floats(-50, 50), min_size=6, max_size=6),
     st.lists(st.floats(-50, 50), min_size=6, max_size=6),
-    st.sampled_from(["grpo", "bnpo", "dr_grpo", "dapo"]),
+    st.sampled_from(LOSS_TYPES),
     st.sampled_from(["token", "sequence"]),
     st.sampled_from([None, 2.0]),
 )
@@ -285,11 +408,12 @@ def test_loss_finite_for_extreme_log_ratios(log_ratios, ref_gaps, loss_type, lev
     assert torch.isfinite(logps.grad).all()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=st.data(), loss_type=st.sampled_from(LOSS_TYPES), level=st.sampled_from(["token", "sequence"]),
-       beta=st.sampled_from([0.0, 0.04]))
-def test_chunk_weights_make_the_chunks_add_up_to_the_whole(data, loss_type, level, beta):
-    # a micro-batch split into row chunks: sum of weight x chunk loss == the micro-batch loss, gradients too
+       beta=st.sampled_from([0.0, 0.04]), entropy_masked=st.booleans())
+def test_chunk_weights_make_the_chunks_add_up_to_the_whole(data, loss_type, level, beta, entropy_masked):
+    # a micro-batch split into row chunks: sum of weight x chunk loss == the micro-batch loss, gradients too (an
+    # entropy mask, computed once for the micro-batch, is cut with its rows)
     rows, length = data.draw(st.integers(2, 6)), data.draw(st.integers(1, 5))
     seed = data.draw(st.integers(0, 10_000))
     generator = torch.Generator().manual_seed(seed)
@@ -298,14 +422,18 @@ def test_chunk_weights_make_the_chunks_add_up_to_the_whole(data, loss_type, leve
     ref = logps.detach() + 0.3 * torch.randn(rows, length, generator=generator)
     advantages = torch.randn(rows, generator=generator)
     mask = (torch.rand(rows, length, generator=generator) > 0.3).float()
-    num_items = mask.sum() + 3 if loss_type == "dapo" else None  # the window's tokens include other micro-batches
-    kwargs = dict(loss_type=loss_type, importance_sampling_level=level, beta=beta, max_completion_length=length,
-                  num_items=num_items)
-    whole, _ = grpo_loss(logps, old, ref, advantages, mask, **kwargs)
+    keep = torch.rand(rows, length, generator=generator) > 0.5 if entropy_masked else None
+    # the window's tokens include other micro-batches
+    num_items = mask.sum() + 3 if normalised_by(loss_type) == WINDOW_TOKENS else None
+    kwargs = {"loss_type": loss_type, "importance_sampling_level": level, "beta": beta,
+              "max_completion_length": length, "num_items": num_items,
+              "epsilon_high": 1.1 if loss_type == "cispo" else None}
+    whole, _ = grpo_loss(logps, old, ref, advantages, mask, entropy_mask=keep, **kwargs)
     (whole_grad,) = torch.autograd.grad(whole, logps)
     cut = data.draw(st.integers(1, rows - 1))
     total = sum(chunk_weight(loss_type, mask[part], mask, num_items) *
-                grpo_loss(logps[part], old[part], ref[part], advantages[part], mask[part], **kwargs)[0]
+                grpo_loss(logps[part], old[part], ref[part], advantages[part], mask[part],
+                          entropy_mask=None if keep is None else keep[part], **kwargs)[0]
                 for part in (slice(0, cut), slice(cut, rows)))
     (chunk_grad,) = torch.autograd.grad(total, logps)
     assert total.item() == pytest.approx(whole.item(), rel=1e-5, abs=1e-6)
@@ -318,6 +446,11 @@ def test_chunk_weight_by_hand():
     assert chunk_weight("dr_grpo", mask[:3], mask).item() == pytest.approx(3 / 4)
     assert chunk_weight("bnpo", mask[:2], mask).item() == pytest.approx(3 / 6)
     assert chunk_weight("dapo", mask[:2], mask, num_items=torch.tensor(40.0)).item() == 1.0
+    assert chunk_weight("sapo", mask[:1], mask).item() == pytest.approx(1 / 4)
+    assert chunk_weight("luspo", mask[:3], mask).item() == pytest.approx(3 / 4)
+    for loss_type in ("cispo", "vespo"):
+        assert chunk_weight(loss_type, mask[:2], mask, num_items=torch.tensor(40.0)).item() == 1.0
+        assert chunk_weight(loss_type, mask[:2], mask).item() == pytest.approx(3 / 6)  # no window count: own tokens
 
 
 # ---------------------------------------------------------------- dropout: torch's maths with a cheaper mask

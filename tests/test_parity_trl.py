@@ -5,13 +5,20 @@ What this file proves (TRL 1.16.0, fp32 tiny random Qwen2 on CPU):
 1. Loss, gradients and logged metrics. For one hand-built batch (equal-length prompts, right-padded completions
    of different lengths, mixed-sign advantages, old/reference log-probs perturbed so that ratios clip),
    `GRPOTrainer._compute_loss` + backward and reasonrl's plain forward -> `token_logprobs` -> `grpo_loss` + backward
-   give the same loss and the same gradient on every parameter (atol 1e-5), and the same clip_ratio/{low,high,region}
-   and kl metrics (atol 1e-6). This holds for every combination of loss_type (grpo, bnpo, dr_grpo, dapo), beta (0,
-   0.04), importance_sampling_level (token; sequence with grpo only), epsilon_high (None, 0.28) and with/without old
-   log-probs, plus cases with delta, temperature != 1 and use_bias_correction_kl.
-2. Advantages. `GRPOTrainer._generate_and_score_completions` (real generation, reward functions returning fixed
+   give the same loss and the same gradient on every parameter (atol 1e-5), and the same metrics TRL logs for the
+   loss type (clip_ratio/{low,high,region}, cispo_clip_ratio, vespo/phi_seq_mean) and kl (atol 1e-6). This holds
+   for every combination of loss_type (grpo, bnpo, dr_grpo, dapo), beta (0, 0.04), importance_sampling_level (token;
+   sequence with grpo only), epsilon_high (None, 0.28) and with/without old log-probs; for cispo, sapo, luspo and
+   vespo with beta (0, 0.04), both levels and with/without old log-probs; plus cases with delta, temperature != 1,
+   use_bias_correction_kl, cispo's cap, sapo's temperatures and vespo's k and lambda.
+2. Entropy masking (top_entropy_quantile < 1): the tokens reasonrl's `high_entropy_mask` keeps are exactly those
+   TRL's `get_high_entropy_mask` keeps on TRL's own entropies, and loss and gradients match as in 1, for several
+   quantiles and loss types.
+3. Advantages. `GRPOTrainer._generate_and_score_completions` (real generation, reward functions returning fixed
    values, some None) gives the same advantages as `group_advantages` for scale_rewards group, batch and none, with
    one reward function and with two weighted ones.
+4. Soft overlong punishment: reasonrl's built-in equals `trl.rewards.get_soft_overlong_punishment` on the same
+   completion ids (hypothesis).
 
 Every case gets its own GRPOTrainer built from its own GRPOConfig, so TRL itself turns the options into its
 attributes (epsilon_high=None -> epsilon, the reference model, the fused LM head's temperature); a trainer costs
@@ -28,10 +35,14 @@ import pytest
 import torch
 import trl
 from datasets import Dataset
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
+from trl.rewards import get_soft_overlong_punishment
 
-from reasonrl.core import group_advantages, grpo_loss, token_logprobs
+from reasonrl.core import group_advantages, grpo_loss, high_entropy_mask, token_logprobs
+from reasonrl.rewards import get_reward, reward_name
 from reasonrl.tiny import build_char_tokenizer, build_tiny_model
 
 TRL_VERSION = "1.16."
@@ -54,6 +65,8 @@ OLD_SHIFT = [-0.35, 0.35, 0.0, -0.6]
 OLD_NOISE = 0.1
 REF_NOISE = 0.3  # reference log-probs = current + noise: a clearly non-zero KL
 DELTA = 1.5
+# cispo's cap on the importance weight: below sequence 0's ratio ~exp(0.35) = 1.42 (A > 0), so some tokens are capped
+CISPO_CAP = 1.3
 
 LOSS_ATOL = 1e-5
 GRAD_ATOL = 1e-5
@@ -184,10 +197,67 @@ def _loss_cases():
         },
     }
     cases += [pytest.param(config, True, id=case_id) for case_id, config in extras.items()]
+    cases += _new_loss_type_cases()
     return cases
 
 
-@pytest.mark.parametrize(("config", "with_old"), _loss_cases())
+def _new_loss_type_cases():
+    """cispo, sapo, luspo and vespo: both levels (TRL warns about some pairings but computes them), beta 0 / 0.04."""
+    cases = []
+    for loss_type, beta, level, with_old in itertools.product(
+        ("cispo", "sapo", "luspo", "vespo"), (0.0, 0.04), ("token", "sequence"), (False, True)
+    ):
+        config = {"loss_type": loss_type, "beta": beta, "importance_sampling_level": level}
+        case_id = f"{loss_type}-beta{beta}-{level}-{'old' if with_old else 'on_policy'}"
+        cases.append(pytest.param(config, with_old, id=case_id))
+    sequence = {"importance_sampling_level": "sequence"}
+    extras = {  # all with old log-probs
+        "cispo-cap": {"loss_type": "cispo", "beta": 0.04, "epsilon_high": CISPO_CAP},
+        "cispo-sequence-cap": {"loss_type": "cispo", "beta": 0.0, "epsilon_high": CISPO_CAP, **sequence},
+        "sapo-temperatures": {"loss_type": "sapo", "beta": 0.04, "sapo_temperature_pos": 0.5,
+                              "sapo_temperature_neg": 2.0},
+        "sapo-temperature0.7-bias_correction_kl": {"loss_type": "sapo", "beta": 0.04, "temperature": 0.7,
+                                                   "use_bias_correction_kl": True},
+        "luspo-sequence-delta-eps_high": {"loss_type": "luspo", "beta": 0.04, "epsilon_high": 0.28, "delta": DELTA,
+                                          **sequence},
+        "vespo-k-lambda": {"loss_type": "vespo", "beta": 0.04, "vespo_k_pos": 1.0, "vespo_lambda_pos": 0.5,
+                           "vespo_k_neg": 0.5, "vespo_lambda_neg": 4.0},
+        "vespo-sequence-bias_correction_kl": {"loss_type": "vespo", "beta": 0.04, "use_bias_correction_kl": True,
+                                              **sequence},
+    }
+    cases += [pytest.param(config, True, id=case_id) for case_id, config in extras.items()]
+    return cases
+
+
+def _entropy_masking_cases():
+    cases = []
+    for case_id, config in {
+        "dapo-q0.2": {"loss_type": "dapo", "beta": 0.04, "top_entropy_quantile": 0.2},
+        "dapo-q0.5-eps_high": {"loss_type": "dapo", "beta": 0.0, "epsilon_high": 0.28, "top_entropy_quantile": 0.5},
+        "dapo-q0.0": {"loss_type": "dapo", "beta": 0.04, "top_entropy_quantile": 0.0},
+        "grpo-sequence-q0.2": {"loss_type": "grpo", "beta": 0.04, "importance_sampling_level": "sequence",
+                               "top_entropy_quantile": 0.2},
+        "bnpo-q0.3-temperature0.7": {"loss_type": "bnpo", "beta": 0.04, "temperature": 0.7,
+                                     "top_entropy_quantile": 0.3},
+        "dr_grpo-q0.8": {"loss_type": "dr_grpo", "beta": 0.0, "top_entropy_quantile": 0.8},
+        "cispo-q0.2": {"loss_type": "cispo", "beta": 0.04, "epsilon_high": CISPO_CAP, "top_entropy_quantile": 0.2},
+        "sapo-q0.2": {"loss_type": "sapo", "beta": 0.04, "top_entropy_quantile": 0.2},
+        "luspo-sequence-q0.2": {"loss_type": "luspo", "beta": 0.04, "importance_sampling_level": "sequence",
+                                "top_entropy_quantile": 0.2},
+        "vespo-q0.2": {"loss_type": "vespo", "beta": 0.04, "top_entropy_quantile": 0.2},
+    }.items():
+        cases.append(pytest.param(config, True, id=case_id))
+    cases.append(pytest.param({"loss_type": "dapo", "beta": 0.0, "top_entropy_quantile": 0.2}, False,
+                              id="dapo-q0.2-on_policy"))
+    return cases
+
+
+# TRL's own metric names per loss type: what `_compute_loss` logs besides kl and entropy
+CLIP_METRICS = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean")
+METRICS_BY_LOSS_TYPE = {"cispo": ("cispo_clip_ratio",), "sapo": (), "vespo": ("vespo/phi_seq_mean",)}
+
+
+@pytest.mark.parametrize(("config", "with_old"), _loss_cases() + _entropy_masking_cases())
 def test_loss_gradients_and_metrics_match_trl(config, with_old, make_trainer, batch):
     trainer = make_trainer(**config)
     model, args = trainer.model, trainer.args
@@ -226,23 +296,40 @@ def test_loss_gradients_and_metrics_match_trl(config, with_old, make_trainer, ba
 
     # reasonrl: plain forward -> token_logprobs -> grpo_loss, same model, same inputs
     model.zero_grad(set_to_none=True)
-    logps = token_logprobs(completion_logits(model, batch), batch["completion_ids"], temperature=args.temperature)
-    loss, metrics = grpo_loss(
-        logps,
-        old_logps,
-        ref_logps,
-        batch["advantages"],
-        mask,
-        loss_type=args.loss_type,
-        epsilon=args.epsilon,
-        epsilon_high=args.epsilon_high,
-        beta=args.beta,
-        importance_sampling_level=args.importance_sampling_level,
-        max_completion_length=args.max_completion_length,
-        delta=args.delta,
-        num_items=batch["num_items_in_batch"],
-        use_bias_correction_kl=args.use_bias_correction_kl,
-    )
+    logps, entropies = token_logprobs(completion_logits(model, batch), batch["completion_ids"],
+                                      temperature=args.temperature, with_entropy=True)
+    entropy_mask = None
+    if args.top_entropy_quantile < 1.0:
+        entropy_mask = high_entropy_mask(entropies, mask, args.top_entropy_quantile)
+        # the same tokens as TRL's own mask on TRL's own entropies (fused LM head)
+        with torch.no_grad():
+            input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+            attention_mask = torch.cat([batch["prompt_mask"], mask], dim=1)
+            _, trl_entropies, _ = trainer._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, mask.size(1), compute_entropy=True)
+        torch.testing.assert_close(entropies * mask, trl_entropies * mask, atol=1e-5, rtol=0)
+        assert torch.equal(entropy_mask, trainer.get_high_entropy_mask(trl_entropies, mask,
+                                                                        1 - args.top_entropy_quantile))
+        assert 0 < entropy_mask.sum() < mask.sum()  # it really drops tokens (q = 0 keeps the single highest one)
+    options = {
+        "loss_type": args.loss_type,
+        "epsilon": args.epsilon,
+        "epsilon_high": args.epsilon_high,
+        "beta": args.beta,
+        "importance_sampling_level": args.importance_sampling_level,
+        "max_completion_length": args.max_completion_length,
+        "delta": args.delta,
+        "num_items": batch["num_items_in_batch"],
+        "use_bias_correction_kl": args.use_bias_correction_kl,
+        "sapo_temperature_pos": args.sapo_temperature_pos,
+        "sapo_temperature_neg": args.sapo_temperature_neg,
+        "vespo_k_pos": args.vespo_k_pos,
+        "vespo_lambda_pos": args.vespo_lambda_pos,
+        "vespo_k_neg": args.vespo_k_neg,
+        "vespo_lambda_neg": args.vespo_lambda_neg,
+    }
+    loss, metrics = grpo_loss(logps, old_logps, ref_logps, batch["advantages"], mask, entropy_mask=entropy_mask,
+                              **options)
     loss.backward()
 
     torch.testing.assert_close(loss.detach(), trl_loss.detach(), atol=LOSS_ATOL, rtol=0)
@@ -252,7 +339,10 @@ def test_loss_gradients_and_metrics_match_trl(config, with_old, make_trainer, ba
             param.grad, trl_grads[name], atol=GRAD_ATOL, rtol=0, msg=lambda message, name=name: f"{name}: {message}"
         )
 
-    for key in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"):
+    metric_keys = METRICS_BY_LOSS_TYPE.get(args.loss_type, CLIP_METRICS)
+    assert set(metrics) == {"kl", *metric_keys}
+    assert set(trl_metrics) - {"kl", "entropy"} >= set(metric_keys)
+    for key in metric_keys:
         assert metrics[key].item() == pytest.approx(trl_metrics[key], abs=METRIC_ATOL), key
     if args.beta != 0.0:
         assert metrics["kl"].item() == pytest.approx(trl_metrics["kl"], abs=METRIC_ATOL)
@@ -260,16 +350,26 @@ def test_loss_gradients_and_metrics_match_trl(config, with_old, make_trainer, ba
     else:
         assert "kl" not in trl_metrics and metrics["kl"].item() == 0.0
 
-    # The batch really exercises the clipping branches (and delta, where set)
+    # The batch really exercises the clipping branches (and delta, cispo's cap, vespo's weight, where they apply)
     if with_old:
-        assert trl_metrics["clip_ratio/low_mean"] > 0 and trl_metrics["clip_ratio/high_mean"] > 0
+        if metric_keys == CLIP_METRICS:
+            assert trl_metrics["clip_ratio/low_mean"] > 0 and trl_metrics["clip_ratio/high_mean"] > 0
+        if args.loss_type == "cispo":
+            assert trl_metrics["cispo_clip_ratio"] > 0
+        if args.loss_type == "vespo":
+            assert abs(trl_metrics["vespo/phi_seq_mean"] - 1.0) > 0.05  # phi(1) = 1 on-policy
         if args.delta is not None:
             ratio = torch.exp(current - old_logps)
             negative = batch["advantages"][:, None] < 0
             assert ((ratio > args.delta) & negative & mask.bool()).any()
+    elif args.loss_type == "vespo":
+        assert trl_metrics["vespo/phi_seq_mean"] == pytest.approx(1.0, abs=1e-6)
+    if entropy_mask is not None:  # and the mask changes the loss
+        unmasked, _ = grpo_loss(logps.detach(), old_logps, ref_logps, batch["advantages"], mask, **options)
+        assert abs(unmasked.item() - loss.item()) > 1e-4
 
 
-# ------------------------------------------------------------------------------------------------ 2. advantages
+# ------------------------------------------------------------------------------------------------ 3. advantages
 
 GROUP_SIZE = 4
 PROMPTS = ["1+1=", "2+2=", "3+3=", "4+4=", "5+5="]
@@ -337,3 +437,20 @@ def test_advantages_match_trl(scale, weighted_pair, make_trainer):
 
     expected = group_advantages(combined_rewards(per_function, weights), GROUP_SIZE, scale=scale)
     torch.testing.assert_close(output["advantages"].float(), expected, atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ 4. soft overlong
+
+
+@settings(max_examples=200, deadline=None)
+@given(max_len=st.integers(1, 40), data=st.data())
+def test_soft_overlong_punishment_equals_trl(max_len, data):
+    cache = data.draw(st.integers(0, max_len))
+    lengths = data.draw(st.lists(st.integers(0, 2 * max_len + 2), min_size=1, max_size=12))
+    completion_ids = [[7] * length for length in lengths]
+    theirs = get_soft_overlong_punishment(max_completion_len=max_len, soft_punish_cache=cache)
+    ours = get_reward("soft_overlong_punishment", max_completion_len=max_len, soft_punish_cache=cache)
+    # TRL's calling convention: everything by keyword
+    assert ours(prompts=["p"] * len(lengths), completions=["c"] * len(lengths), completion_ids=completion_ids) == (
+        theirs(completion_ids=completion_ids))
+    assert reward_name(ours) == theirs.__name__  # logged as rewards/soft_overlong_punishment_reward/mean in both

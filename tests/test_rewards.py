@@ -362,7 +362,7 @@ def test_get_reward_by_registered_name(name, expected):
 
 
 def test_get_reward_length_with_options():
-    assert available_rewards() == ["accuracy", "format", "length", "tag_count"]
+    assert available_rewards() == ["accuracy", "format", "length", "soft_overlong_punishment", "tag_count"]
     assert get_reward("length")(completions=["a" * 49]) == [-1.0]
     assert get_reward("length_reward", ideal_length=30)(completions=["a" * 40]) == [-10.0]
     assert reward_name(get_reward("length", ideal_length=30)) == "length_reward"
@@ -377,6 +377,47 @@ def test_get_reward_rejects_options_a_reward_does_not_take():
         RewardSpecError, match="got a bad option: ideal_length must be a non-negative integer"
     ):
         get_reward("length", ideal_length=-5)
+
+
+# ---------------------------------------------------------------- soft overlong punishment
+
+
+def test_soft_overlong_punishment_by_hand():
+    # L = 10, C = 4: no penalty up to 6 tokens, then (6 - n) / 4 down to -1 at 10, and -1 beyond
+    reward = get_reward("soft_overlong_punishment", max_completion_len=10, soft_punish_cache=4)
+    lengths = [0, 6, 7, 8, 9, 10, 11, 50]
+    completion_ids = [[3] * n for n in lengths]
+    assert reward(completion_ids=completion_ids) == [0.0, 0.0, -0.25, -0.5, -0.75, -1.0, -1.0, -1.0]
+    # TRL's docstring example: 90 tokens with L = 100, C = 20 -> -0.5
+    assert get_reward("soft_overlong_punishment_reward", max_completion_len=100, soft_punish_cache=20)(
+        completion_ids=[[1] * 90]) == [-0.5]
+    # no cache: only completions over L are punished, with -1
+    assert get_reward("soft_overlong_punishment", max_completion_len=5, soft_punish_cache=0)(
+        completion_ids=[[1] * 5, [1] * 6]) == [0.0, -1.0]
+    assert reward_name(reward) == "soft_overlong_punishment_reward"
+
+
+def test_soft_overlong_punishment_counts_tokens_not_text():
+    reward = get_reward("soft_overlong_punishment", max_completion_len=4, soft_punish_cache=2)
+    # the texts are ignored: the token ids (which include EOS, as TRL's) decide
+    assert reward(prompts=["p", "p"], completions=["a" * 100, ""], completion_ids=[[1, 2], [1, 2, 3, 4]]) == [
+        0.0, -1.0]
+
+
+@pytest.mark.parametrize(("options", "phrase"), [
+    ({}, ("reward 'soft_overlong_punishment' needs the option max_completion_len, soft_punish_cache; set "
+         "reward_kwargs: {soft_overlong_punishment: {max_completion_len: ..., soft_punish_cache: ...}}")),
+    ({"max_completion_len": 512}, "needs the option soft_punish_cache"),
+    ({"max_completion_len": 0, "soft_punish_cache": 0}, "got a bad option: max_completion_len must be >= 1"),
+    ({"max_completion_len": 10, "soft_punish_cache": 11}, "soft_punish_cache must be in [0, max_completion_len=10]"),
+    ({"max_completion_len": 10, "soft_punish_cache": -1}, "soft_punish_cache must be in [0, max_completion_len=10]"),
+    ({"max_completion_len": 10.5, "soft_punish_cache": 2}, "max_completion_len must be an integer number of tokens"),
+    ({"max_completion_len": 10, "soft_punish_cache": 2, "cache": 3}, "has no option cache"),
+])
+def test_soft_overlong_punishment_option_errors(options, phrase):
+    with pytest.raises(RewardSpecError) as error:
+        get_reward("soft_overlong_punishment", **options)
+    assert phrase in str(error.value) and "\n" not in str(error.value)
 
 
 USER_REWARDS = """
@@ -459,7 +500,7 @@ def test_get_reward_passes_callables_through():
 
 
 HOW_TO = (
-    "use a registered name: accuracy, format, length, tag_count, "
+    "use a registered name: accuracy, format, length, soft_overlong_punishment, tag_count, "
     + "or module:function / path/to/file.py:function"
 )
 

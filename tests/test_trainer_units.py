@@ -79,17 +79,27 @@ def test_two_runs_with_the_same_seed_end_bitwise_equal(tmp_path, char_tokenizer)
     assert trained_b and all(v.abs().sum() > 0 for v in trained_b)  # the runs did train (B starts at zero)
 
 
-@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo", "dr_grpo"])
-def test_backward_in_row_chunks_gives_the_same_steps(tmp_path, char_tokenizer, loss_type):
+# each loss type with the options that exercise it: cispo's cap low enough to bite, GSPO/LUSPO at sequence level
+CHUNKED_LOSS_CASES = {
+    "dapo": {}, "grpo": {}, "bnpo": {}, "dr_grpo": {}, "cispo": {"epsilon_high": 1.05}, "sapo": {},
+    "luspo": {"importance_sampling_level": "sequence"}, "vespo": {},
+    "grpo-sequence": {"loss_type": "grpo", "importance_sampling_level": "sequence"},
+}
+
+
+@pytest.mark.parametrize("case", list(CHUNKED_LOSS_CASES))
+def test_backward_in_row_chunks_gives_the_same_steps(tmp_path, char_tokenizer, case):
     # the prompts run once per micro-batch, the completions 1, 3 or all (0) rows at a time: same weights and metrics
-    # (SGD, whose step is proportional to the gradient, unlike Adam's, which would hide a mis-scaled chunk)
+    # (SGD, whose step is proportional to the gradient, unlike Adam's, which would hide a mis-scaled chunk).
+    # num_iterations=2: the second pass is off-policy, so the ratios (cispo's cap, vespo's weight) are not all 1.
     from peft import LoraConfig
 
+    options = {"loss_type": case, **CHUNKED_LOSS_CASES[case]}
     results = {}
     for chunk_rows in (0, 1, 3):
-        base = _trainer(tmp_path / str(chunk_rows), char_tokenizer, max_steps=2, seed=5, loss_type=loss_type,
-                        beta=0.04, gradient_accumulation_steps=2, max_completion_length=6,
-                        backward_chunk_rows=chunk_rows, optim="sgd", learning_rate=0.5)
+        base = _trainer(tmp_path / str(chunk_rows), char_tokenizer, max_steps=4, seed=5, beta=0.04,
+                        gradient_accumulation_steps=2, max_completion_length=6, num_iterations=2,
+                        backward_chunk_rows=chunk_rows, optim="sgd", learning_rate=0.5, **options)
         lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
         trainer = GRPOTrainer(base.model, base.reward_funcs, args=base.args, train_dataset=base.train_dataset,
                               processing_class=char_tokenizer, peft_config=lora)
@@ -101,9 +111,52 @@ def test_backward_in_row_chunks_gives_the_same_steps(tmp_path, char_tokenizer, l
     for chunk_rows in (1, 3):
         weights, history = results[chunk_rows]
         assert max((weights[k] - whole_weights[k]).abs().max().item() for k in weights) < 1e-6
+        assert len(history) == len(whole_history) == 4
         for row, whole_row in zip(history, whole_history):
-            for key in ("loss", "kl", "entropy", "grad_norm", "clip_ratio/region_mean"):
-                assert row[key] == pytest.approx(whole_row[key], rel=1e-5, abs=1e-7), (chunk_rows, key)
+            keys = [key for key in whole_row if key in METRICS_FROM_THE_LOSS or key.startswith("clip_ratio/")]
+            assert len(keys) >= 4 and set(keys) <= set(row)  # loss, kl, entropy, grad_norm (+ the type's own)
+            for key in keys:
+                # luspo's losses are per-sequence token sums (up to 6x grpo's means): its float32 rounding is too
+                absolute = 1e-6 if options["loss_type"] == "luspo" and key == "loss" else 1e-7
+                assert row[key] == pytest.approx(whole_row[key], rel=1e-5, abs=absolute), (chunk_rows, key)
+    if options["loss_type"] == "vespo":  # the off-policy pass really weighs sequences
+        assert any(abs(row["vespo/phi_seq_mean"] - 1) > 1e-4 for row in whole_history)
+    if options["loss_type"] == "cispo":
+        assert any(row["cispo_clip_ratio"] > 0 for row in whole_history)
+
+
+METRICS_FROM_THE_LOSS = ("loss", "kl", "entropy", "grad_norm", "cispo_clip_ratio", "vespo/phi_seq_mean")
+
+
+def test_entropy_masking_takes_its_threshold_over_the_whole_micro_batch(tmp_path, char_tokenizer):
+    # backward_chunk_rows=1 is overridden: the gradient is that of the whole micro-batch's loss with one quantile
+    # over all its loss tokens, not one per chunk (which keeps other tokens, checked below)
+    from reasonrl.core import grpo_loss, high_entropy_mask
+    from reasonrl.rollout import sequence_logprobs
+
+    quantile = 0.3
+    trainer = _trainer(tmp_path, char_tokenizer, top_entropy_quantile=quantile, backward_chunk_rows=1,
+                       loss_type="grpo", max_completion_length=6, seed=5)
+    (tmp_path / "run").mkdir()  # train() makes it; _make_round writes completions.jsonl there
+    batch, _ = trainer._make_round()
+    rows = torch.arange(batch.advantages.size(0))
+    trainer.model.train()
+    trainer._micro_step(batch, rows, batch.loss_mask.sum().float(), 1.0)
+    trainer_grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+    trainer.model.zero_grad(set_to_none=True)
+
+    rollout, mask = batch.rollout, batch.loss_mask
+    logps, entropy = sequence_logprobs(trainer.model, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
+                                       rollout.completion_mask, with_entropy=True)
+    keep = high_entropy_mask(entropy, mask, quantile)
+    per_row = torch.cat([high_entropy_mask(entropy[i:i + 1], mask[i:i + 1], quantile) for i in range(len(rows))])
+    assert 0 < keep.sum() < mask.sum() and not torch.equal(keep, per_row)
+    loss, _ = grpo_loss(logps, None, None, batch.advantages, mask, loss_type="grpo", entropy_mask=keep)
+    loss.backward()
+    assert trainer_grads and any(g.abs().sum() > 0 for g in trainer_grads.values())
+    for name, param in trainer.model.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(trainer_grads[name], param.grad, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("disable_dropout", [False, True])
@@ -137,3 +190,21 @@ def test_bf16_steps_keep_lora_inputs_in_bf16_only_inside_the_trainers_autocast(t
     assert all(m.cast_input_dtype_enabled for m in layers)  # restored: evaluation without autocast still casts
     history = trainer.train()
     assert len(history) == 1 and torch.isfinite(torch.tensor(history[0]["loss"]))
+
+
+def test_soft_overlong_punishment_by_name_scores_completion_tokens(tmp_path, char_tokenizer):
+    # the built-in named in the config, its options in reward_kwargs (as from YAML or the CLI): scored on the
+    # completion token counts the trainer generated (EOS included)
+    args = GRPOConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, num_generations=4,
+                      max_completion_length=8, max_steps=1, gradient_checkpointing=False, seed=1,
+                      reward_funcs=["soft_overlong_punishment"],
+                      reward_kwargs={"soft_overlong_punishment": {"max_completion_len": 8, "soft_punish_cache": 6}})
+    dataset = Dataset.from_list([{"prompt": f"p{i}"} for i in range(4)])
+    trainer = GRPOTrainer(build_tiny_model(char_tokenizer, seed=0), args.reward_funcs, args=args,
+                          train_dataset=dataset, processing_class=char_tokenizer)
+    (tmp_path / "run").mkdir()
+    batch, metrics = trainer._make_round()
+    lengths = batch.rollout.completion_mask.sum(-1).float()  # [8]
+    expected = torch.where(lengths <= 2, 0.0, (2 - lengths) / 6)  # L - C = 2; none is longer than L = 8
+    assert metrics["rewards/soft_overlong_punishment_reward/mean"] == pytest.approx(expected.mean().item())
+    assert expected.min() < 0  # some completions are punished

@@ -32,7 +32,7 @@ import yaml
 
 from reasonrl.errors import ConfigError
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
 SCALE_REWARDS = ("group", "batch", "none")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 # The schedules transformers.get_scheduler builds from (warmup, total steps) alone, plus cosine_with_min_lr, which
@@ -140,13 +140,18 @@ class GRPOConfig:
     epsilon: float = 0.2
     """Lower clipping range of the importance ratio: r is clipped to [1 - epsilon, 1 + epsilon_high]."""
     epsilon_high: float | None = None
-    """Upper clipping range; None uses epsilon. DAPO recommends 0.28."""
+    """Upper clipping range; None uses epsilon. DAPO recommends 0.28. With loss_type=cispo it is the cap on the
+    importance weight instead (ScaleRL's epsilon_max, recommended 5.0)."""
     delta: float | None = None
     """Two-sided clipping (INTELLECT-2): caps the ratio at delta when set. Must be > 1 + epsilon_high (TRL only
     recommends this; reasonrl enforces it). None disables it."""
     loss_type: str = "dapo"
-    """How per-token losses are averaged: grpo (per sequence, then mean), bnpo (tokens of the local batch), dr_grpo
-    (constant batch * max_completion_length), dapo (tokens of the whole accumulated step)."""
+    """The loss formulation. Clipped surrogate, averaged over: grpo (per sequence, then mean), bnpo (tokens of the
+    local batch), dr_grpo (constant batch * max_completion_length), dapo (tokens of the whole accumulated step), luspo
+    (each sequence's token sum, then mean; pair it with importance_sampling_level=sequence). Other surrogates: cispo
+    (REINFORCE with the importance weight capped at epsilon_high and detached; MiniMax-M1), sapo (a soft
+    temperature-controlled gate instead of the clip; averaged as grpo), vespo (a smooth Gamma weight of each
+    sequence's importance weight; keep importance_sampling_level=token); cispo and vespo average as dapo."""
     scale_rewards: str = "group"
     """Divide advantages by the reward std of the group ('group', or true), of the batch ('batch'), or not at all
     ('none', or false; Dr. GRPO's advice)."""
@@ -159,6 +164,27 @@ class GRPOConfig:
     use_bias_correction_kl: bool = True
     """Multiply the KL term by the importance ratio, giving the unbiased reverse-KL gradient (DeepSeek-V3.2). Only
     matters when beta != 0."""
+    sapo_temperature_neg: float = 1.05
+    """Temperature of the sapo loss's gate for tokens with non-positive advantage (Soft Adaptive Policy Optimization,
+    arXiv 2511.20347)."""
+    sapo_temperature_pos: float = 1.0
+    """Temperature of the sapo loss's gate for tokens with positive advantage (SAPO paper)."""
+    vespo_k_pos: float = 2.0
+    """VESPO's power exponent k for positive advantages: how strongly sequences with an importance weight below 1
+    are down-weighted."""
+    vespo_lambda_pos: float = 3.0
+    """VESPO's decay factor lambda for positive advantages: how strongly sequences with an importance weight above 1
+    are down-weighted."""
+    vespo_k_neg: float = 3.0
+    """VESPO's power exponent k for negative advantages (importance weights below 1)."""
+    vespo_lambda_neg: float = 2.0
+    """VESPO's decay factor lambda for negative advantages (importance weights above 1)."""
+    top_entropy_quantile: float = 1.0
+    """Entropy masking (rho of "Beyond the 80/20 Rule"): the policy loss keeps only the tokens whose entropy is in
+    the top rho quantile of the micro-batch's loss tokens (the KL term keeps all). In [0, 1]: 1.0 keeps every token,
+    0.0 only the highest-entropy one; the paper recommends 0.2. With mask_truncated_completions, only tokens of
+    non-truncated completions count. Below 1, each micro-batch goes through forward and backward in one piece
+    (backward_chunk_rows is not used), because the threshold needs the entropies of all its rows."""
 
     # ---- optimisation
     learning_rate: float = 1e-6
@@ -201,7 +227,8 @@ class GRPOConfig:
     prompts still run once, and the gradient is the same; smaller chunks hold fewer activations at some speed cost.
     None (auto): on CPU, as many rows as fit about 256 completion tokens in bf16 or 128 in fp32 (SmolLM-135M, 96
     tokens: 2 rows in bf16, 1 in fp32; docs/PERFORMANCE.md has what each costs); on GPU the whole micro-batch, as
-    small matmuls waste the device. Used by a single process without gradient checkpointing."""
+    small matmuls waste the device. Used by a single process without gradient checkpointing, and with
+    top_entropy_quantile 1.0."""
     bf16: bool | None = None
     """bfloat16 autocast. None (TRL's default) means auto: on when CUDA supports bf16, else float32. TRL resolves None
     to True and then refuses plain CPU; reasonrl picks float32 there and allows bf16=true on CPU."""
@@ -280,6 +307,12 @@ class GRPOConfig:
         _require(self, "backward_chunk_rows", self.backward_chunk_rows is None or self.backward_chunk_rows >= 0,
                  "must be >= 0 (0 = the whole micro-batch) or None (auto)")
         _require(self, "top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
+        _require(self, "top_entropy_quantile", 0 <= self.top_entropy_quantile <= 1,
+                 "must be in [0, 1] (1.0 keeps every token in the loss; the paper uses 0.2)")
+        for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
+            _require(self, name, getattr(self, name) > 0, "must be > 0 (the sapo gate divides by it)")
+        for name in ("vespo_k_pos", "vespo_k_neg", "vespo_lambda_pos", "vespo_lambda_neg"):
+            _require(self, name, getattr(self, name) >= 0, "must be >= 0 (the Gamma weight's shape and rate)")
         _require(self, "warmup_ratio", 0 <= self.warmup_ratio <= 1, "must be in [0, 1]")
         _require(self, "lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)")
         _require(self, "max_reward_error_fraction", 0 <= self.max_reward_error_fraction <= 1, "must be in [0, 1]")
@@ -306,9 +339,24 @@ class GRPOConfig:
         self._validate_report_to()
         self._validate_generation_batch()
         self._validate_rewards()
-        if self.importance_sampling_level == "sequence" and self.loss_type != "grpo":
-            warnings.warn(f"importance_sampling_level='sequence' with loss_type={self.loss_type!r} weighs each "
-                          "sequence by its length; set loss_type=grpo for GSPO as in the paper", stacklevel=3)
+        self._warn_about_loss_pairings()
+
+    def _warn_about_loss_pairings(self) -> None:
+        """TRL's warnings about settings that run but do not mean what the papers meant (plus cispo's cap)."""
+        level, loss_type = self.importance_sampling_level, self.loss_type
+        if level == "sequence" and loss_type in ("bnpo", "dr_grpo", "dapo", "cispo"):
+            warnings.warn(f"importance_sampling_level='sequence' with loss_type={loss_type!r} weighs each "
+                          "sequence by its length; set loss_type=grpo for GSPO as in the paper", stacklevel=4)
+        if loss_type == "luspo" and level != "sequence":
+            warnings.warn("loss_type='luspo' is defined with sequence-level importance ratios; set "
+                          "importance_sampling_level=sequence as in the paper", stacklevel=4)
+        if loss_type == "vespo" and level != "token":
+            warnings.warn("loss_type='vespo' computes its own sequence-level weight; keep importance_sampling_level="
+                          "token (it then only changes the bias-corrected KL)", stacklevel=4)
+        if loss_type == "cispo" and self.effective_epsilon_high < 1:
+            warnings.warn(f"loss_type='cispo' caps the importance weight at epsilon_high, here "
+                          f"{self.effective_epsilon_high:g} (epsilon_high unset uses epsilon), which scales every "
+                          "token down; the ScaleRL paper uses epsilon_high=5.0", stacklevel=4)
 
     def _validate_report_to(self) -> None:
         requested = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)

@@ -121,6 +121,20 @@ def all_gather_rows(tensor: torch.Tensor, state: DistributedState) -> torch.Tens
     return torch.cat(pieces).to(tensor.device)
 
 
+def all_gather_varlen(tensor: torch.Tensor, state: DistributedState) -> torch.Tensor:
+    """Concatenate every process's 1-D tensor, in rank order, when their lengths differ (e.g. each process's loss
+    tokens): the lengths are gathered first, and each piece is padded to the longest for all_gather."""
+    if not state.enabled:
+        return tensor
+    local = tensor.to(state.device).contiguous()
+    lengths = all_gather_rows(torch.tensor([local.numel()], device=state.device), state).tolist()
+    padded = torch.zeros(max(lengths), dtype=local.dtype, device=state.device)
+    padded[: local.numel()] = local
+    pieces = [torch.empty_like(padded) for _ in range(state.world_size)]
+    dist.all_gather(pieces, padded)
+    return torch.cat([piece[:length] for piece, length in zip(pieces, lengths)]).to(tensor.device)
+
+
 def gather_scores(scores, state: DistributedState):
     """A round's scoring.RoundScores over all processes: rewards of every rank's rows in rank order, summed error
     counts (the failures, with their tracebacks, stay local: each process logs its own)."""

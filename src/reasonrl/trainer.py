@@ -42,11 +42,16 @@ from reasonrl import distributed
 from reasonrl import rundir
 from reasonrl.config import GRPOConfig
 from reasonrl.core import (
+    MICRO_BATCH_TOKENS,
+    WINDOW_TOKENS,
     chunk_weight,
     group_advantages,
     grpo_loss,
+    high_entropy_mask,
     masked_mean,
     nanstd,
+    normalised_by,
+    sequence_metrics,
 )
 from reasonrl.data import (
     PromptTokenizer,
@@ -181,6 +186,14 @@ class GRPOTrainer:
         self.train_model = distributed.wrap(self.model, self.dist)
         # peft's LoRA layers, found once: _autocast switches their input casting off and on at every forward
         self._lora_layers = lora_layers(self.model)
+        # entropy masking needs a micro-batch's entropies before its loss: one forward and backward per micro-batch
+        self.entropy_masking = args.top_entropy_quantile < 1.0
+        if self.entropy_masking and args.backward_chunk_rows:
+            logger.warning("top_entropy_quantile=%g < 1: each micro-batch goes through forward and backward whole "
+                           "(backward_chunk_rows=%d is not used), as the entropy threshold is over all its rows; "
+                           "lower per_device_train_batch_size if memory is short", args.top_entropy_quantile,
+                           args.backward_chunk_rows)
+        self._sequence_metrics = sequence_metrics(args.importance_sampling_level)  # combined over chunks by rows
 
         self.eval_dataset = eval_dataset
         self.sampler = PromptSampler(len(self.train_dataset), args.seed, args.shuffle_dataset)
@@ -441,15 +454,17 @@ class GRPOTrainer:
                        "tokens": processed, "skipped_steps": self.step_guard.skipped_steps}
 
     def _loss_divisors(self, local_tokens: torch.Tensor, global_tokens: torch.Tensor) -> list[float]:
-        """What each micro-batch's loss (not dapo's) is divided by, so that DDP's mean over W processes of the
-        gradients equals one process's gradient on the global micro-batches (each process's b rows together).
+        """What each micro-batch's loss (not one normalised by the window's tokens: dapo, cispo, vespo) is divided
+        by, so that DDP's mean over W processes of the gradients equals one process's gradient on the global
+        micro-batches (each process's b rows together).
 
-        grpo and dr_grpo average per sequence / per fixed length: loss / window size, averaged over equal-sized
-        shards, is already the global value. bnpo averages over the micro-batch's tokens: W processes' local
-        averages are reweighted to the token mean of their union, loss_r * W * n_r / N (n_r local, N global tokens).
+        Loss types normalised by rows (grpo, sapo, luspo, dr_grpo's rows * max_completion_length): loss / window
+        size, averaged over equal-sized shards, is already the global value. bnpo averages over the micro-batch's
+        tokens: W processes' local averages are reweighted to the token mean of their union, loss_r * W * n_r / N
+        (n_r local, N global tokens).
         """
         window_size = local_tokens.numel()
-        if self.args.loss_type != "bnpo" or not self.dist.enabled:
+        if normalised_by(self.args.loss_type) != MICRO_BATCH_TOKENS or not self.dist.enabled:
             return [float(window_size)] * window_size
         world = self.dist.world_size
         return [window_size * float(total) / (world * float(local)) if local > 0 else float(window_size)
@@ -460,7 +475,8 @@ class GRPOTrainer:
 
         Single process, without gradient checkpointing: its prompts run once (rollout.PromptPrefix) and its
         completions go through forward and backward `backward_chunk_rows` rows at a time, each chunk's loss weighted
-        by its share of the micro-batch's normaliser (core.chunk_weight), so the gradient is the micro-batch's.
+        by its share of the micro-batch's normaliser (core.chunk_weight), so the gradient is the micro-batch's
+        (one chunk under entropy masking, whose threshold needs every row's entropies).
         Under DDP (which expects one backward per forward) or gradient checkpointing: one forward of the whole rows.
         """
         args, rollout = self.args, batch.rollout
@@ -475,15 +491,17 @@ class GRPOTrainer:
         mask = batch.loss_mask[rows][:, columns]
         old_logps = None if batch.old_logps is None else batch.old_logps[rows][:, columns]
         ref_logps = None if batch.ref_logps is None else batch.ref_logps[rows][:, columns]
-        # dapo is already normalised by the window's token count; the others average over the window
-        window_scale = 1.0 if args.loss_type == "dapo" else 1.0 / window_size
+        # dapo, cispo and vespo are already normalised by the window's token count; the others average over it
+        window_scale = 1.0 if normalised_by(args.loss_type) == WINDOW_TOKENS else 1.0 / window_size
         num_rows = len(rows)
         chunked = not (self.dist.enabled or args.gradient_checkpointing)
         chunk_rows = args.backward_chunk_rows
         if chunk_rows is None:  # auto: on CPU, where activation memory is the limit, ~256 bf16 / 128 fp32 tokens
             budget = 256 if self.bf16 else 128
             chunk_rows = 0 if self.device.type == "cuda" else max(1, budget // width)
-        chunk_rows = (chunk_rows or num_rows) if chunked else num_rows
+        # entropy masking: the threshold is a quantile over the whole micro-batch's entropies, which exist only after
+        # its forward; one chunk keeps it exact (a no-grad pre-pass would draw other dropout masks, e.g. LoRA's)
+        chunk_rows = (chunk_rows or num_rows) if chunked and not self.entropy_masking else num_rows
         prefix = None
         if chunked:
             with self._autocast():
@@ -500,22 +518,32 @@ class GRPOTrainer:
                     logps, entropy = sequence_logprobs(self.train_model, prompt_ids, prompt_mask, completion_ids,
                                                        completion_mask, args.temperature, with_entropy=True,
                                                        share_prompts=not args.gradient_checkpointing)
+            entropy_mask = None
+            if self.entropy_masking:  # over the micro-batch's loss tokens on every process, as TRL
+                pool = distributed.all_gather_varlen(entropy[mask[chunk].bool()].float(), self.dist)
+                entropy_mask = high_entropy_mask(entropy, mask[chunk], args.top_entropy_quantile, pool)
             loss, metrics = grpo_loss(
                 logps.float(), None if old_logps is None else old_logps[chunk],
                 None if ref_logps is None else ref_logps[chunk], batch.advantages[rows][chunk], mask[chunk],
                 loss_type=args.loss_type, epsilon=args.epsilon, epsilon_high=args.epsilon_high, beta=args.beta,
                 importance_sampling_level=args.importance_sampling_level,
                 max_completion_length=args.max_completion_length, delta=args.delta, num_items=window_tokens,
-                use_bias_correction_kl=args.use_bias_correction_kl)
+                use_bias_correction_kl=args.use_bias_correction_kl, sapo_temperature_pos=args.sapo_temperature_pos,
+                sapo_temperature_neg=args.sapo_temperature_neg, vespo_k_pos=args.vespo_k_pos,
+                vespo_lambda_pos=args.vespo_lambda_pos, vespo_k_neg=args.vespo_k_neg,
+                vespo_lambda_neg=args.vespo_lambda_neg, entropy_mask=entropy_mask)
             scaled = loss * chunk_weight(args.loss_type, mask[chunk], mask, window_tokens) * window_scale
             scaled.backward()
             loss_total += scaled.item()
             metrics["entropy"] = masked_mean(entropy, completion_mask[chunk])
-            # token-weighted, so that the chunks' metrics add up to the micro-batch's masked means
+            # token-weighted (row-weighted for means over sequences), so that the chunks' metrics add up to the
+            # micro-batch's means
             loss_share = mask[chunk].sum().item() / max(1, mask.sum().item())
             entropy_share = completion_mask[chunk].sum().item() / max(1, completion_mask.sum().item())
+            shares = {"entropy": entropy_share}
+            shares.update(dict.fromkeys(self._sequence_metrics, logps.size(0) / num_rows))
             for key, value in metrics.items():
-                values[key] = values.get(key, 0.0) + (entropy_share if key == "entropy" else loss_share) * value.item()
+                values[key] = values.get(key, 0.0) + shares.get(key, loss_share) * value.item()
             del logps, entropy, loss, scaled
         if prefix is not None:
             prefix.backward()

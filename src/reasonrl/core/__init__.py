@@ -3,7 +3,20 @@
 from reasonrl.core.advantages import group_advantages, nanstd
 from reasonrl.core.dropout import dropout
 from reasonrl.core.logprobs import token_entropy, token_logprobs
-from reasonrl.core.losses import LOSS_TYPES, chunk_weight, grpo_loss, k3_kl, masked_mean
+from reasonrl.core.losses import (
+    LOSS_TYPES,
+    MICRO_BATCH_TOKENS,
+    ROWS,
+    WINDOW_TOKENS,
+    chunk_weight,
+    grpo_loss,
+    high_entropy_mask,
+    k3_kl,
+    masked_mean,
+    normalised_by,
+    sequence_metrics,
+)
 
-__all__ = ["LOSS_TYPES", "chunk_weight", "dropout", "group_advantages", "grpo_loss", "k3_kl", "masked_mean", "nanstd",
-           "token_entropy", "token_logprobs"]
+__all__ = ["LOSS_TYPES", "MICRO_BATCH_TOKENS", "ROWS", "WINDOW_TOKENS", "chunk_weight", "dropout",
+           "group_advantages", "grpo_loss", "high_entropy_mask", "k3_kl", "masked_mean", "nanstd", "normalised_by",
+           "sequence_metrics", "token_entropy", "token_logprobs"]

@@ -14,6 +14,7 @@ from reasonrl.rewards.accuracy import MATH_VERIFY_TIMEOUT_SECONDS, accuracy_rewa
 from reasonrl.rewards.answers import extract_answer, parse_number, reference_answer
 from reasonrl.rewards.format import format_reward, tag_count_reward
 from reasonrl.rewards.length import length_reward, make_length_reward
+from reasonrl.rewards.overlong import make_soft_overlong_punishment
 from reasonrl.rewards.registry import RewardFunc, RewardSpecError, available_rewards, get_reward, reward_name
 from reasonrl.rewards.text import completion_text
 
@@ -29,6 +30,7 @@ __all__ = [
     "get_reward",
     "length_reward",
     "make_length_reward",
+    "make_soft_overlong_punishment",
     "parse_number",
     "reference_answer",
     "reward_name",

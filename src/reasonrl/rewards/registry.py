@@ -23,6 +23,7 @@ from reasonrl.errors import RewardSpecError
 from reasonrl.rewards.accuracy import accuracy_reward
 from reasonrl.rewards.format import format_reward, tag_count_reward
 from reasonrl.rewards.length import make_length_reward
+from reasonrl.rewards.overlong import make_soft_overlong_punishment
 
 RewardFunc = Callable[..., list[float | None]]
 """`fn(prompts, completions, completion_ids, **dataset_columns) -> list[float | None]`, called by keyword."""
@@ -42,6 +43,7 @@ _FACTORIES: dict[str, Callable[..., RewardFunc]] = {
     "accuracy": _fixed(accuracy_reward),
     "format": _fixed(format_reward),
     "length": make_length_reward,
+    "soft_overlong_punishment": make_soft_overlong_punishment,
     "tag_count": _fixed(tag_count_reward),
 }
 
@@ -59,8 +61,9 @@ def _how_to_name() -> str:
 def get_reward(name_or_spec: str | Callable[..., Any], **kwargs: Any) -> RewardFunc:
     """The reward function that `name_or_spec` names, built with `kwargs`.
 
-    - a registered name (`accuracy`, `format`, `length`, `tag_count`, or with `_reward` appended): kwargs are
-      its options, e.g. `get_reward("length", ideal_length=30)`;
+    - a registered name (`accuracy`, `format`, `length`, `soft_overlong_punishment`, `tag_count`, or with
+      `_reward` appended): kwargs are its options, e.g. `get_reward("length", ideal_length=30)`,
+      `get_reward("soft_overlong_punishment", max_completion_len=512, soft_punish_cache=128)`;
     - `package.module:function`, or TRL's dotted `package.module.function`: imported;
     - `path/to/file.py:function`: the file is executed as a module (relative to the current directory);
     - a callable: returned as it is.
@@ -96,14 +99,20 @@ def get_reward(name_or_spec: str | Callable[..., Any], **kwargs: Any) -> RewardF
 
 
 def _build_registered(spec: str, factory: Callable[..., RewardFunc], options: dict[str, Any]) -> RewardFunc:
-    parameters = list(inspect.signature(factory).parameters)
+    signature = inspect.signature(factory).parameters
+    parameters = list(signature)
     unknown = sorted(set(options) - set(parameters))
     if unknown:
         takes = f"its options: {', '.join(parameters)}" if parameters else "it takes none"
         raise RewardSpecError(f"reward '{spec}' has no option {', '.join(unknown)} ({takes})")
+    missing = [name for name, p in signature.items() if p.default is inspect.Parameter.empty and name not in options]
+    if missing:
+        example = ", ".join(f"{name}: ..." for name in missing)
+        raise RewardSpecError(f"reward '{spec}' needs the option {', '.join(missing)}; set reward_kwargs: "
+                              f"{{{spec}: {{{example}}}}}")
     try:
         return factory(**options)
-    except ValueError as error:
+    except (ValueError, TypeError) as error:  # the factories check their options' values and types
         raise RewardSpecError(f"reward '{spec}' got a bad option: {error}") from error
 
 
