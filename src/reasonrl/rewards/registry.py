@@ -20,6 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from reasonrl.rewards.accuracy import accuracy_reward
+from reasonrl.rewards.code import make_code_tests_reward
 from reasonrl.rewards.format import format_reward, tag_count_reward
 from reasonrl.rewards.length import make_length_reward
 
@@ -43,6 +44,7 @@ def _fixed(reward: RewardFunc) -> Callable[[], RewardFunc]:
 # Canonical name -> factory(**options). `<name>_reward` and dashes (`tag-count`) are accepted as aliases.
 _FACTORIES: dict[str, Callable[..., RewardFunc]] = {
     "accuracy": _fixed(accuracy_reward),
+    "code_tests": make_code_tests_reward,
     "format": _fixed(format_reward),
     "length": make_length_reward,
     "tag_count": _fixed(tag_count_reward),
@@ -62,8 +64,9 @@ def _how_to_name() -> str:
 def get_reward(name_or_spec: str | Callable[..., Any], **kwargs: Any) -> RewardFunc:
     """The reward function that `name_or_spec` names, built with `kwargs`.
 
-    - a registered name (`accuracy`, `format`, `length`, `tag_count`, or with `_reward` appended): kwargs are
-      its options, e.g. `get_reward("length", ideal_length=30)`;
+    - a registered name (`accuracy`, `code_tests`, `format`, `length`, `tag_count`, or with `_reward`
+      appended): kwargs are its options, e.g. `get_reward("length", ideal_length=30)`,
+      `get_reward("code_tests", timeout=5, mode="fraction")`;
     - `package.module:function`, or TRL's dotted `package.module.function`: imported;
     - `path/to/file.py:function`: the file is executed as a module (relative to the current directory);
     - a callable: returned as it is.
