@@ -175,6 +175,8 @@ CASES = [
     Case("stdin flood, read", "import sys\nprint(len(sys.stdin.buffer.read()))", both(FINISHED, 0),
          {"stdin": b"z" * (20 * 2**20)}, (str(20 * 2**20),)),
     Case("input() with no stdin", "input()", both(FINISHED, 1), {}, ("EOFError",)),
+    Case("re-reads a small stdin", "import sys\nsys.stdin.readline()\nsys.stdin.buffer.seek(0)", both(FINISHED, 1),
+         {"stdin": "marker\n"}, ("not seekable",)),  # a pipe: what was read is gone
     # --- the project's files and secrets
     Case("reads the project's README", f"print(open({str(README)!r}).read())", both(REFUSED, 1)),
     Case("lists the project", f"import os\nprint(os.listdir({str(PROJECT)!r}))", both(REFUSED, 1)),
@@ -195,6 +197,10 @@ CASES = [
     Case("deletes a file outside", "import os\nos.remove(DECOY_FILE)", both(REFUSED, 1)),
     Case("renames a file outside", "import os\nos.rename(DECOY_FILE, 'mine')", both(REFUSED, 1)),
     Case("removes a folder outside", "import shutil\nshutil.rmtree(DECOY)", both(REFUSED, 1)),
+    Case("writes through a directory descriptor", textwrap.dedent("""\
+        import os
+        folder = os.open(os.path.dirname(DECOY_FILE), os.O_RDONLY)
+        os.open("keep.txt", os.O_WRONLY | os.O_TRUNC, dir_fd=folder)"""), both(REFUSED, 1)),
     Case("overwrites a file in the host's /tmp", "open(SENTINEL, 'w').write('owned')",
          {"namespaces": (FINISHED, 1), "process": (REFUSED, 1)}),
     Case("writes to /dev/shm", "open('/dev/shm/reasonrl-owned', 'w').write('x')", both(REFUSED, 1)),

@@ -212,22 +212,15 @@ def _spawn_and_collect(
 ) -> SandboxResult:
     status_read, status_write = os.pipe()
     notes_read, notes_write = os.pipe()
-    with tempfile.TemporaryFile() as code_file, tempfile.TemporaryFile() as stdin_file:
-        code_file.write(code)
-        code_file.seek(0)
-        stdin_file.write(stdin)  # a file, not a pipe: a program that never reads its stdin cannot block us
-        stdin_file.seek(0)
-        config = {**config, "code_fd": code_file.fileno(), "status_fd": status_write, "notes_fd": notes_write}
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": config["workdir"],
-            "TMPDIR": config["workdir"],
-            "LANG": "C.UTF-8",
-        }
-        try:
+    try:
+        with tempfile.TemporaryFile() as code_file, _stdin_source(stdin) as stdin_source:
+            code_file.write(code)
+            code_file.seek(0)
+            config = {**config, "code_fd": code_file.fileno(), "status_fd": status_write, "notes_fd": notes_write}
+            env = {"PATH": "/usr/bin:/bin", "HOME": config["workdir"], "TMPDIR": config["workdir"], "LANG": "C.UTF-8"}
             process = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-B", CHILD_SCRIPT, marshal.dumps(config).hex()],
-                stdin=stdin_file,
+                stdin=stdin_source,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=env,
@@ -235,9 +228,13 @@ def _spawn_and_collect(
                 pass_fds=(code_file.fileno(), status_write, notes_write),
                 start_new_session=True,  # its own process group, killed as a whole
             )
-        finally:
-            os.close(status_write)
-            os.close(notes_write)
+    except BaseException:
+        os.close(status_read)
+        os.close(notes_read)
+        raise
+    finally:
+        os.close(status_write)
+        os.close(notes_write)
     stdout, stderr, status, notes = _Capture(cap), _Capture(cap), _Capture(4096), _Capture(8192)
     streams = {process.stdout.fileno(): stdout, process.stderr.fileno(): stderr, status_read: status,
                notes_read: notes}
@@ -257,6 +254,20 @@ def _spawn_and_collect(
                      if line.startswith("refused "))
     return SandboxResult(outcome, exit_code, stdout.text(), stderr.text(), stdout.truncated, stderr.truncated,
                          wall_seconds, refusals, detail)
+
+
+def _stdin_source(data: bytes) -> Any:
+    """What the child reads as stdin, never something that can block the parent: up to one page (always
+    within a pipe's capacity) through a pipe, so that once read it is gone; more through an unlinked file."""
+    if len(data) <= 4096:
+        read_end, write_end = os.pipe()
+        os.write(write_end, data)
+        os.close(write_end)
+        return open(read_end, "rb", buffering=0)
+    file = tempfile.TemporaryFile()  # noqa: SIM115  # returned open: the caller's with-statement closes it
+    file.write(data)
+    file.seek(0)
+    return file
 
 
 class _Capture:

@@ -283,6 +283,9 @@ def _install_guard(config: dict, notes_fd: int, workdir: str) -> None:
                 refuse(f"writing {fsdecode(path)!r} (only the working directory is writable)")
             if not writing and not readable(path):
                 refuse(f"reading {fsdecode(path)!r} (outside the working directory and the standard library)")
+            if not writing and os.path.isdir(path) and not inside(path, (workdir,)):
+                # A directory descriptor would let later calls (dir_fd=...) reach paths this hook never sees.
+                refuse(f"opening the directory {fsdecode(path)!r} (outside the working directory)")
         elif event in ("os.listdir", "os.scandir"):
             if args[0] is not None and not isinstance(args[0], int) and not readable(args[0]):
                 refuse(f"listing {fsdecode(args[0])!r}")
