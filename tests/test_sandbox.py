@@ -3,8 +3,8 @@
 Every case runs in this machine's isolation (`isolation()`: "namespaces" where the OS permits) and in
 "process" isolation (rlimits, the audit hook and process-group kills only). After each case the `host`
 fixture checks that the sentinel file, the project's README and the decoy folder are unchanged, that no
-sandbox process and no sandbox temporary directory is left, and that this process holds no extra file
-descriptors. docs/RELIABILITY.md shows the same table.
+sandbox process and no sandbox temporary directory is left, that this process holds no extra file
+descriptors and sees the same mounts. docs/RELIABILITY.md shows the same table.
 """
 
 from __future__ import annotations
@@ -270,6 +270,7 @@ def host(tmp_path, monkeypatch):
     (decoy / "keep.txt").write_text("keep me")
     readme_digest, tempdirs = _digest(README), _sandbox_tempdirs()
     fds = sorted(os.listdir("/proc/self/fd"))
+    mounts = Path("/proc/self/mountinfo").read_text()
     values = {"SENTINEL": str(sentinel), "DECOY": str(decoy), "DECOY_FILE": str(decoy / "keep.txt")}
     try:
         yield values
@@ -280,6 +281,7 @@ def host(tmp_path, monkeypatch):
         assert _sandbox_processes() == []
         assert _sandbox_tempdirs() == tempdirs
         assert sorted(os.listdir("/proc/self/fd")) == fds
+        assert Path("/proc/self/mountinfo").read_text() == mounts  # the child's mounts stayed in its namespace
         assert os.environ["HF_TOKEN"] == SECRET
     finally:
         shutil.rmtree(decoy, ignore_errors=True)
