@@ -38,13 +38,14 @@ def check_steps(trace: str) -> list[str]:
 
 
 def test_registry_names_and_lookup():
-    assert available_tasks() == ["arithmetic", "countdown", "gsm8k"]
+    assert available_tasks() == ["arithmetic", "countdown", "gsm8k", "humaneval"]
     assert get_task("Arithmetic") is arithmetic.TASK
     assert get_task("countdown").name == "countdown"
     assert [reward_name(get_task(name).reward) for name in available_tasks()] == [
         "arithmetic_accuracy",
         "countdown_accuracy",
         "gsm8k_accuracy",
+        "humaneval_accuracy",
     ]
 
 

@@ -12,6 +12,7 @@ completion, which is left out of the advantage statistics.
 
 from reasonrl.rewards.accuracy import MATH_VERIFY_TIMEOUT_SECONDS, accuracy_reward, score_answer
 from reasonrl.rewards.answers import extract_answer, parse_number, reference_answer
+from reasonrl.rewards.code import build_program, extract_code, make_code_tests_reward
 from reasonrl.rewards.format import format_reward, tag_count_reward
 from reasonrl.rewards.length import length_reward, make_length_reward
 from reasonrl.rewards.overlong import make_soft_overlong_punishment
@@ -24,11 +25,14 @@ __all__ = [
     "RewardSpecError",
     "accuracy_reward",
     "available_rewards",
+    "build_program",
     "completion_text",
     "extract_answer",
+    "extract_code",
     "format_reward",
     "get_reward",
     "length_reward",
+    "make_code_tests_reward",
     "make_length_reward",
     "make_soft_overlong_punishment",
     "parse_number",

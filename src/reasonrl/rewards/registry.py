@@ -21,6 +21,7 @@ from typing import Any
 
 from reasonrl.errors import RewardSpecError
 from reasonrl.rewards.accuracy import accuracy_reward
+from reasonrl.rewards.code import make_code_tests_reward
 from reasonrl.rewards.format import format_reward, tag_count_reward
 from reasonrl.rewards.length import make_length_reward
 from reasonrl.rewards.overlong import make_soft_overlong_punishment
@@ -41,6 +42,7 @@ def _fixed(reward: RewardFunc) -> Callable[[], RewardFunc]:
 # Canonical name -> factory(**options). `<name>_reward` and dashes (`tag-count`) are accepted as aliases.
 _FACTORIES: dict[str, Callable[..., RewardFunc]] = {
     "accuracy": _fixed(accuracy_reward),
+    "code_tests": make_code_tests_reward,
     "format": _fixed(format_reward),
     "length": make_length_reward,
     "soft_overlong_punishment": make_soft_overlong_punishment,
@@ -61,9 +63,10 @@ def _how_to_name() -> str:
 def get_reward(name_or_spec: str | Callable[..., Any], **kwargs: Any) -> RewardFunc:
     """The reward function that `name_or_spec` names, built with `kwargs`.
 
-    - a registered name (`accuracy`, `format`, `length`, `soft_overlong_punishment`, `tag_count`, or with
-      `_reward` appended): kwargs are its options, e.g. `get_reward("length", ideal_length=30)`,
-      `get_reward("soft_overlong_punishment", max_completion_len=512, soft_punish_cache=128)`;
+    - a registered name (`accuracy`, `code_tests`, `format`, `length`, `soft_overlong_punishment`, `tag_count`, or
+      with `_reward` appended): kwargs are its options, e.g. `get_reward("length", ideal_length=30)`,
+      `get_reward("soft_overlong_punishment", max_completion_len=512, soft_punish_cache=128)`,
+      `get_reward("code_tests", timeout=5, mode="fraction")`;
     - `package.module:function`, or TRL's dotted `package.module.function`: imported;
     - `path/to/file.py:function`: the file is executed as a module (relative to the current directory);
     - a callable: returned as it is.

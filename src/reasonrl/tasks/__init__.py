@@ -12,7 +12,8 @@
 Each task (a `Task`) has `generate(n, seed, *, exclude=(), **difficulty)`, `trace(row)`,
 `verify(text, row)`, `reward` (TRL's signature, named `<task>_accuracy`) and
 `max_trace_length(**difficulty)`. The tasks: `arithmetic` (digits, ops), `countdown` (count, max_number,
-max_target) and `gsm8k` (path, split); their modules document the formats and rules.
+max_target), `gsm8k` (path, split) and `humaneval` (code, scored in `reasonrl.sandbox`); their modules
+document the formats and rules.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from __future__ import annotations
 import difflib
 
 from reasonrl.errors import TaskError
-from reasonrl.tasks import arithmetic, countdown, gsm8k
+from reasonrl.tasks import arithmetic, countdown, gsm8k, humaneval
 from reasonrl.tasks.task import Row, Task
 
-_TASKS: dict[str, Task] = {task.NAME: task.TASK for task in (arithmetic, countdown, gsm8k)}
+_TASKS: dict[str, Task] = {task.NAME: task.TASK for task in (arithmetic, countdown, gsm8k, humaneval)}
 
 
 def available_tasks() -> list[str]:
