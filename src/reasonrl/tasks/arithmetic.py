@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from reasonrl.rewards.answers import extract_answer
-from reasonrl.tasks.task import Row, Task, draw_unique, format_trace, make_reward
+from reasonrl.tasks.task import Row, Task, TaskError, draw_unique, format_trace, make_reward
 
 NAME = "arithmetic"
 OPERATIONS = "+-*"
@@ -148,9 +148,9 @@ def _digit_pairs(a: int, b: int) -> list[tuple[int, int]]:
 def _check_difficulty(digits: Any, ops: Any) -> list[str]:
     """The distinct operations of `ops`, in order, after checking both options."""
     if isinstance(digits, bool) or not isinstance(digits, int) or not 1 <= digits <= MAX_DIGITS:
-        raise ValueError(f"arithmetic digits={digits!r} is out of range; pass an int from 1 to {MAX_DIGITS}")
+        raise TaskError(f"arithmetic digits={digits!r} is out of range; pass an int from 1 to {MAX_DIGITS}")
     if not isinstance(ops, str) or not ops or any(op not in OPERATIONS for op in ops):
-        raise ValueError(
+        raise TaskError(
             f"arithmetic ops={ops!r} is not a string of operations; pass some of {OPERATIONS!r}, e.g. '+-'"
         )
     return list(dict.fromkeys(ops))

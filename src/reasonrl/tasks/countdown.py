@@ -32,7 +32,7 @@ from typing import Any
 
 from reasonrl.rewards.answers import extract_answer
 from reasonrl.tasks.expression import ExpressionError, apply, evaluate, precedence
-from reasonrl.tasks.task import TRACE_OVERHEAD, Row, Task, draw_unique, format_trace, make_reward
+from reasonrl.tasks.task import TRACE_OVERHEAD, Row, Task, TaskError, draw_unique, format_trace, make_reward
 
 NAME = "countdown"
 MAX_INTERMEDIATE = 999
@@ -170,7 +170,7 @@ def _check_difficulty(count: Any, max_number: Any, max_target: Any) -> None:
         ("max_target", max_target, 1, MAX_INTERMEDIATE),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(
+            raise TaskError(
                 f"countdown {option}={value!r} is out of range; pass an int from {low} to {high}"
             )
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from reasonrl.data import DataError, load_dataset_any
 from reasonrl.rewards.accuracy import score_answer
-from reasonrl.tasks.task import Row, Task, check_count, excluded_prompts, format_trace, make_reward
+from reasonrl.tasks.task import Row, Task, TaskError, check_count, excluded_prompts, format_trace, make_reward
 
 NAME = "gsm8k"
 HUB_ID = "openai/gsm8k"
@@ -53,7 +53,7 @@ def generate(
         return rows
     check_count(n, f"{NAME}({_source(path, split)})")
     if n > len(rows):
-        raise ValueError(
+        raise TaskError(
             f"{NAME}: asked for {n} rows but {_source(path, split)} has {len(rows)} (after "
             f"{len(excluded)} excluded prompts); ask for at most {len(rows)} or pass n=None for all"
         )

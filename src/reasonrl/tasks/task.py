@@ -17,6 +17,10 @@ Row = dict[str, Any]
 """One problem: at least `prompt` and `answer` (both str), plus the columns its verifier reads."""
 
 
+class TaskError(ValueError):
+    """A user mistake about a task: an unknown name or option, a bad difficulty, more rows than it can make."""
+
+
 @dataclass(frozen=True)
 class Task:
     """A verifiable task. Each field is a plain function; see the task's module for its difficulty options.
@@ -24,8 +28,8 @@ class Task:
     - `generate(n, seed, *, exclude=(), **difficulty) -> list[Row]`: n distinct problems, the same for the
       same arguments; rows whose prompt is in `exclude` (prompts or rows) are never produced;
     - `trace(row) -> str`: a correct `<think>...</think><answer>...</answer>` completion for the row;
-    - `verify(text, row) -> float`: 1.0 if the completion text solves the row, else 0.0; never raises on
-      model text;
+    - `verify(text, row) -> float`: 1.0 if the completion text solves the row, else 0.0 (rg: tasks keep their
+      generator's partial credit, in [0, 1]); never raises on model text;
     - `reward`: `verify` with TRL's reward signature, named `<task>_accuracy`;
     - `max_trace_length(**difficulty) -> int`: the longest `trace` in characters, for max_completion_length;
     - `columns`: the dataset columns `reward` reads besides the completions.
@@ -113,7 +117,7 @@ def draw_unique(n: int, draw: Callable[[], Row | None], exclude: Iterable[Any], 
     attempts, limit = 0, 50 * n + 10_000  # far above the coupon-collector cost of any feasible request
     while len(rows) < n:
         if attempts == limit:
-            raise ValueError(
+            raise TaskError(
                 f"{what}: found only {len(rows)} of {n} distinct problems in {limit} draws (with "
                 f"{len(seen) - len(rows)} excluded prompts); ask for fewer rows or a harder difficulty"
             )
@@ -127,6 +131,6 @@ def draw_unique(n: int, draw: Callable[[], Row | None], exclude: Iterable[Any], 
 
 
 def check_count(n: Any, what: str) -> None:
-    """Raise a one-line ValueError unless n is a non-negative int."""
+    """Raise a one-line TaskError unless n is a non-negative int."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"{what}: n={n!r} is not a number of rows; pass an int >= 0")
+        raise TaskError(f"{what}: n={n!r} is not a number of rows; pass an int >= 0")
