@@ -82,6 +82,11 @@ def test_rows_are_reasoning_gym_items_from_rg_seed():
     assert rg.rg_seed(5) != rg.rg_seed(6) and 0 <= rg.rg_seed(5) < 2**31
 
 
+def test_generation_prints_nothing(capfd):
+    assert len(get_task("rg:bf").generate(2, seed=0)) == 2  # reasoning-gym's bf compiler prints progress dots
+    assert capfd.readouterr().out == ""
+
+
 def test_config_from_get_task_and_from_generate():
     one_digit = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
     bound = get_task("rg:chain_sum", **one_digit).generate(20, seed=0)
@@ -190,6 +195,20 @@ def test_rows_round_trip_through_datasets_and_jsonl(tmp_path, tasks):
             assert tasks[name].reward(completions=completions, rg_entry=loaded["rg_entry"]) == [1.0] * 6
 
 
+def test_refused_scorers_are_beaten_by_a_constant():
+    """What REFUSED says of coin_flip and game_of_life_halting: their scorers give a constant answer 1.0."""
+    import reasoning_gym
+
+    coin_flip = reasoning_gym.create_dataset("coin_flip", seed=3, size=8)
+    below_1 = [coin_flip[i] for i in range(8) if float(coin_flip[i]["answer"]) < 1]  # 0.234375, 0.003173828125, ...
+    assert len(below_1) == 7 and [coin_flip.score_answer("0", entry) for entry in below_1] == [1.0] * 7
+    halting = reasoning_gym.create_dataset("game_of_life_halting", seed=3, size=8)
+    entries = [halting[i] for i in range(8)]
+    assert {entry["answer"] for entry in entries} == {"False", "True"}
+    assert [halting.score_answer(answer, entry) for entry in entries for answer in ("True", "no")] == [1.0] * 16
+    assert "coin_flip" not in rg.available_generators()
+
+
 def test_generators_whose_entries_break_in_json_are_refused():
     with pytest.raises(TaskError, match=r"rg:arc_agi is not supported: its entries do not survive JSON"):
         get_task("rg:arc_agi").generate(2, seed=0)
@@ -242,6 +261,8 @@ def test_built_in_tasks_take_options_through_get_task():
     (lambda: get_task("rg:chain_sum", seed=1), "'seed' is set by reasonrl (generate's seed); drop it"),
     (lambda: get_task("rg:chain_sum", size=10), "'size' is set by reasonrl (generate's n); drop it"),
     (lambda: get_task("rg:composite"), "rg:composite is not supported: it mixes generators"),
+    (lambda: get_task("rg:coin_flip"), "rg:coin_flip is not supported: its scorer gives 1.0 to the answer 0"),
+    (lambda: get_task("rg:game_of_life_halting"), "its scorer gives 1.0 to any non-empty answer"),
     (lambda: get_task("rg:chain_sum").generate(-1), "n=-1 is not a number of rows"),
     (lambda: get_task("rg:chain_sum").verify("x", {"prompt": "p"}), "row has no valid 'rg_entry' column"),
     (lambda: rg.verify("x", {"rg_entry": json.dumps({"dataset": "composite", "config": {}, "entry": {}})}),

@@ -13,7 +13,8 @@ generator NAME a `Task`; reasoning-gym is imported on first use (it takes a few 
   scorers check a proposed solution: propositional_logic, graph_color, rush_hour, ...); `rg_entry` is a JSON
   string {"dataset", "config", "entry"} holding all the scorer reads, so rows score the same after a datasets or
   JSONL round trip. generate() checks that on its first rows, and refuses generators whose entries do not survive
-  JSON (arc_agi, rearc). It skips the rows whose reference answer does not score 1.0 through `verify`: a problem
+  JSON (arc_agi, rearc), and REFUSED lists generators reasonrl does not offer (composite; coin_flip and
+  game_of_life_halting, whose scorers a constant answer beats). It skips the rows whose reference answer does not score 1.0 through `verify`: a problem
   that its own reference fails (intermediate_integration sometimes gives `Integral(...)`, an integral sympy
   could not do, which rg_guard refuses because that answer would pass any problem).
 - Seeds: reasoning-gym seeds item i of a dataset with `seed + i`, so its seeds 1 and 2 share all items but one.
@@ -33,10 +34,12 @@ generator NAME a `Task`; reasoning-gym is imported on first use (it takes a few 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
 import hashlib
+import io
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -61,6 +64,10 @@ RESERVED_FIELDS = ("seed", "size")
 REFUSED = {
     "composite": "it mixes generators, which would hide from reasonrl the scorers that evaluate answers as code; "
                  "make one task per generator",
+    # scorers that a constant answer beats (reasoning-gym 0.1.25): a policy would learn the constant
+    "coin_flip": "its scorer gives 1.0 to the answer 0 for every probability below 1 (it credits a matching "
+                 "prefix of the shorter string)",
+    "game_of_life_halting": "its scorer gives 1.0 to any non-empty answer (it compares bool() of the strings)",
 }
 
 
@@ -275,13 +282,15 @@ def _items(generator: str, config: Mapping[str, Any], base_seed: int):
         dataset = reasoning_gym.create_dataset(generator, seed=chunk_seed, size=CHUNK, **config)
         for position in range(CHUNK):
             try:
-                yield dataset[position]
+                with contextlib.redirect_stdout(io.StringIO()):  # bf's compiler prints progress dots
+                    item = dataset[position]
             except Exception as error:  # noqa: BLE001 - the generator's failure on a config the user chose
                 problem = (str(error).splitlines() or [""])[0][:200] or type(error).__name__
                 raise TaskError(
                     f"{PREFIX}{generator} failed to generate item {index + position} with config "
                     f"{{{_config_text(config)}}}: {problem}; try another config"
                 ) from None
+            yield item
         index += CHUNK
 
 
