@@ -1,7 +1,7 @@
-"""reasoning-gym generators as tasks (reasonrl.tasks.reasoning_gym) and the guard on scorers that evaluate code.
+"""reasoning-gym generators as tasks (reasonrl.tasks.reasoning_gym), and the guard on scorers that run code.
 
-Generators used: basic_arithmetic, chain_sum and gsm_symbolic (arithmetic), countdown (a scorer that parses the
-answer with sympy), knights_knaves (logic, partial credit) and propositional_logic (no reference answers).
+Generators used: basic_arithmetic, chain_sum and gsm_symbolic (arithmetic), countdown (a scorer that parses
+the answer with sympy), knights_knaves (logic, partial credit) and propositional_logic (no reference answers).
 Expected scores are worked out by hand from reasoning-gym's scorers, quoted next to each case.
 """
 
@@ -61,7 +61,7 @@ def test_held_out_split_by_seed_and_exclude_is_disjoint(tasks, name):
 
 
 def test_neighbouring_seeds_do_not_share_items():
-    # reasoning-gym seeds item i with seed + i, so its raw seeds 1 and 2 share 29 of 30 items; reasonrl's do not
+    # reasoning-gym seeds item i with seed + i, so its seeds 1 and 2 share 29 of 30 items; reasonrl's do not
     import reasoning_gym
 
     raw_1 = [reasoning_gym.create_dataset("chain_sum", seed=1, size=31)[i]["question"] for i in range(1, 31)]
@@ -77,7 +77,8 @@ def test_rows_are_reasoning_gym_items_from_rg_seed():
 
     rows = get_task("rg:chain_sum", max_terms=3).generate(4, seed=5)
     dataset = reasoning_gym.create_dataset("chain_sum", seed=rg.rg_seed(5), size=rg.CHUNK, max_terms=3)
-    assert [row["prompt"] for row in rows] == [f"{dataset[i]['question']}\n{rg.INSTRUCTION}" for i in range(4)]
+    questions = [dataset[i]["question"] for i in range(4)]
+    assert [row["prompt"] for row in rows] == [f"{question}\n{rg.INSTRUCTION}" for question in questions]
     assert [row["answer"] for row in rows] == [dataset[i]["answer"] for i in range(4)]
     assert rg.rg_seed(5) != rg.rg_seed(6) and 0 <= rg.rg_seed(5) < 2**31
 
@@ -131,7 +132,7 @@ def _row(name, answer, metadata, config=None):
 def test_partial_credit_of_reasoning_gym_scorers_is_kept():
     row = _row("basic_arithmetic", "-4", {})
     assert rg.verify(tagged("-4"), row) == 1.0
-    assert rg.verify(tagged("x = -4"), row) == pytest.approx(2 / 6)  # oracle inside: len(oracle) / len(answer)
+    assert rg.verify(tagged("x = -4"), row) == pytest.approx(2 / 6)  # reference inside: 2 of 6 characters
     assert rg.verify(tagged("4"), row) == 0.0
     assert rg.verify("no answer given", row) == 0.0
     # knights and knaves: one of two roles right -> 0.3 + 0.7 * 1/2
@@ -170,7 +171,9 @@ JUNK = [
 ]
 
 
-@pytest.mark.parametrize("name", [*WITH_REFERENCES, "propositional_logic", "string_insertion", "simple_integration"])
+@pytest.mark.parametrize(
+    "name", [*WITH_REFERENCES, "propositional_logic", "string_insertion", "simple_integration"]
+)
 def test_reward_survives_junk_text(name):
     task = get_task(f"rg:{name}")
     row = task.generate(1, seed=0)[0]
@@ -200,12 +203,13 @@ def test_refused_scorers_are_beaten_by_a_constant():
     import reasoning_gym
 
     coin_flip = reasoning_gym.create_dataset("coin_flip", seed=3, size=8)
-    below_1 = [coin_flip[i] for i in range(8) if float(coin_flip[i]["answer"]) < 1]  # 0.234375, 0.003173828125, ...
+    below_1 = [coin_flip[i] for i in range(8) if float(coin_flip[i]["answer"]) < 1]  # 0.234375, 0.0031...
     assert len(below_1) == 7 and [coin_flip.score_answer("0", entry) for entry in below_1] == [1.0] * 7
     halting = reasoning_gym.create_dataset("game_of_life_halting", seed=3, size=8)
     entries = [halting[i] for i in range(8)]
     assert {entry["answer"] for entry in entries} == {"False", "True"}
-    assert [halting.score_answer(answer, entry) for entry in entries for answer in ("True", "no")] == [1.0] * 16
+    scores = [halting.score_answer(answer, entry) for entry in entries for answer in ("True", "no")]
+    assert scores == [1.0] * 16
     assert "coin_flip" not in rg.available_generators()
 
 
@@ -242,8 +246,8 @@ def test_built_in_tasks_take_options_through_get_task():
     assert task.generate(5, seed=0) == arithmetic.generate(5, seed=0, digits=2)
     assert task.max_trace_length() == TRACE_OVERHEAD + 10 * 2
     assert get_task("arithmetic") is arithmetic.TASK
-    with pytest.raises(TaskError, match=r"task arithmetic has no option 'digit' \(did you mean 'digits'\?\); its "
-                                        r"options: digits, ops"):
+    message = r"task arithmetic has no option 'digit' \(did you mean 'digits'\?\); its options: digits, ops"
+    with pytest.raises(TaskError, match=message):
         get_task("arithmetic", digit=2)
 
 
@@ -251,11 +255,12 @@ def test_built_in_tasks_take_options_through_get_task():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: get_task("rg:chain_sun"), "unknown reasoning-gym generator 'rg:chain_sun'; did you mean chain_sum"),
+    (lambda: get_task("rg:chain_sun"),
+     "unknown reasoning-gym generator 'rg:chain_sun'; did you mean chain_sum"),
     (lambda: get_task("rg:no_such_thing_at_all"), "the generators: ab, acre,"),
     (lambda: get_task("rg:chain_sum", min_term=2),
-     ("rg:chain_sum has no config field 'min_term' (did you mean 'min_terms'?); its fields: min_terms, max_terms, "
-     "min_digits, max_digits, allow_negation")),
+     ("rg:chain_sum has no config field 'min_term' (did you mean 'min_terms'?); its fields: min_terms, "
+      "max_terms, min_digits, max_digits, allow_negation")),
     (lambda: get_task("rg:chain_sum", min_terms=5, max_terms=2),
      "rg:chain_sum rejects the config {max_terms=2, min_terms=5}: max_terms must be >= min_terms"),
     (lambda: get_task("rg:chain_sum", seed=1), "'seed' is set by reasonrl (generate's seed); drop it"),
@@ -293,7 +298,8 @@ def test_cli_task_errors_are_one_line(capsys, tiny_model_dir, argv, message):
 
 def test_cli_eval_on_a_reasoning_gym_task(capsys, tmp_path, tiny_model_dir):
     report_path = tmp_path / "report.json"
-    assert main(["eval", tiny_model_dir, "--task", "rg:basic_arithmetic", "--n", "8", "--json", str(report_path)]) == 0
+    argv = ["eval", tiny_model_dir, "--task", "rg:basic_arithmetic", "--n", "8", "--json", str(report_path)]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert re.search(r"n=8  accuracy=\d\.\d{3}  format_rate=\d\.\d{3}", out), out
     report = json.loads(report_path.read_text())
@@ -313,8 +319,9 @@ def test_the_guard_lists_every_scorer_that_evaluates_its_answer():
     scanned), so that a reasoning-gym upgrade adding such a scorer fails here."""
     from reasoning_gym.factory import DATASETS
 
+    runs_code = re.compile(r"\beval\(|\bexec\(|sympify|parse_expr")
     evaluating = {name for name, (dataset_class, _) in DATASETS.items()
-                  if re.search(r"\beval\(|\bexec\(|sympify|parse_expr", inspect.getsource(dataset_class.score_answer))}
+                  if runs_code.search(inspect.getsource(dataset_class.score_answer))}
     assert evaluating == EVALUATING_SCORERS | EVALUATED_REFERENCES
 
 
@@ -337,7 +344,7 @@ def test_a_reference_that_a_scorer_evaluates_must_be_plain_data(tmp_path):
     assert rg.verify(tagged(row["answer"]), row) == 1.0
     record = json.loads(row["rg_entry"])
     marker = tmp_path / "ran"
-    record["entry"]["answer"] = f"[__import__('pathlib').Path('{marker}').touch()]"  # not JSON, so it is eval'd
+    record["entry"]["answer"] = f"[__import__('pathlib').Path('{marker}').touch()]"  # not JSON: eval'd
     crafted = {**row, "rg_entry": json.dumps(record)}
     with pytest.raises(TaskError, match="reference answer .* is not a plain list"):
         rg.verify(tagged("[1]"), crafted)
@@ -380,7 +387,8 @@ def test_hostile_answers_never_run(tmp_path, name):
 
 
 @pytest.mark.parametrize("group, admitted, refused", [
-    (PYTHON_LITERAL, ["1 2 3", "_ Q _\nQ _ _", "ABCDA", "['A', 'B']", "[[1, 0], [0, 1]]", "(-1, 2.5)", " [1]"],
+    (PYTHON_LITERAL,
+     ["1 2 3", "_ Q _\nQ _ _", "ABCDA", "['A', 'B']", "[[1, 0], [0, 1]]", "(-1, 2.5)", " [1]"],
      ["[1] * 10**9", "[1, 2][0]", "print(1)", "a.b", "1 + 1", "[~1]", "not x"]),
     (ARITHMETIC, ["94*4 - 61 - 6", "(3 - 1) * 2 + 2", "-100 + (92*(24 + 15) - 83)/5", "1.5 * 4"],
      ["9**9**9", "2**10", "x + 1", "3!", "1 if 1 else 2", "'7'", "1 < 2", "(1).real", "9" * 1001, "1e9999",
@@ -392,6 +400,6 @@ def test_hostile_answers_never_run(tmp_path, name):
 ])
 def test_guard_grammar(group, admitted, refused):
     for name in group:
-        assert all(admits(name, text) for text in admitted), [text for text in admitted if not admits(name, text)]
-        assert not any(admits(name, text) for text in refused), [text for text in refused if admits(name, text)]
+        assert [text for text in admitted if not admits(name, text)] == []
+        assert [text for text in refused if admits(name, text)] == []
     assert admits("chain_sum", "__import__('os')")  # text-comparing scorers need no guard

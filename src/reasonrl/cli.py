@@ -165,8 +165,8 @@ def _cmd_generate(args) -> int:
     return 0
 
 
-TASK_CONFIG_HELP = ("with --task: its options as a YAML mapping, e.g. '{min_terms: 2, max_terms: 3}' for rg:chain_sum "
-                    "(a reasoning-gym generator's config fields) or '{digits: 2}' for arithmetic")
+TASK_CONFIG_HELP = ("with --task: its options as a YAML mapping, e.g. '{min_terms: 2, max_terms: 3}' for "
+                    "rg:chain_sum (a reasoning-gym generator's config fields) or '{digits: 2}' for arithmetic")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy, pass@k, format rate and length of a model on a task or a file")
     p.add_argument("model", help="model folder, hub id or checkpoint")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--task", help="a built-in task (arithmetic, countdown, gsm8k) or rg:NAME, a reasoning-gym "
-                                       "generator (rg:basic_arithmetic, rg:gsm_symbolic, ...)")
+    source.add_argument("--task", help="a built-in task (arithmetic, countdown, gsm8k) or rg:NAME, a "
+                                       "reasoning-gym generator (rg:basic_arithmetic, rg:gsm_symbolic, ...)")
     source.add_argument("--data", help="a JSONL/JSON/CSV/parquet file with prompt and answer columns")
     p.add_argument("--task-config", help=TASK_CONFIG_HELP)
     p.add_argument("--prompt-column", default="prompt", help="with --data: the column holding the prompts")
@@ -226,8 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sft", help="supervised fine-tuning on prompt/completion data (a warm start for RL)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--task", help="train on a task's reasoning traces: a built-in task or rg:NAME (answer-only "
-                                       "traces)")
+    source.add_argument("--task", help="train on a task's reasoning traces: a built-in task or rg:NAME "
+                                       "(answer-only traces)")
     source.add_argument("--data", help="a JSONL/JSON/CSV/parquet file (or hub id) with prompt and completion")
     p.add_argument("--task-config", help=TASK_CONFIG_HELP)
     p.add_argument("--model", help="model to fine-tune (default: build a ~1M-parameter character-level Qwen2)")
@@ -301,13 +301,13 @@ def _task(args):
     try:
         options = yaml.safe_load(args.task_config)
     except yaml.YAMLError as error:
-        raise UsageError(f"--task-config is not valid YAML ({' '.join(str(error).split())}); write a mapping such "
-                         f"as '{{min_terms: 2}}'") from None
+        raise UsageError(f"--task-config is not valid YAML ({' '.join(str(error).split())}); write a mapping "
+                         f"such as '{{min_terms: 2}}'") from None
     if options is None:
         options = {}
     if not isinstance(options, dict) or not all(isinstance(key, str) for key in options):
-        raise UsageError(f"--task-config must be a mapping of option names to values, got {args.task_config!r}; "
-                         f"write e.g. '{{min_terms: 2, max_terms: 3}}'")
+        raise UsageError(f"--task-config must be a mapping of option names to values, got "
+                         f"{args.task_config!r}; write e.g. '{{min_terms: 2, max_terms: 3}}'")
     return get_task(args.task, **options)
 
 

@@ -12,9 +12,9 @@
 Each task (a `Task`) has `generate(n, seed, *, exclude=(), **difficulty)`, `trace(row)`,
 `verify(text, row)`, `reward` (TRL's signature, named `<task>_accuracy`) and
 `max_trace_length(**difficulty)`. The tasks: `arithmetic` (digits, ops), `countdown` (count, max_number,
-max_target) and `gsm8k` (path, split); their modules document the formats and rules. `get_task(name, **options)`
-binds difficulty options (`get_task("arithmetic", digits=2)`), and `get_task("rg:NAME", **config)` is any
-reasoning-gym generator with its config (`reasonrl.tasks.reasoning_gym`).
+max_target) and `gsm8k` (path, split); their modules document the formats and rules.
+`get_task(name, **options)` binds difficulty options (`get_task("arithmetic", digits=2)`), and
+`get_task("rg:NAME", **config)` is a reasoning-gym generator with its config (`reasonrl.tasks.reasoning_gym`).
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def available_tasks() -> list[str]:
 
 
 def get_task(name: str, **options: Any) -> Task:
-    """The task called `name` (case and dashes ignored), with `options` as the defaults of its difficulty keywords.
+    """The task called `name` (case and dashes ignored), with `options` as defaults of its difficulty options.
 
-    `rg:NAME` is reasoning-gym's generator NAME and `options` its config fields. An unknown name or option raises
-    a one-line TaskError.
+    `rg:NAME` is reasoning-gym's generator NAME and `options` its config fields. An unknown name or option
+    raises a one-line TaskError.
     """
     if str(name).strip().lower().startswith("rg:"):
         from reasonrl.tasks.reasoning_gym import reasoning_gym_task
@@ -58,14 +58,16 @@ def get_task(name: str, **options: Any) -> Task:
 
 
 def _with_options(task: Task, options: dict[str, Any]) -> Task:
-    """`task` whose generate and max_trace_length default to `options` (checked against generate's keywords)."""
+    """`task` whose generate and max_trace_length default to `options` (checked against generate's)."""
     known = [parameter.name for parameter in inspect.signature(task.generate).parameters.values()
              if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name != "exclude"]
     for option in options:
         if option not in known:
             close = difflib.get_close_matches(str(option), known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise TaskError(f"task {task.name} has no option {option!r}{hint}; its options: {', '.join(known)}")
+            raise TaskError(
+                f"task {task.name} has no option {option!r}{hint}; its options: {', '.join(known)}"
+            )
     return dataclasses.replace(task, generate=functools.partial(task.generate, **options),
                                max_trace_length=functools.partial(task.max_trace_length, **options))
 

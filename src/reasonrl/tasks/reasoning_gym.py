@@ -1,32 +1,33 @@
-"""reasoning-gym generators as tasks: `get_task("rg:chain_sum", min_terms=2)`, with the generator's own scorer.
+"""reasoning-gym generators as tasks: `get_task("rg:chain_sum", min_terms=2)`, scored by the generator.
 
 reasoning-gym (PyPI `reasoning-gym`, Apache-2.0, offline) has about 100 generators of reasoning problems, each
-with a config dataclass and a scorer `score_answer(answer, entry) -> float`. `get_task("rg:NAME", **config)` makes
-generator NAME a `Task`; reasoning-gym is imported on first use (it takes a few seconds).
+with a config dataclass and a scorer `score_answer(answer, entry) -> float`. `get_task("rg:NAME", **config)`
+makes generator NAME a `Task`; reasoning-gym is imported on first use (it takes a few seconds).
 
 - Config: the fields of the generator's config dataclass except `seed` and `size`, which reasonrl sets. From
-  Python, keywords of get_task (or of generate and max_trace_length, which override them); from the command line,
-  `--task rg:chain_sum --task-config '{min_terms: 2, max_terms: 3}'` (a YAML mapping). An unknown generator, an
-  unknown field or a value the generator rejects is a one-line TaskError.
-- Rows: `prompt` is the generator's question, a newline and INSTRUCTION (the `<think>`/`<answer>` format of the
-  built-in tasks); `answer` is the generator's reference answer, None for the generators that have none (their
-  scorers check a proposed solution: propositional_logic, graph_color, rush_hour, ...); `rg_entry` is a JSON
-  string {"dataset", "config", "entry"} holding all the scorer reads, so rows score the same after a datasets or
-  JSONL round trip. generate() checks that on its first rows, and refuses generators whose entries do not survive
-  JSON (arc_agi, rearc), and REFUSED lists generators reasonrl does not offer (composite; coin_flip and
-  game_of_life_halting, whose scorers a constant answer beats). It skips the rows whose reference answer does not score 1.0 through `verify`: a problem
-  that its own reference fails (intermediate_integration sometimes gives `Integral(...)`, an integral sympy
-  could not do, which rg_guard refuses because that answer would pass any problem).
-- Seeds: reasoning-gym seeds item i of a dataset with `seed + i`, so its seeds 1 and 2 share all items but one.
-  reasonrl's `seed` is therefore spread to `rg_seed(seed)`, a 31-bit hash, and generate() reads items
+  Python, keywords of get_task (or of generate and max_trace_length, which override them); from the command
+  line, `--task rg:chain_sum --task-config '{min_terms: 2, max_terms: 3}'` (a YAML mapping). An unknown
+  generator, an unknown field or a value the generator rejects is a one-line TaskError.
+- Rows: `prompt` is the generator's question, a newline and INSTRUCTION (the `<think>`/`<answer>` format of
+  the built-in tasks); `answer` is the generator's reference answer, None for the generators that have none
+  (their scorers check a proposed solution: propositional_logic, graph_color, rush_hour, ...); `rg_entry` is a
+  JSON string {"dataset", "config", "entry"} holding all the scorer reads, so rows score the same after a
+  datasets or JSONL round trip. generate() checks that on its first rows, and refuses generators whose entries
+  do not survive JSON (arc_agi, rearc); REFUSED lists the generators reasonrl does not offer (composite;
+  coin_flip and game_of_life_halting, whose scorers a constant answer beats). generate() skips the rows whose
+  reference answer does not score 1.0 through `verify`, problems that their own reference fails
+  (intermediate_integration sometimes gives `Integral(...)`, an integral sympy could not do, which rg_guard
+  refuses because that answer would pass any problem).
+- Seeds: reasoning-gym seeds item i of a dataset with `seed + i`, so its seeds 1 and 2 share all items but
+  one. reasonrl's `seed` is therefore spread to `rg_seed(seed)`, a 31-bit hash, and generate() reads items
   rg_seed(seed) + 0, 1, 2, ... (in datasets of CHUNK items), skipping repeated and excluded prompts. Held-out
   splits: `generate(n, seed=2, exclude=train_rows)` never returns a prompt of train_rows.
 - Verifier: the answer is read by `reasonrl.rewards.extract_answer` (the last `<answer>...</answer>`, else a
-  `\\boxed{}`, `####` or `Answer:` line) and scored by the generator's own score_answer, with the config stored in
-  the row. Scores are clamped to [0, 1]; a scorer that raises scores 0.0. Several scorers give partial credit (a
-  near-miss string, 0.01 for a wrong number in gsm_symbolic, 0.05 for countdown's wrong total): the reward keeps
-  it, and `reasonrl eval` counts a completion correct when it scores above 0.5. Answers that a scorer would
-  evaluate as code first pass `reasonrl.tasks.rg_guard`.
+  `\\boxed{}`, `####` or `Answer:` line) and scored by the generator's own score_answer, with the config
+  stored in the row. Scores are clamped to [0, 1]; a scorer that raises scores 0.0. Several scorers give
+  partial credit (a near-miss string, 0.01 for a wrong number in gsm_symbolic, 0.05 for countdown's wrong
+  total): the reward keeps it, and `reasonrl eval` counts a completion correct when it scores above 0.5.
+  Answers that a scorer would evaluate as code first pass `reasonrl.tasks.rg_guard`.
 - Traces: reasoning-gym has no worked solutions for most generators, so `trace` is answer-only,
   `<think></think><answer>ANSWER</answer>` (a format warm start, not a reasoning one); gsm_symbolic's worked
   solution (`answer_cot`) is used as the thinking. Rows without a reference answer have no trace.
@@ -57,17 +58,17 @@ CHUNK = 500
 TRACE_SAMPLE = 32
 """Items whose traces max_trace_length measures."""
 NO_REFERENCE_TRACE_LENGTH = 512
-"""max_trace_length of a generator without reference answers: a bound for a short answer, not a measurement."""
+"""max_trace_length of a generator without reference answers: a bound for short answers, not a measure."""
 ROUND_TRIP_CHECKS = 8
 """Entries of each generate() call whose reference is scored before and after the JSON round trip."""
 RESERVED_FIELDS = ("seed", "size")
 REFUSED = {
-    "composite": "it mixes generators, which would hide from reasonrl the scorers that evaluate answers as code; "
-                 "make one task per generator",
+    "composite": "it mixes generators, which would hide from reasonrl the scorers that evaluate answers as "
+                 "code; make one task per generator",
     # scorers that a constant answer beats (reasoning-gym 0.1.25): a policy would learn the constant
     "coin_flip": "its scorer gives 1.0 to the answer 0 for every probability below 1 (it credits a matching "
                  "prefix of the shorter string)",
-    "game_of_life_halting": "its scorer gives 1.0 to any non-empty answer (it compares bool() of the strings)",
+    "game_of_life_halting": "its scorer gives 1.0 to any non-empty answer (it compares bool() of strings)",
 }
 
 
@@ -100,13 +101,15 @@ def available_generators() -> list[str]:
 
 
 def rg_seed(seed: int) -> int:
-    """The reasoning-gym seed of reasonrl's `seed`: 31 bits of its SHA-256, so that seeds' items do not overlap."""
+    """The reasoning-gym seed of reasonrl's `seed`: 31 bits of its SHA-256, so that seeds' items differ."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TaskError(f"seed={seed!r} is not an int; pass an integer seed")
     return int.from_bytes(hashlib.sha256(f"reasonrl:{seed}".encode()).digest()[:4], "big") >> 1
 
 
-def generate_rows(generator: str, n: int, seed: int = 0, *, exclude: Iterable[Any] = (), **config: Any) -> list[Row]:
+def generate_rows(
+    generator: str, n: int, seed: int = 0, *, exclude: Iterable[Any] = (), **config: Any
+) -> list[Row]:
     """n distinct rows of `generator` (see the module docstring), the same for the same arguments."""
     config = _checked_config(generator, config)
     what = f"{PREFIX}{generator}({_config_text(config)})"
@@ -150,14 +153,17 @@ def read_entry(row: Mapping[str, Any]) -> dict[str, Any]:
         record = None
     if not isinstance(record, dict) or not {"dataset", "config", "entry"} <= set(record):
         raise TaskError(
-            f"row has no valid '{ENTRY_COLUMN}' column (got {str(text)[:60]!r}); score rows made by an rg: task's "
-            "generate()"
+            f"row has no valid '{ENTRY_COLUMN}' column (got {str(text)[:60]!r}); score rows made by an rg: "
+            "task's generate()"
         )
     return record
 
 
 def verify(text: str, row: Mapping[str, Any]) -> float:
-    """The generator's score in [0, 1] of the completion's answer (see the module docstring); never raises on text."""
+    """The generator's score in [0, 1] of the completion's answer (see the module docstring).
+
+    Never raises on model text; a row that is not an rg: task's raises TaskError.
+    """
     record = read_entry(row)
     return score(record["dataset"], record["config"], record["entry"], extract_answer(text))
 
@@ -168,17 +174,17 @@ def score(generator: str, config: Mapping[str, Any], entry: Mapping[str, Any], a
     Model text the generator's scorer would run as code scores 0.0 unless `rg_guard` admits it; a reference it
     would run that is not plain data (a crafted file) raises TaskError.
     """
-    if generator in REFUSED or generator not in _registry():  # a crafted row must not pick an unguarded scorer
+    if generator in REFUSED or generator not in _registry():  # a crafted row must not pick a scorer
         raise TaskError(
-            f"row's {ENTRY_COLUMN} names the generator {str(generator)[:60]!r}, which reasonrl does not score; "
-            "score rows made by an rg: task's generate()"
+            f"row's {ENTRY_COLUMN} names the generator {str(generator)[:60]!r}, which reasonrl does not "
+            "score; score rows made by an rg: task's generate()"
         )
     if answer is not None and not rg_guard.admits(generator, answer):
         return 0.0
     if not rg_guard.admits_reference(generator, entry.get("answer")):
         raise TaskError(
-            f"{PREFIX}{generator} row's reference answer {str(entry.get('answer'))[:60]!r} is not a plain list; "
-            "the file was not made by generate(), remake it"
+            f"{PREFIX}{generator} row's reference answer {str(entry.get('answer'))[:60]!r} is not a plain "
+            "list; the file was not made by generate(), remake it"
         )
     dataset = _dataset(generator, _config_key(config))
     try:
@@ -189,13 +195,13 @@ def score(generator: str, config: Mapping[str, Any], entry: Mapping[str, Any], a
 
 
 def trace(row: Mapping[str, Any]) -> str:
-    """`<think>WORKED SOLUTION or nothing</think><answer>REFERENCE</answer>` for a row with a reference answer."""
+    """`<think>WORKED SOLUTION or nothing</think><answer>REFERENCE</answer>` for a row with a reference."""
     record = read_entry(row)
     entry = record["entry"]
     if entry.get("answer") is None:
         raise TaskError(
-            f"{PREFIX}{record['dataset']} has no reference answers, so no traces to train on; use it for eval and "
-            "GRPO only"
+            f"{PREFIX}{record['dataset']} has no reference answers, so no traces to train on; use it for "
+            "eval and GRPO only"
         )
     worked = entry.get("metadata", {}).get("answer_cot")
     return format_trace(worked.strip() if isinstance(worked, str) else "", str(entry["answer"]))
@@ -233,14 +239,15 @@ def _checked_config(generator: str, config: Mapping[str, Any]) -> dict[str, Any]
     for key in config:
         if key in RESERVED_FIELDS:
             raise TaskError(
-                f"{PREFIX}{generator}: '{key}' is set by reasonrl (generate's {'seed' if key == 'seed' else 'n'}); "
-                f"drop it from the config"
+                f"{PREFIX}{generator}: '{key}' is set by reasonrl (generate's "
+                f"{'seed' if key == 'seed' else 'n'}); drop it from the config"
             )
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise TaskError(
-                f"{PREFIX}{generator} has no config field {key!r}{hint}; its fields: {', '.join(fields) or 'none'}"
+                f"{PREFIX}{generator} has no config field {key!r}{hint}; its fields: "
+                f"{', '.join(fields) or 'none'}"
             )
     _dataset(generator, _config_key(config))
     return dict(config)
@@ -251,7 +258,7 @@ def _config_key(config: Mapping[str, Any]) -> str:
         return json.dumps(dict(config), sort_keys=True)
     except (TypeError, ValueError):
         raise TaskError(
-            f"task config {dict(config)!r} is not plain data; use numbers, strings, booleans, lists and mappings"
+            f"task config {dict(config)!r} is not plain data; use numbers, strings, booleans, lists, mappings"
         ) from None
 
 
@@ -269,7 +276,9 @@ def _dataset(generator: str, config_key: str) -> Any:
         return reasoning_gym.create_dataset(generator, seed=0, size=1, **config)
     except (AssertionError, TypeError, ValueError) as error:  # config.validate() asserts
         problem = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise TaskError(f"{PREFIX}{generator} rejects the config {{{_config_text(config)}}}: {problem}") from None
+        raise TaskError(
+            f"{PREFIX}{generator} rejects the config {{{_config_text(config)}}}: {problem}"
+        ) from None
 
 
 def _items(generator: str, config: Mapping[str, Any], base_seed: int):
@@ -323,7 +332,7 @@ def _max_trace_length(generator: str, config_key: str) -> int:
 
 
 def _jsonable(value: Any) -> Any:
-    """JSON for the values reasoning-gym puts in metadata besides JSON's own (Fraction, numpy numbers, sets)."""
+    """JSON for the values reasoning-gym puts in metadata besides JSON's (Fraction, numpy numbers, sets)."""
     if hasattr(value, "item") and callable(value.item):
         return value.item()
     if isinstance(value, (set, frozenset)):

@@ -12,9 +12,9 @@ answer)` checks it against a grammar in which evaluation can only build a value:
 - ARITHMETIC (countdown, puzzle24): numbers, `+ - * /`, signs and parentheses, at most MAX_EXPRESSION_LENGTH
   characters; no `**`, so the value stays as small as the text, and no number with a decimal exponent of more
   than three digits (sympy did not finish reading `1e999999999` in 20 s);
-- ALGEBRA (intermediate_integration, polynomial_multiplication, simple_integration): the same plus names without
-  underscores, calls of the functions in FUNCTIONS, and `**` whose exponent holds no `**` and, when it is a
-  number, is at most MAX_EXPONENT in size.
+- ALGEBRA (intermediate_integration, polynomial_multiplication, simple_integration): the same plus names
+  without underscores, calls of the functions in FUNCTIONS, and `**` whose exponent holds no `**` and, when it
+  is a number, is at most MAX_EXPONENT in size.
 
 One more scorer, number_sorting's, evals the stored reference when it is not JSON: `admits_reference` holds a
 row's reference to the PYTHON_LITERAL grammar, so that a crafted dataset file cannot run code either.
@@ -47,8 +47,8 @@ MAX_EXPRESSION_LENGTH = 1000
 """Longest ARITHMETIC or ALGEBRA answer admitted, in characters (references are under 200)."""
 MAX_EXPONENT = 32
 FUNCTIONS = frozenset(
-    {"sin", "cos", "tan", "cot", "sec", "csc", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh",
-     "atanh", "exp", "log", "ln", "sqrt", "Abs"}
+    {"sin", "cos", "tan", "cot", "sec", "csc", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh",
+     "acosh", "atanh", "exp", "log", "ln", "sqrt", "Abs"}
 )
 """The functions an ALGEBRA answer may call (sympy's elementary functions)."""
 
@@ -62,7 +62,7 @@ _LONG_EXPONENT = re.compile(r"\d[eE][+-]?\d{4,}")
 
 
 def admits(generator: str, answer: str) -> bool:
-    """Whether `answer` may be handed to the scorer of reasoning-gym's `generator` (see the module docstring)."""
+    """Whether `answer` may be handed to the scorer of reasoning-gym's `generator` (see the module doc)."""
     if generator in PYTHON_LITERAL:
         return _python_literal(answer)
     if generator in ARITHMETIC:
@@ -135,7 +135,7 @@ def _small_exponent(node: ast.AST) -> bool:
 
 
 def _number(node: ast.AST) -> Fraction | None:
-    """The exact value of numbers joined by + - * / and signs; None on division by zero or an infinite float."""
+    """The exact value of numbers joined by + - * / and signs; None on division by zero or an infinity."""
     if isinstance(node, ast.Constant):
         return Fraction(node.value) if math.isfinite(node.value) else None
     if isinstance(node, ast.UnaryOp):

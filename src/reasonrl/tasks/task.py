@@ -18,7 +18,7 @@ Row = dict[str, Any]
 
 
 class TaskError(ValueError):
-    """A user mistake about a task: an unknown name or option, a bad difficulty, more rows than it can make."""
+    """A user mistake about a task: an unknown name or option, a bad difficulty, more rows than it has."""
 
 
 @dataclass(frozen=True)
