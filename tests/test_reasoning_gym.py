@@ -262,7 +262,10 @@ def test_built_in_tasks_take_options_through_get_task():
      ("rg:chain_sum has no config field 'min_term' (did you mean 'min_terms'?); its fields: min_terms, "
       "max_terms, min_digits, max_digits, allow_negation")),
     (lambda: get_task("rg:chain_sum", min_terms=5, max_terms=2),
-     "rg:chain_sum rejects the config {max_terms=2, min_terms=5}: max_terms must be >= min_terms"),
+     ("rg:chain_sum rejects the config {max_terms=2, min_terms=5}: max_terms must be >= min_terms; see "
+     "ChainSumConfig in reasoning-gym")),
+    (lambda: get_task("rg:gsm_symbolic", difficulty=2.0),  # its validate() asserts with no message
+     "rg:gsm_symbolic rejects the config {difficulty=2.0}: GSMSymbolicDatasetConfig.validate() failed"),
     (lambda: get_task("rg:chain_sum", seed=1), "'seed' is set by reasonrl (generate's seed); drop it"),
     (lambda: get_task("rg:chain_sum", size=10), "'size' is set by reasonrl (generate's n); drop it"),
     (lambda: get_task("rg:composite"), "rg:composite is not supported: it mixes generators"),
@@ -307,7 +310,7 @@ def test_cli_eval_on_a_reasoning_gym_task(capsys, tmp_path, tiny_model_dir):
     rows = task.generate(8, seed=2)  # eval's default seed
     assert report["n"] == 8
     assert [example["prompt"] for example in report["examples"]] == [row["prompt"] for row in rows[:5]]
-    for example, row in zip(report["examples"], rows):
+    for example, row in zip(report["examples"], rows[:5], strict=True):
         assert example["correct"] == (task.verify(example["completion"], row) > 0.5)
 
 

@@ -275,9 +275,11 @@ def _dataset(generator: str, config_key: str) -> Any:
     try:
         return reasoning_gym.create_dataset(generator, seed=0, size=1, **config)
     except (AssertionError, TypeError, ValueError) as error:  # config.validate() asserts
-        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+        config_class = _registry()[generator][1].__name__
+        problem = str(error).splitlines()[0] if str(error) else f"{config_class}.validate() failed, silently"
         raise TaskError(
-            f"{PREFIX}{generator} rejects the config {{{_config_text(config)}}}: {problem}"
+            f"{PREFIX}{generator} rejects the config {{{_config_text(config)}}}: {problem}; see "
+            f"{config_class} in reasoning-gym for the allowed values"
         ) from None
 
 
