@@ -128,6 +128,10 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+TASK_CONFIG_HELP = ("with --task: its options as a YAML mapping, e.g. '{min_terms: 2, max_terms: 3}' for "
+                    "rg:chain_sum (a reasoning-gym generator's config fields) or '{digits: 2}' for arithmetic")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reasonrl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy, pass@k, format rate and length of a model on a task or a file")
     p.add_argument("model", help="model folder, hub id or checkpoint")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--task", help="a built-in task: arithmetic, countdown, gsm8k")
+    source.add_argument("--task", help="a built-in task (arithmetic, countdown, gsm8k) or rg:NAME, a "
+                                       "reasoning-gym generator (rg:basic_arithmetic, rg:gsm_symbolic, ...)")
     source.add_argument("--data", help="a JSONL/JSON/CSV/parquet file with prompt and answer columns")
+    p.add_argument("--task-config", help=TASK_CONFIG_HELP)
     p.add_argument("--prompt-column", default="prompt", help="with --data: the column holding the prompts")
     p.add_argument("--seed", type=int, default=2, help="seed of the task's problems (default 2, the demo's held-out)")
     p.add_argument("--n", type=int, default=500, help="number of task problems (default 500)")
@@ -183,8 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sft", help="supervised fine-tuning on prompt/completion data (a warm start for RL)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--task", help="train on a built-in task's reasoning traces")
+    source.add_argument("--task", help="train on a task's reasoning traces: a built-in task or rg:NAME "
+                                       "(answer-only traces)")
     source.add_argument("--data", help="a JSONL/JSON/CSV/parquet file (or hub id) with prompt and completion")
+    p.add_argument("--task-config", help=TASK_CONFIG_HELP)
     p.add_argument("--model", help="model to fine-tune (default: build a ~1M-parameter character-level Qwen2)")
     p.add_argument("--out", required=True, help="folder to save the model and tokenizer to")
     p.add_argument("--n", type=int, default=20000, help="task problems to generate (default 20000)")
@@ -247,14 +255,34 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _task_rows(args):
-    from reasonrl.data import load_dataset_any
+def _task(args):
+    """The task of --task with the options of --task-config."""
+    import yaml
+
     from reasonrl.tasks import get_task
 
-    if args.task is not None:
-        task = get_task(args.task)
+    if args.task_config is None:
+        return get_task(args.task)
+    if args.task is None:
+        raise UsageError("--task-config sets the options of --task; drop it when using --data")
+    try:
+        options = yaml.safe_load(args.task_config)
+    except yaml.YAMLError as error:
+        raise UsageError(f"--task-config is not valid YAML ({' '.join(str(error).split())}); write a mapping "
+                         f"such as '{{min_terms: 2}}'") from None
+    if options is None:
+        options = {}
+    if not isinstance(options, dict) or not all(isinstance(key, str) for key in options):
+        raise UsageError(f"--task-config must be a mapping of option names to values, got "
+                         f"{args.task_config!r}; write e.g. '{{min_terms: 2, max_terms: 3}}'")
+    return get_task(args.task, **options)
+
+
+def _task_rows(args):
+    if args.task is not None or args.task_config is not None:
+        task = _task(args)
         return task.generate(args.n, seed=args.seed), task.reward, task.max_trace_length() + 8
-    from reasonrl.data import ensure_prompt_column
+    from reasonrl.data import ensure_prompt_column, load_dataset_any
     from reasonrl.rewards import accuracy_reward
 
     dataset = ensure_prompt_column(load_dataset_any(args.data), args.prompt_column)
@@ -293,10 +321,8 @@ def _cmd_sft(args) -> int:
     _require_positive(args, "n", "batch_size", "lr", "epochs")
     _require_positive(args, "steps", "lora", allow_zero=True)
     check_model_folder(args.out, overwrite=args.overwrite)  # before minutes of training, not after
-    if args.task is not None:
-        from reasonrl.tasks import get_task
-
-        task = get_task(args.task)
+    if args.task is not None or args.task_config is not None:
+        task = _task(args)
         rows = [{"prompt": r["prompt"], "completion": task.trace(r)} for r in task.generate(args.n, seed=args.seed)]
     else:
         from reasonrl.data import load_dataset_any

@@ -13,16 +13,21 @@ Each task (a `Task`) has `generate(n, seed, *, exclude=(), **difficulty)`, `trac
 `verify(text, row)`, `reward` (TRL's signature, named `<task>_accuracy`) and
 `max_trace_length(**difficulty)`. The tasks: `arithmetic` (digits, ops), `countdown` (count, max_number,
 max_target), `gsm8k` (path, split) and `humaneval` (code, scored in `reasonrl.sandbox`); their modules
-document the formats and rules.
+document the formats and rules. `get_task(name, **options)` binds difficulty options
+(`get_task("arithmetic", digits=2)`), and `get_task("rg:NAME", **config)` is a reasoning-gym generator with its
+config (`reasonrl.tasks.reasoning_gym`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
+import inspect
+from typing import Any
 
-from reasonrl.errors import TaskError
 from reasonrl.tasks import arithmetic, countdown, gsm8k, humaneval
-from reasonrl.tasks.task import Row, Task
+from reasonrl.tasks.task import Row, Task, TaskError
 
 _TASKS: dict[str, Task] = {task.NAME: task.TASK for task in (arithmetic, countdown, gsm8k, humaneval)}
 
@@ -32,14 +37,40 @@ def available_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
-def get_task(name: str) -> Task:
-    """The task called `name` (case and dashes ignored); an unknown name raises a one-line TaskError."""
+def get_task(name: str, **options: Any) -> Task:
+    """The task called `name` (case and dashes ignored), with `options` as defaults of its difficulty options.
+
+    `rg:NAME` is reasoning-gym's generator NAME and `options` its config fields. An unknown name or option
+    raises a one-line TaskError.
+    """
+    if str(name).strip().lower().startswith("rg:"):
+        from reasonrl.tasks.reasoning_gym import reasoning_gym_task
+
+        return reasoning_gym_task(str(name), **options)
     key = str(name).strip().lower().replace("-", "_")
-    if key in _TASKS:
-        return _TASKS[key]
-    close = difflib.get_close_matches(key, available_tasks(), n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    raise TaskError(f"unknown task {name!r}; {hint}(available: {', '.join(available_tasks())})")
+    if key not in _TASKS:
+        close = difflib.get_close_matches(key, available_tasks(), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise TaskError(
+            f"unknown task {name!r}; {hint}(available: {', '.join(available_tasks())}, or rg:NAME for a "
+            "reasoning-gym generator)"
+        )
+    return _with_options(_TASKS[key], options) if options else _TASKS[key]
 
 
-__all__ = ["Row", "Task", "available_tasks", "get_task"]
+def _with_options(task: Task, options: dict[str, Any]) -> Task:
+    """`task` whose generate and max_trace_length default to `options` (checked against generate's)."""
+    known = [parameter.name for parameter in inspect.signature(task.generate).parameters.values()
+             if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name != "exclude"]
+    for option in options:
+        if option not in known:
+            close = difflib.get_close_matches(str(option), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise TaskError(
+                f"task {task.name} has no option {option!r}{hint}; its options: {', '.join(known)}"
+            )
+    return dataclasses.replace(task, generate=functools.partial(task.generate, **options),
+                               max_trace_length=functools.partial(task.max_trace_length, **options))
+
+
+__all__ = ["Row", "Task", "TaskError", "available_tasks", "get_task"]

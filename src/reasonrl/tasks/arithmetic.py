@@ -27,9 +27,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from reasonrl.errors import TaskError
 from reasonrl.rewards.answers import extract_answer
-from reasonrl.tasks.task import Row, Task, draw_unique, format_trace, make_reward
+from reasonrl.tasks.task import Row, Task, TaskError, draw_unique, format_trace, make_reward
 
 NAME = "arithmetic"
 OPERATIONS = "+-*"

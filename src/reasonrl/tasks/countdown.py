@@ -30,10 +30,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reasonrl.errors import TaskError
 from reasonrl.rewards.answers import extract_answer
 from reasonrl.tasks.expression import ExpressionError, apply, evaluate, precedence
-from reasonrl.tasks.task import TRACE_OVERHEAD, Row, Task, draw_unique, format_trace, make_reward
+from reasonrl.tasks.task import TRACE_OVERHEAD, Row, Task, TaskError, draw_unique, format_trace, make_reward
 
 NAME = "countdown"
 MAX_INTERMEDIATE = 999

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from reasonrl.data import DataError, load_dataset_any
-from reasonrl.errors import TaskError
 from reasonrl.rewards.accuracy import score_answer
-from reasonrl.tasks.task import Row, Task, check_count, excluded_prompts, format_trace, make_reward
+from reasonrl.tasks.task import Row, Task, TaskError, check_count, excluded_prompts, format_trace, make_reward
 
 NAME = "gsm8k"
 HUB_ID = "openai/gsm8k"

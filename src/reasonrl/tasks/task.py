@@ -25,8 +25,8 @@ class Task:
     - `generate(n, seed, *, exclude=(), **difficulty) -> list[Row]`: n distinct problems, the same for the
       same arguments; rows whose prompt is in `exclude` (prompts or rows) are never produced;
     - `trace(row) -> str`: a correct `<think>...</think><answer>...</answer>` completion for the row;
-    - `verify(text, row) -> float`: 1.0 if the completion text solves the row, else 0.0; never raises on
-      model text;
+    - `verify(text, row) -> float`: 1.0 if the completion text solves the row, else 0.0 (rg: tasks keep their
+      generator's partial credit, in [0, 1]); never raises on model text;
     - `reward`: `verify` with TRL's reward signature, named `<task>_accuracy`;
     - `max_trace_length(**difficulty) -> int`: the longest `trace` in characters, for max_completion_length;
     - `columns`: the dataset columns `reward` reads besides the completions.
