@@ -76,8 +76,9 @@ Trained for {state.get('global_step', '?')} optimizer steps with [reasonrl](http
 
 def export(checkpoint: str, out: str, *, merge: bool = True, base: str | None = None,
            trust_remote_code: bool = False) -> str:
-    """Write a standalone model folder (safetensors, tokenizer, README.md) from a checkpoint."""
-    if not os.path.isdir(checkpoint):
+    """Write a standalone model folder (safetensors, tokenizer, README.md) from a checkpoint (or a .gguf file)."""
+    is_gguf = checkpoint.lower().endswith(".gguf")  # a GGUF file exports as a plain safetensors folder
+    if not os.path.isdir(checkpoint) and not (is_gguf and os.path.isfile(checkpoint)):
         raise ExportError(f"checkpoint {checkpoint} does not exist; give a folder like runs/grpo/checkpoint-100")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ExportError(f"--out {out} is a file; give a folder to write the model to")

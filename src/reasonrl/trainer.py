@@ -120,10 +120,10 @@ class GRPOTrainer:
             # frozen base weights can live in bf16 when only the LoRA adapter (kept fp32 by peft) trains
             dtype = torch.bfloat16 if (self.bf16 and wants_lora) else DTYPES.get(args.dtype, "auto")
             self.model_name = model
-            model = load_model(model, dtype=dtype, trust_remote_code=args.trust_remote_code,
+            model = load_model(model, dtype=dtype, trust_remote_code=args.trust_remote_code, gguf_file=args.gguf_file,
                                **(args.model_init_kwargs or {}))
-            processing_class = processing_class or load_tokenizer(self.model_name,
-                                                                  trust_remote_code=args.trust_remote_code)
+            processing_class = processing_class or load_tokenizer(
+                self.model_name, trust_remote_code=args.trust_remote_code, gguf_file=args.gguf_file)
         else:
             self.model_name = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
             if processing_class is None:
