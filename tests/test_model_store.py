@@ -211,3 +211,11 @@ def test_leftovers_of_killed_conversions_are_removed_and_live_ones_kept(tiny_ggu
         (tmp_path / name).mkdir()
     model_store.convert_gguf(str(tmp_path / "tiny.gguf"), str(tmp_path / "converted"))
     assert sorted(os.listdir(tmp_path)) == [".converted.tmp-" + str(os.getppid()), ".other.tmp-1", "converted"]
+
+
+def test_a_gguf_export_gets_a_conversion_card_not_a_training_card():
+    from reasonrl.export import gguf_model_card
+
+    card = gguf_model_card("/models/Smol.Q4_1.gguf")
+    assert "# Smol.Q4_1.gguf\n" in card and "Converted from the GGUF file `Smol.Q4_1.gguf`" in card
+    assert "trained with reasonrl" not in card and "metrics" not in card

@@ -74,6 +74,18 @@ Trained for {state.get('global_step', '?')} optimizer steps with [reasonrl](http
 """
 
 
+def gguf_model_card(gguf_path: str) -> str:
+    """A README.md for a model converted from a GGUF file (no training: no config, no metrics)."""
+    return f"""---
+library_name: transformers
+---
+# {os.path.basename(gguf_path)}
+
+Converted from the GGUF file `{os.path.basename(gguf_path)}` by `reasonrl export`: the weights dequantized to
+ordinary tensors and saved as safetensors, the tokenizer and chat template read from the file.
+"""
+
+
 def export(checkpoint: str, out: str, *, merge: bool = True, base: str | None = None,
            trust_remote_code: bool = False) -> str:
     """Write a standalone model folder (safetensors, tokenizer, README.md) from a checkpoint (or a .gguf file)."""
@@ -93,7 +105,7 @@ def export(checkpoint: str, out: str, *, merge: bool = True, base: str | None = 
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     with open(os.path.join(out, "README.md"), "w") as handle:
-        handle.write(model_card(checkpoint, merged=merge and is_adapter))
+        handle.write(gguf_model_card(checkpoint) if is_gguf else model_card(checkpoint, merged=merge and is_adapter))
     return out
 
 
