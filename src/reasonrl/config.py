@@ -53,6 +53,11 @@ class GRPOConfig:
     # ---- model (reasonrl; TRL keeps these in ModelConfig)
     model_name_or_path: str | None = None
     """reasonrl: hub id or local folder of the causal LM to train (TRL takes it as the trainer's `model` argument)."""
+    gguf_file: str | None = None
+    """reasonrl: train from this GGUF file (llama.cpp, Ollama) in model_name_or_path: its weights are dequantized to
+    `dtype`, its tokenizer and chat template read from it; checkpoints and exports are plain safetensors. A
+    model_name_or_path ending in .gguf needs none. As transformers' `from_pretrained(gguf_file=)`; TRL has no such
+    option."""
     dtype: str = "float32"
     """reasonrl: dtype the weights are loaded in: float32, bfloat16, float16 or auto (as saved). As TRL's ModelConfig."""
     model_init_kwargs: dict[str, Any] | None = None

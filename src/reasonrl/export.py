@@ -118,10 +118,23 @@ def _existing_parent(path: str) -> str:
     return parent
 
 
+def gguf_model_card(gguf_path: str) -> str:
+    """A README.md for a model converted from a GGUF file (no training: no config, no metrics)."""
+    return f"""---
+library_name: transformers
+---
+# {os.path.basename(gguf_path)}
+
+Converted from the GGUF file `{os.path.basename(gguf_path)}` by `reasonrl export`: the weights dequantized to
+ordinary tensors and saved as safetensors, the tokenizer and chat template read from the file.
+"""
+
+
 def export(checkpoint: str, out: str, *, merge: bool = True, base: str | None = None,
            trust_remote_code: bool = False, overwrite: bool = False) -> str:
-    """Write a standalone model folder (safetensors, tokenizer, README.md) from a checkpoint."""
-    if not os.path.isdir(checkpoint):
+    """Write a standalone model folder (safetensors, tokenizer, README.md) from a checkpoint (or a .gguf file)."""
+    is_gguf = checkpoint.lower().endswith(".gguf")  # a GGUF file exports as a plain safetensors folder
+    if not os.path.isdir(checkpoint) and not (is_gguf and os.path.isfile(checkpoint)):
         raise ExportError(f"checkpoint {checkpoint} does not exist; give a folder like runs/grpo/checkpoint-100")
     check_model_folder(out, overwrite=overwrite)
     if os.path.abspath(out) == os.path.abspath(checkpoint):
@@ -137,8 +150,9 @@ def export(checkpoint: str, out: str, *, merge: bool = True, base: str | None = 
     def write(folder: str) -> None:
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
+        card = gguf_model_card(checkpoint) if is_gguf else model_card(checkpoint, merged=merge and is_adapter)
         with open(os.path.join(folder, "README.md"), "w") as handle:
-            handle.write(model_card(checkpoint, merged=merge and is_adapter))
+            handle.write(card)
 
     return save_model_folder(out, write, overwrite=overwrite)
 

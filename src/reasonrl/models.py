@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import logging
 import os
 import re
+import struct
 
 import torch
 
@@ -23,10 +25,16 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 _HUB_ID = re.compile(r"^[A-Za-z0-9_-][\w.-]*(/[\w.-]+)?$")
 
 
-def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
-    """AutoTokenizer with left padding (for generation) and a pad token (EOS if the tokenizer has none)."""
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, gguf_file: str | None = None):
+    """AutoTokenizer with left padding (for generation) and a pad token (EOS if the tokenizer has none).
+
+    gguf_file: read the tokenizer (and its chat template) from this GGUF file in `name_or_path`; a `name_or_path`
+    that is itself a .gguf file needs none (see split_gguf)."""
     from transformers import AutoTokenizer
 
+    name_or_path, gguf_file = split_gguf(name_or_path, gguf_file)
+    if gguf_file is not None:
+        return prepare_tokenizer(read_gguf(name_or_path, gguf_file, "tokenizer", AutoTokenizer.from_pretrained))
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except _LOAD_ERRORS as error:
@@ -83,10 +91,16 @@ def _load_error_message(name_or_path: str, what: str, error: Exception) -> str:
 
 
 def load_model(name_or_path: str, *, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
-               **model_init_kwargs):
-    """AutoModelForCausalLM from a hub id or a local folder; weights only from safetensors."""
+               gguf_file: str | None = None, **model_init_kwargs):
+    """AutoModelForCausalLM from a hub id or a local folder; weights only from safetensors, or from a GGUF file.
+
+    gguf_file: load from this GGUF file in `name_or_path` (or give a .gguf path as `name_or_path`), dequantized to
+    ordinary `dtype` weights: a plain model that trains, and saves as safetensors without a quantization config."""
     from transformers import AutoModelForCausalLM
 
+    name_or_path, gguf_file = split_gguf(name_or_path, gguf_file)
+    if gguf_file is not None:
+        return _load_gguf_model(name_or_path, gguf_file, dtype=dtype, **model_init_kwargs)
     _refuse_remote_code(name_or_path, trust_remote_code)
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
     kwargs.update(model_init_kwargs)
@@ -116,10 +130,13 @@ def _refuse_remote_code(name_or_path: str, trust_remote_code: bool) -> None:
                              f"code you trust")
 
 
-def load_model_config(name_or_path: str, *, trust_remote_code: bool = False):
-    """The model's config alone (no weights): enough for the checks that should fail before a long load."""
+def load_model_config(name_or_path: str, *, trust_remote_code: bool = False, gguf_file: str | None = None):
+    """The model's config alone (no weights): enough for the checks that should fail before a long load. None for a
+    GGUF file, whose config comes with the weights (checked once they have loaded)."""
     from transformers import AutoConfig
 
+    if split_gguf(name_or_path, gguf_file)[1] is not None:
+        return None
     _refuse_remote_code(name_or_path, trust_remote_code)
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -140,7 +157,7 @@ def check_lengths(config, max_completion_length: int, longest_prompt: int = 1) -
     """ConfigError when the longest prompt plus a completion could run past the model's positions (the static KV
     cache and the position embeddings are sized by them): found before the first rollout tries to allocate it.
     Before the data is tokenized, `longest_prompt` is 1 (a completion alone must fit)."""
-    limit = max_positions(config)
+    limit = None if config is None else max_positions(config)
     if limit is not None and longest_prompt + max_completion_length > limit:
         prompt = f"the longest prompt ({longest_prompt} tokens) + " if longest_prompt > 1 else ""
         raise ConfigError(f"{prompt}max_completion_length={max_completion_length} exceeds the model's {limit} "
@@ -179,6 +196,56 @@ def check_policy(model, tokenizer) -> None:
     if not torch.allclose(logits[0, 0].float(), logits[1, 0].float(), atol=1e-4, rtol=1e-3):
         raise ModelLoadError(f"{type(model).__name__} is not a causal language model: its prediction at a position "
                              f"depends on later tokens; GRPO needs a decoder-only model (AutoModelForCausalLM)")
+
+
+def split_gguf(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """(folder or hub id, GGUF file name in it, or None). A `name_or_path` ending in .gguf is split into its folder
+    and file name, so that the file alone names a model; transformers takes the two apart (`gguf_file=`)."""
+    if gguf_file is None and name_or_path.lower().endswith(".gguf"):
+        folder, gguf_file = os.path.split(name_or_path)  # a hub repo's file too: org/name/file.gguf
+        return folder or ".", gguf_file
+    return name_or_path, gguf_file
+
+
+def read_gguf(folder: str, gguf_file: str, what: str, from_pretrained, **kwargs):
+    """`from_pretrained(folder, gguf_file=...)`, with a missing file, a missing `gguf` package or a file that is not
+    a readable GGUF turned into a one-line ModelLoadError."""
+    path = os.path.join(folder, gguf_file)
+    if os.path.isdir(folder) and not os.path.isfile(path):
+        raise ModelLoadError(f"GGUF file {path} does not exist; check the path (gguf_file names a file in "
+                             f"model_name_or_path, or give the .gguf path as the model)")
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"reading the GGUF file {path} needs the gguf package; install it with "
+                             f"`pip install gguf`")
+    try:
+        return from_pretrained(folder, gguf_file=gguf_file, **kwargs)
+    except (OSError, ValueError, KeyError, IndexError, RuntimeError, NotImplementedError, struct.error) as error:
+        # gguf's reader fails on a damaged file with whatever numpy or struct raised where it stopped
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:200].rstrip(".")
+        raise ModelLoadError(f"could not load the {what} from the GGUF file {path}: {reason}; check that it is a "
+                             f"complete GGUF file of a model transformers supports") from None
+
+
+def _load_gguf_model(folder: str, gguf_file: str, *, dtype: torch.dtype, **model_init_kwargs):
+    """A GGUF checkpoint dequantized to a plain model (see load_model)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, **model_init_kwargs}
+    try:  # transformers >= 5 can keep some GGUF weights packed (not trainable); ask for plain weights
+        from transformers import GgufConfig
+
+        kwargs.setdefault("quantization_config", GgufConfig(dequantize=True))
+    except ImportError:  # transformers 4 always dequantizes
+        pass
+    model = read_gguf(folder, gguf_file, "model", AutoModelForCausalLM.from_pretrained, **kwargs)
+    if getattr(model.config, "quantization_config", None) is not None:  # save_pretrained would refuse the model
+        raise ModelLoadError(f"the GGUF file {os.path.join(folder, gguf_file)} loaded as a quantized model, which "
+                             f"cannot train; upgrade transformers (pip install -U transformers)")
+    # names the file, not its folder: peft records it as the adapter's base model, so that export and generate
+    # find the base weights again
+    path = os.path.abspath(os.path.join(folder, gguf_file)) if os.path.isdir(folder) else f"{folder}/{gguf_file}"
+    model.config.name_or_path = model.name_or_path = path
+    return model
 
 
 def lora_config_from(cfg):

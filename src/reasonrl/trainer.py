@@ -38,8 +38,7 @@ import numpy as np
 import torch
 
 from reasonrl import checkpoint as ckpt
-from reasonrl import distributed
-from reasonrl import rundir
+from reasonrl import distributed, rundir
 from reasonrl.config import GRPOConfig
 from reasonrl.core import (
     MICRO_BATCH_TOKENS,
@@ -60,10 +59,9 @@ from reasonrl.data import (
     ensure_prompt_column,
     is_conversational,
     load_dataset_any,
-    render_prompt,
 )
-from reasonrl.guards import LearningSignal, StepGuard, StopSignals, TrainingDiverged, TrainingInterrupted
 from reasonrl.errors import CheckpointError, ConfigError, DataError, ModelLoadError, ReasonRLError, reason_of
+from reasonrl.guards import LearningSignal, StepGuard, StopSignals, TrainingDiverged, TrainingInterrupted
 from reasonrl.models import (
     DTYPES,
     add_lora,
@@ -141,16 +139,16 @@ class GRPOTrainer:
 
         # the policy and its tokenizer
         if isinstance(model, str):
-            check_lengths(load_model_config(model, trust_remote_code=args.trust_remote_code),
+            check_lengths(load_model_config(model, trust_remote_code=args.trust_remote_code, gguf_file=args.gguf_file),
                           args.max_completion_length)
             wants_lora = peft_config is not None or args.use_peft
             # frozen base weights can live in bf16 when only the LoRA adapter (kept fp32 by peft) trains
             dtype = torch.bfloat16 if (self.bf16 and wants_lora) else DTYPES.get(args.dtype, "auto")
             self.model_name = model
-            model = load_model(model, dtype=dtype, trust_remote_code=args.trust_remote_code,
+            model = load_model(model, dtype=dtype, trust_remote_code=args.trust_remote_code, gguf_file=args.gguf_file,
                                **(args.model_init_kwargs or {}))
-            processing_class = processing_class or load_tokenizer(self.model_name,
-                                                                  trust_remote_code=args.trust_remote_code)
+            processing_class = processing_class or load_tokenizer(
+                self.model_name, trust_remote_code=args.trust_remote_code, gguf_file=args.gguf_file)
         else:
             if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
                 raise ModelLoadError(f"model must be a hub id, a local folder or a transformers model object (got "
