@@ -1,5 +1,3 @@
-import sys
+from reasonrl.cli import run
 
-from reasonrl.cli import main
-
-sys.exit(main())
+run()

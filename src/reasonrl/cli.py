@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 
 from reasonrl.errors import ReasonRLError, UsageError
@@ -457,8 +458,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reasonrl {args.command}: {interrupt}", file=sys.stderr)
             return interrupt.exit_code
         print("interrupted", file=sys.stderr)
-        return 130
+        return getattr(interrupt, "exit_code", 130)
+
+
+class _Terminated(KeyboardInterrupt):
+    exit_code = 128 + signal.SIGTERM
+
+
+def _terminate(signum, frame):
+    raise _Terminated
+
+
+def run() -> None:
+    """The process entry (the `reasonrl` script and `python -m reasonrl`): main() and the exit.
+
+    SIGTERM outside train()'s own handling (loading, evaluating) ends the command like Ctrl-C does, with one line
+    and exit code 143 instead of a silent kill; a signal that comes while the command is already exiting (a second
+    Ctrl-C right after an interrupted run printed where it saved) is absorbed instead of killing the process
+    with a different status."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = main()
+    except KeyboardInterrupt as interrupt:  # a signal between main()'s own handling and its return
+        code = getattr(interrupt, "exit_code", 130)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
