@@ -174,7 +174,7 @@ def train_step(variant: str, model, prompt_ids, prompt_mask, completion_ids, com
     import torch
 
     from reasonrl.core import token_entropy
-    from reasonrl.rollout import PromptPrefix, completion_logits, sequence_logprobs
+    from reasonrl.policy import PromptPrefix, completion_logits, sequence_logprobs
 
     base, *options = variant.split("/")
     autograd_logprobs = "autograd-logprobs" in options

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from reasonrl import lean_decode
-from reasonrl.rollout import PromptPrefix, generate, position_ids_from_mask, sequence_logprobs
+from reasonrl.policy import PromptPrefix, position_ids_from_mask, sequence_logprobs
+from reasonrl.rollout import generate
 from reasonrl.tiny import build_tiny_model
 
 PROMPTS = ["What is 12+30? Think first.", "Hi", "A longer prompt, so that the others are left-padded."]
@@ -212,7 +213,7 @@ def test_shared_and_chunked_prompt_forwards_give_the_unshared_logits_and_gradien
     # two groups of 3 rows (prompts of different lengths, so one is left-padded), LoRA with non-zero B
     from peft import LoraConfig, get_peft_model
 
-    from reasonrl.rollout import completion_logits
+    from reasonrl.policy import completion_logits
 
     torch.manual_seed(0)
     model = get_peft_model(build_tiny_model(char_tokenizer, arch="llama", seed=3),

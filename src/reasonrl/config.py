@@ -226,17 +226,29 @@ class GRPOConfig:
     max_grad_norm: float = 1.0
     """Clip the gradient norm to this value; 0 disables clipping."""
     gradient_checkpointing: bool = True
-    """Recompute activations in the backward pass: less memory, about 20% slower. TRL's default."""
+    """Bound the training forward's activation memory (TRL's default: on). reasonrl keeps the bound by running a
+    micro-batch's completions through forward and backward in small row chunks (backward_chunk_rows; the default on
+    a CPU), which needs no recompute; where a chunk is the whole micro-batch (a GPU by default, DDP, entropy
+    masking, backward_chunk_rows=0) it recomputes the decoder layers in the backward, as transformers does. False:
+    no recompute, chunks as backward_chunk_rows says."""
     backward_chunk_rows: int | None = None
     """reasonrl: completions of a micro-batch that go through forward and backward together (0 = all of them). Its
     prompts still run once, and the gradient is the same; smaller chunks hold fewer activations at some speed cost.
     None (auto): on CPU, as many rows as fit about 256 completion tokens in bf16 or 128 in fp32 (SmolLM-135M, 96
     tokens: 2 rows in bf16, 1 in fp32; docs/PERFORMANCE.md has what each costs); on GPU the whole micro-batch, as
-    small matmuls waste the device. Used by a single process without gradient checkpointing, and with
-    top_entropy_quantile 1.0."""
+    small matmuls waste the device. Used by a single process with top_entropy_quantile 1.0 (DDP and entropy masking
+    run a micro-batch at once)."""
+    cast_frozen_weights_to_bf16: bool = True
+    """reasonrl: under bf16 with LoRA, the frozen base weights of a model object given in float32 are cast to
+    bfloat16 once at start, as a model loaded by name is loaded (the adapter stays float32): half their memory and
+    the bf16 matmuls autocast would do anyway. False keeps them in the dtype they came in."""
     bf16: bool | None = None
     """bfloat16 autocast. None (TRL's default) means auto: on when CUDA supports bf16, else float32. TRL resolves None
     to True and then refuses plain CPU; reasonrl picks float32 there and allows bf16=true on CPU."""
+    adapt_cpu_threads: bool = True
+    """reasonrl: on a CPU, before each round, use as many torch threads as the cores other programs left free over
+    the last one (cpu.py): threads waiting for a descheduled peer make a shared CPU far slower than the time others
+    take. An idle machine keeps all threads. Logged as cpu_threads. False keeps torch's thread count."""
     seed: int = 42
     """Random seed for sampling, shuffling and initialisation."""
 

@@ -90,6 +90,43 @@ class _Linear:
         return F.linear(x, self.weight, self.bias)
 
 
+class _SharedLinear:
+    """The same linears (a fused group such as q/k/v) applied to the model's own weights, without a merged copy: the
+    base matmuls one by one, and the LoRA adapters as x @ A.T (all of the group's A stacked into one matmul) then
+    each @ B.T * scale. Costs more small matmuls than `_Linear` but no memory beyond the adapters: the merged and
+    fused copies of a model's layers are as large as its frozen weights."""
+
+    def __init__(self, linears, dtype: torch.dtype):
+        self.dtype = dtype
+        self.bases = []
+        for linear in linears:
+            base = linear.base_layer if _is_lora(linear) else linear
+            self.bases.append((base.weight if base.weight.dtype == dtype else base.weight.to(dtype),
+                               None if base.bias is None else base.bias.to(dtype)))
+        self.adapters = []  # (index of the linear, its rows in the stacked A, B [out, r] * scale)
+        stacked = []
+        for index, linear in enumerate(linears):
+            if not _is_lora(linear) or linear.disable_adapters or linear.merged:
+                continue
+            for name in linear.active_adapters:
+                if name in linear.lora_A:
+                    lora_a, lora_b = linear.lora_A[name].weight, linear.lora_B[name].weight
+                    start = sum(a.size(0) for a in stacked)
+                    stacked.append(lora_a.to(dtype))
+                    self.adapters.append((index, slice(start, start + lora_a.size(0)),
+                                          (lora_b * linear.scaling[name]).to(dtype)))
+        self.lora_a = torch.cat(stacked) if stacked else None  # [sum r, in]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
+        outputs = [F.linear(x, weight, bias) for weight, bias in self.bases]
+        if self.lora_a is not None:
+            low_rank = F.linear(x, self.lora_a)  # [.., sum r]
+            for index, rows, lora_b in self.adapters:
+                outputs[index] = outputs[index] + F.linear(low_rank[..., rows], lora_b)
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+
+
 def _unsupported_reason(model) -> str | None:
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
@@ -121,10 +158,16 @@ def _unsupported_reason(model) -> str | None:
 class LeanDecoder:
     """Prefill + one-token steps over a static KV cache, with merged and fused weights (see the module docstring)."""
 
-    def __init__(self, model, dtype: torch.dtype, prepack: bool | None = None):
+    def __init__(self, model, dtype: torch.dtype, prepack: bool | None = None, merge: bool = True):
         self.model, self.dtype = model, dtype
         if prepack is None:
-            prepack = _can_prepack(model.model.embed_tokens.weight.device, dtype)
+            prepack = merge and _can_prepack(model.model.embed_tokens.weight.device, dtype)
+
+        def linear(linears):
+            if merge:
+                return _Linear(*_merged_weights(linears, dtype), prepack)
+            return _SharedLinear(linears, dtype)
+
         inner = model.model
         config = model.config
         self.num_heads = config.num_attention_heads
@@ -137,7 +180,7 @@ class LeanDecoder:
         if lm_head.weight.dtype == dtype:  # (tied) weights used as they are, or prepacked straight from them
             self.lm_head = _Linear(lm_head.weight, lm_head.bias, prepack)
         else:
-            self.lm_head = _Linear(*_merged_weights([lm_head], dtype), prepack)
+            self.lm_head = linear([lm_head])
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -146,22 +189,24 @@ class LeanDecoder:
                 "post_norm": self._norm(layer.post_attention_layernorm),
                 "q_norm": getattr(attn, "q_norm", None), "k_norm": getattr(attn, "k_norm", None),
                 # [(H + 2 KVH) D, hidden] and [2 I, hidden]: one matmul each
-                "qkv": _Linear(*_merged_weights([attn.q_proj, attn.k_proj, attn.v_proj], dtype), prepack),
-                "o": _Linear(*_merged_weights([attn.o_proj], dtype), prepack),
-                "gate_up": _Linear(*_merged_weights([mlp.gate_proj, mlp.up_proj], dtype), prepack),
-                "down": _Linear(*_merged_weights([mlp.down_proj], dtype), prepack),
+                "qkv": linear([attn.q_proj, attn.k_proj, attn.v_proj]),
+                "o": linear([attn.o_proj]),
+                "gate_up": linear([mlp.gate_proj, mlp.up_proj]),
+                "down": linear([mlp.down_proj]),
                 "scaling": attn.scaling,
             })
 
     @classmethod
-    def build(cls, model, dtype: torch.dtype | None = None, prepack: bool | None = None) -> LeanDecoder | None:
-        """A decoder for `model` (peft-wrapped or not), or None when the model needs the generic path."""
+    def build(cls, model, dtype: torch.dtype | None = None, prepack: bool | None = None,
+              merge: bool = True) -> LeanDecoder | None:
+        """A decoder for `model` (peft-wrapped or not), or None when the model needs the generic path.
+        merge=False decodes with the model's own weights and the adapters beside them (no merged copies)."""
         inner = unwrap_model(model)
         if _unsupported_reason(inner) is not None:
             return None
         if dtype is None:
             dtype = inner.model.embed_tokens.weight.dtype
-        return cls(inner, dtype, prepack)
+        return cls(inner, dtype, prepack, merge)
 
     # ------------------------------------------------------------------ one pass over the layers
 

@@ -347,6 +347,14 @@ def reference_policy(model, reference_model=None):
         raise ValueError("beta > 0 needs a reference: use LoRA, or keep a frozen copy of the model")
 
 
+def cast_frozen_weights(model, dtype: torch.dtype) -> None:
+    """Cast the frozen floating-point weights of `model` to `dtype` in place (the trainable ones, e.g. a LoRA
+    adapter, keep theirs); a weight shared by two modules (tied embeddings) is cast once."""
+    for parameter in model.parameters():
+        if not parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != dtype:
+            parameter.data = parameter.data.to(dtype)
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts, as peft's print_trainable_parameters reports them."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

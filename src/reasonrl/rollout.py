@@ -1,4 +1,4 @@
-"""Rollouts: G sampled completions per prompt, with the log-probs the loss needs.
+"""Rollouts: G sampled completions per prompt (the training forward that scores them is policy.py).
 
 The decode loop is our own (not `generate`) so that it can prefill each prompt once and share its KV cache over
 the G samples, stop as soon as every sequence has ended, and record the log-probability of each sampled token at
@@ -7,15 +7,13 @@ the sampling temperature, which is what the training forward recomputes.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
-from reasonrl.core import token_logprobs
+from reasonrl.cpu import release_freed_memory
 from reasonrl.lean_decode import LeanDecoder
-from reasonrl.models import unwrap_model
+from reasonrl.policy import cache_keyword, last_position, output_cache, position_ids_from_mask
 
 
 @dataclass
@@ -33,11 +31,6 @@ class Rollout:
     @property
     def completion_lengths(self) -> torch.Tensor:  # [B]
         return self.completion_mask.sum(-1)
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, so a left-padded row starts at 0 like an unpadded one."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -61,34 +54,17 @@ def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty:
     return torch.where(seen, penalised, logits)
 
 
-def _last_position(prompt_ids: torch.Tensor) -> torch.Tensor:
-    """logits_to_keep for the last prompt column only, as an index tensor rather than the int 1: with one prompt
-    the int's slice makes a [1, 1, hidden] view that torch.matmul sends through bmm with a copy of the expanded
-    [1, hidden, vocab] weight (65 ms for a 49k vocabulary on the project's machine); an index makes a plain mm."""
-    return torch.tensor([prompt_ids.size(1) - 1], device=prompt_ids.device)
-
-
-def _cache_keyword(model) -> str:
-    """Newer transformers call the KV cache argument `cache`; older ones `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(type(unwrap_model(model)).forward).parameters else "past_key_values"
-
-
-def _output_cache(output):
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
-
-
 class ModelDecoder:
     """The generic path: `model.forward` with transformers' KV cache, prefilled once per prompt and repeated G times."""
 
     def __init__(self, model):
         self.model = model
-        self.cache_keyword = _cache_keyword(model)
+        self.cache_keyword = cache_keyword(model)
 
     def prefill(self, prompt_ids, prompt_mask, positions, num_generations: int, max_new_tokens: int) -> torch.Tensor:
         out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=_last_position(prompt_ids))
-        self.cache = _output_cache(out)
+                         logits_to_keep=last_position(prompt_ids))
+        self.cache = output_cache(out)
         if num_generations > 1:
             self.cache.batch_repeat_interleave(num_generations)
         self.attention_mask = prompt_mask.repeat_interleave(num_generations, dim=0)  # [B, P]
@@ -100,7 +76,7 @@ class ModelDecoder:
         self.attention_mask = torch.cat([self.attention_mask, ones], 1)
         out = self.model(input_ids=token[:, None], attention_mask=self.attention_mask, position_ids=self.next_position,
                          use_cache=True, **{self.cache_keyword: self.cache})
-        self.cache = _output_cache(out)
+        self.cache = output_cache(out)
         self.next_position = self.next_position + 1
         return out.logits[:, -1].float()
 
@@ -197,6 +173,8 @@ def generate(
             break
         logits = decoder.step(token)
     decoder.close()
+    if device.type == "cpu":
+        release_freed_memory()  # the merged weights and the cache: back to the OS before training allocates
 
     completion_ids = torch.stack(tokens, dim=1)  # [B, C]
     sampling_logps = torch.stack(logps, dim=1)  # [B, C]
@@ -205,118 +183,3 @@ def generate(
     first_eos = torch.where(has_eos, is_eos.int().argmax(-1), torch.full_like(has_eos, completion_ids.size(1), dtype=torch.long))
     completion_mask = (torch.arange(completion_ids.size(1), device=device)[None] <= first_eos[:, None]).long()
     return completion_ids, completion_mask, sampling_logps * completion_mask, ~has_eos
-
-
-def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                      share_prompts: bool = False) -> torch.Tensor:
-    """Logits [B, C, V] that predict each completion token, with positions counted over real tokens.
-
-    Only the C+1 last positions are projected to the vocabulary (logits_to_keep), not the prompt's. With
-    `share_prompts`, rows with the same prompt run it once (the idea of Prefix Grouper, arXiv 2506.05433): a
-    forward over the U distinct prompts fills a KV cache, still attached to the graph, that the completions of all B
-    rows attend to, so the gradients are those of the unshared computation and the prompt tokens cost U rows, not B.
-    """
-    return torch.cat(_completion_logit_pieces(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                              share_prompts), dim=1)
-
-
-def _completion_logit_pieces(model, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts):
-    """completion_logits as pieces along the columns (views, no concatenation of [B, C, V])."""
-    if share_prompts:
-        distinct = distinct_prompts(prompt_ids, prompt_mask)
-        if distinct[1].numel() < prompt_ids.size(0):  # some rows share a prompt
-            prefix = PromptPrefix(model, prompt_ids, prompt_mask, cut_graph=False, distinct=distinct)
-            return prefix.completion_logit_pieces(slice(None), completion_ids, completion_mask)
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+C]
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    return [model(input_ids=input_ids, attention_mask=attention_mask,
-                  position_ids=position_ids_from_mask(attention_mask), use_cache=False,
-                  logits_to_keep=completion_ids.size(1) + 1).logits[:, :-1]]
-
-
-def _logprobs_of_pieces(pieces, completion_ids, temperature: float, with_entropy: bool):
-    """token_logprobs over logit pieces [B, c_i, V] that cover the completion's C columns in order."""
-    results, start = [], 0
-    for piece in pieces:
-        columns = slice(start, start + piece.size(1))
-        results.append(token_logprobs(piece, completion_ids[:, columns], temperature, with_entropy=with_entropy))
-        start = columns.stop
-    if not with_entropy:
-        return torch.cat(results, dim=1)
-    return torch.cat([r[0] for r in results], dim=1), torch.cat([r[1] for r in results], dim=1)
-
-
-def distinct_prompts(prompt_ids, prompt_mask) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row_prompt [B], first_row [U]): which of the U distinct prompts each row holds (its tokens and padding),
-    and the first row holding each."""
-    keyed = prompt_ids.masked_fill(prompt_mask == 0, -1)
-    distinct, row_prompt = torch.unique(keyed, dim=0, return_inverse=True)  # [U, P], [B]
-    rows = torch.arange(keyed.size(0), device=keyed.device)
-    first_row = torch.full((distinct.size(0),), keyed.size(0), dtype=torch.long, device=keyed.device)
-    return row_prompt, first_row.scatter_reduce(0, row_prompt, rows, "amin")
-
-
-class PromptPrefix:
-    """A micro-batch's prompts run once, so that its completions can go through forward and backward a few rows at
-    a time (activation memory of a chunk, not of the micro-batch), still computing each distinct prompt only once.
-
-    The prompts' KV cache and last logits are cut from the graph into leaf tensors; each chunk's completions attend
-    to them and its backward accumulates their gradients; `backward()` then sends those through the prompts'
-    forward. The sum over chunks is the gradient of the whole micro-batch, as the loss is a sum over rows.
-    With `cut_graph=False` the cache stays in the graph: one forward and one backward of all the rows
-    (completion_logits(share_prompts=True)), and `backward()` has nothing to do.
-    """
-
-    def __init__(self, model, prompt_ids, prompt_mask, cut_graph: bool = True, distinct=None):
-        self.model, self.prompt_width = model, prompt_ids.size(1)
-        self.row_prompt, first_row = distinct or distinct_prompts(prompt_ids, prompt_mask)  # [B], [U]
-        self.prompt_mask = prompt_mask
-        unique_mask = prompt_mask[first_row]
-        out = model(input_ids=prompt_ids[first_row], attention_mask=unique_mask,
-                    position_ids=position_ids_from_mask(unique_mask), use_cache=True,
-                    logits_to_keep=_last_position(prompt_ids))
-        cache = _output_cache(out)
-        self.outputs = [t for layer in cache.layers for t in (layer.keys, layer.values)] + [out.logits[:, -1:]]
-        if cut_graph:
-            grad = torch.is_grad_enabled()
-            self.leaves = [t.detach().requires_grad_(grad) for t in self.outputs]  # [U, ...] each
-        else:
-            self.leaves = self.outputs
-
-    def completion_logits(self, rows: slice, completion_ids, completion_mask) -> torch.Tensor:
-        """Logits [n, C, V] predicting the completion tokens of rows `rows` (completion_ids [n, C] are theirs)."""
-        return torch.cat(self.completion_logit_pieces(rows, completion_ids, completion_mask), dim=1)
-
-    def completion_logprobs(self, rows: slice, completion_ids, completion_mask, temperature: float = 1.0,
-                            with_entropy: bool = False):
-        """Log-probs [n, C] of the completion tokens of rows `rows` at `temperature` (and their entropies [n, C])."""
-        pieces = self.completion_logit_pieces(rows, completion_ids, completion_mask)
-        return _logprobs_of_pieces(pieces, completion_ids, temperature, with_entropy)
-
-    def completion_logit_pieces(self, rows: slice, completion_ids, completion_mask) -> list[torch.Tensor]:
-        """completion_logits as [n, 1, V] (from the prompt's last position) and [n, C-1, V], not concatenated."""
-        prompt_of_row = self.row_prompt[rows]  # [n]
-        *kv, first = [leaf[prompt_of_row] for leaf in self.leaves]
-        cache = DynamicCache(ddp_cache_data=list(zip(kv[0::2], kv[1::2])), config=unwrap_model(self.model).config)
-        attention_mask = torch.cat([self.prompt_mask[rows], completion_mask], dim=1)  # [n, P+C]
-        out = self.model(input_ids=completion_ids, attention_mask=attention_mask,
-                         position_ids=position_ids_from_mask(attention_mask)[:, self.prompt_width:], use_cache=True,
-                         logits_to_keep=completion_ids.size(1), **{_cache_keyword(self.model): cache})
-        return [first, out.logits[:, :-1]]
-
-    def backward(self) -> None:
-        """Send the gradients the chunks left on the prompts' cache and logits through the prompts' forward."""
-        pairs = [(out, leaf.grad) for out, leaf in zip(self.outputs, self.leaves)
-                 if out is not leaf and leaf.grad is not None]
-        if pairs:
-            torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
-        self.outputs = self.leaves = []
-
-
-def sequence_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature: float = 1.0,
-                      share_prompts: bool = False, with_entropy: bool = False):
-    """Log-probs [B, C] of the completion tokens under `model`, at `temperature`: what the loss uses; with
-    `with_entropy`, also the entropies [B, C] of those positions' distributions. `share_prompts` as in
-    completion_logits."""
-    pieces = _completion_logit_pieces(model, prompt_ids, prompt_mask, completion_ids, completion_mask, share_prompts)
-    return _logprobs_of_pieces(pieces, completion_ids, temperature, with_entropy)

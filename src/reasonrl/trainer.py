@@ -40,6 +40,7 @@ import torch
 from reasonrl import checkpoint as ckpt
 from reasonrl import distributed, rundir
 from reasonrl.config import GRPOConfig
+from reasonrl.cpu import ThreadGovernor, release_freed_memory
 from reasonrl.core import (
     MICRO_BATCH_TOKENS,
     WINDOW_TOKENS,
@@ -65,6 +66,7 @@ from reasonrl.guards import LearningSignal, StepGuard, StopSignals, TrainingDive
 from reasonrl.models import (
     DTYPES,
     add_lora,
+    cast_frozen_weights,
     check_lengths,
     check_policy,
     frozen_copy,
@@ -79,7 +81,14 @@ from reasonrl.models import (
     use_lean_lora_dropout,
 )
 from reasonrl.optim import make_optimizer, make_scheduler
-from reasonrl.rollout import PromptPrefix, Rollout, generate, sequence_logprobs
+from reasonrl.policy import (
+    PromptPrefix,
+    disable_layer_checkpointing,
+    enable_layer_checkpointing,
+    plan_forward,
+    sequence_logprobs,
+)
+from reasonrl.rollout import Rollout, generate
 from reasonrl.rounds import Batch, PromptSampler, RoundProgress, TrainerState, group_order, is_every
 from reasonrl.scoring import (
     ProcessExitGuard,
@@ -175,15 +184,8 @@ class GRPOTrainer:
             for module in model.modules():
                 if isinstance(module, torch.nn.Dropout):
                     module.p = 0.0
-        if args.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model = model.to(self.device)
-        self.reference_model = frozen_copy(self.model) if args.beta != 0.0 and not is_peft_model(self.model) else None
-        # the training forward/backward goes through DistributedDataParallel (gradients averaged over processes);
-        # generation, old/reference log-probs, peft's disable_adapter and saving use the unwrapped self.model
-        self.train_model = distributed.wrap(self.model, self.dist)
-        # peft's LoRA layers, found once: _autocast switches their input casting off and on at every forward
-        self._lora_layers = lora_layers(self.model)
+        if self.bf16 and is_peft_model(model) and args.cast_frozen_weights_to_bf16:
+            cast_frozen_weights(model, torch.bfloat16)  # as if loaded by name in bf16: half the memory
         # entropy masking needs a micro-batch's entropies before its loss: one forward and backward per micro-batch
         self.entropy_masking = args.top_entropy_quantile < 1.0
         if self.entropy_masking and args.backward_chunk_rows:
@@ -191,6 +193,21 @@ class GRPOTrainer:
                            "(backward_chunk_rows=%d is not used), as the entropy threshold is over all its rows; "
                            "lower per_device_train_batch_size if memory is short", args.top_entropy_quantile,
                            args.backward_chunk_rows)
+        # how every micro-batch's forward and backward run: decided here, once (policy.plan_forward)
+        self.plan = plan_forward(gradient_checkpointing=args.gradient_checkpointing,
+                                 backward_chunk_rows=args.backward_chunk_rows, device_type=self.device.type,
+                                 bf16=self.bf16, distributed=self.dist.enabled, whole_micro_batch=self.entropy_masking)
+        if self.plan.checkpoint_layers:
+            enable_layer_checkpointing(model)
+        else:
+            disable_layer_checkpointing(model)  # a model object may come with it on: the row chunks bound memory
+        self.model = model.to(self.device)
+        self.reference_model = frozen_copy(self.model) if args.beta != 0.0 and not is_peft_model(self.model) else None
+        # the training forward/backward goes through DistributedDataParallel (gradients averaged over processes);
+        # generation, old/reference log-probs, peft's disable_adapter and saving use the unwrapped self.model
+        self.train_model = distributed.wrap(self.model, self.dist)
+        # peft's LoRA layers, found once: _autocast switches their input casting off and on at every forward
+        self._lora_layers = lora_layers(self.model)
         self._sequence_metrics = sequence_metrics(args.importance_sampling_level)  # combined over chunks by rows
 
         self.eval_dataset = eval_dataset
@@ -241,15 +258,19 @@ class GRPOTrainer:
                         dynamic_ncols=True, disable=not self.dist.is_main)
         # Ctrl-C and SIGTERM only raise a flag, checked between optimizer steps (guards.StopSignals)
         # os._exit in a reward fails that reward call instead of ending the run silently (scoring.ProcessExitGuard)
-        with StopSignals() as stop, ProcessExitGuard(), contextlib.closing(self.trackers), progress:
+        governor = ThreadGovernor(enabled=args.adapt_cpu_threads and self.device.type == "cpu")
+        with StopSignals() as stop, ProcessExitGuard(), contextlib.closing(self.trackers), progress, \
+                contextlib.closing(governor):
             while self.state.global_step < total_steps:
                 self._stop_if_asked(stop, optimizer, scheduler)
                 round_start = time.perf_counter()
                 if self._round is None or self._round.done:  # else: the rest of the round a checkpoint held
                     # a signal while the round is made stops at once, and a user error (a failing reward) stops too:
                     # the round is dropped and the last step is saved, as the round changed no weight
+                    threads = governor.update()  # cores other programs left free over the last round (cpu.py)
                     with self._round_may_be_dropped(stop, optimizer, scheduler):
                         batch, round_metrics = self._make_round()  # 1-3: generate, score, advantages (+ logps)
+                    round_metrics["cpu_threads"] = threads
                     round_metrics["rollout_time"] = time.perf_counter() - round_start
                     self._round = self._new_round(batch, round_metrics)
                 batch, round_metrics = self._round.batch, self._round.metrics
@@ -387,12 +408,10 @@ class GRPOTrainer:
         return torch.cat(pieces)
 
     def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask):
-        """Log-probs [b, C] of the completion tokens at the sampling temperature.
-
-        Rows with the same prompt compute it once (rollout.completion_logits(share_prompts=True)), except under
-        gradient checkpointing, where transformers turns the KV cache that carries the prompt off."""
+        """Log-probs [b, C] of the completion tokens at the sampling temperature (rows with the same prompt compute
+        it once: policy.sequence_logprobs(share_prompts=True))."""
         return sequence_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                 self.args.temperature, share_prompts=not self.args.gradient_checkpointing)
+                                 self.args.temperature, share_prompts=True)
 
     # ------------------------------------------------------------------ 4: optimizer steps on a round
 
@@ -447,6 +466,8 @@ class GRPOTrainer:
                     _check_finite_weights(self.model, f"step {self.state.global_step + 1} made them so; nothing was "
                                           f"saved from them (the last checkpoint is {last}); lower learning_rate")
                 optimizer.zero_grad(set_to_none=True)
+                if self.device.type == "cpu":
+                    release_freed_memory()  # the step's activations, so that the next phase's peak is its own
                 round_.next_window = window_index + 1
                 yield {**sums, "grad_norm": grad_norm.item(), "learning_rate": scheduler.get_last_lr()[0],
                        "tokens": processed, "skipped_steps": self.step_guard.skipped_steps}
@@ -471,11 +492,10 @@ class GRPOTrainer:
     def _micro_step(self, batch: Batch, rows: torch.Tensor, window_tokens: torch.Tensor, window_size: float):
         """Forward and backward of one micro-batch; returns its scaled loss and its metrics.
 
-        Single process, without gradient checkpointing: its prompts run once (rollout.PromptPrefix) and its
-        completions go through forward and backward `backward_chunk_rows` rows at a time, each chunk's loss weighted
-        by its share of the micro-batch's normaliser (core.chunk_weight), so the gradient is the micro-batch's
-        (one chunk under entropy masking, whose threshold needs every row's entropies).
-        Under DDP (which expects one backward per forward) or gradient checkpointing: one forward of the whole rows.
+        Its prompts run once (policy.PromptPrefix). As self.plan says (policy.plan_forward), its completions go
+        through forward and backward a few rows at a time, each chunk's loss weighted by its share of the
+        micro-batch's normaliser (core.chunk_weight), so the gradient is the micro-batch's; or all at once (DDP,
+        entropy masking), the prompts' cache then staying in the graph.
         """
         args, rollout = self.args, batch.rollout
         completion_mask = rollout.completion_mask[rows]
@@ -492,16 +512,9 @@ class GRPOTrainer:
         # dapo, cispo and vespo are already normalised by the window's token count; the others average over it
         window_scale = 1.0 if normalised_by(args.loss_type) == WINDOW_TOKENS else 1.0 / window_size
         num_rows = len(rows)
-        chunked = not (self.dist.enabled or args.gradient_checkpointing)
-        chunk_rows = args.backward_chunk_rows
-        if chunk_rows is None:  # auto: on CPU, where activation memory is the limit, ~256 bf16 / 128 fp32 tokens
-            budget = 256 if self.bf16 else 128
-            chunk_rows = 0 if self.device.type == "cuda" else max(1, budget // width)
-        # entropy masking: the threshold is a quantile over the whole micro-batch's entropies, which exist only after
-        # its forward; one chunk keeps it exact (a no-grad pre-pass would draw other dropout masks, e.g. LoRA's)
-        chunk_rows = (chunk_rows or num_rows) if chunked and not self.entropy_masking else num_rows
+        chunk_rows = self.plan.rows_per_chunk(num_rows, width)
         prefix = None
-        if chunked:
+        if self.plan.chunked:
             with self._autocast():
                 prefix = PromptPrefix(self.train_model, prompt_ids, prompt_mask)
 
@@ -515,7 +528,7 @@ class GRPOTrainer:
                 else:
                     logps, entropy = sequence_logprobs(self.train_model, prompt_ids, prompt_mask, completion_ids,
                                                        completion_mask, args.temperature, with_entropy=True,
-                                                       share_prompts=not args.gradient_checkpointing)
+                                                       share_prompts=True)
             entropy_mask = None
             if self.entropy_masking:  # over the micro-batch's loss tokens on every process, as TRL
                 pool = distributed.all_gather_varlen(entropy[mask[chunk].bool()].float(), self.dist)

@@ -1,0 +1,52 @@
+"""cpu.ThreadGovernor: threads follow the cores other processes leave free (hand-made /proc/stat readings)."""
+
+import pytest
+import torch
+
+import reasonrl.cpu as cpu
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A 2-core machine whose CPU counters the test moves by hand: busy and total seconds, and ours."""
+    state = {"busy": 100.0, "total": 400.0, "own": 10.0}
+    monkeypatch.setattr(cpu, "_cpu_times", lambda: (state["busy"], state["total"]))
+    monkeypatch.setattr(cpu, "_own_seconds", lambda: state["own"])
+    monkeypatch.setattr(cpu.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield state
+    torch.set_num_threads(threads)
+
+
+def _round(state, wall: float, ours: float, others: float):
+    """`wall` seconds pass on 2 CPUs: we use `ours` CPU-seconds, other processes `others`."""
+    state["total"] += 2 * wall
+    state["busy"] += ours + others
+    state["own"] += ours
+
+
+@pytest.mark.parametrize("others, expected", [(0.0, 2), (0.3, 2), (0.6, 1), (1.0, 1), (1.9, 1), (4.0, 1)])
+def test_threads_are_the_cores_others_leave_free(machine, others, expected):
+    governor = cpu.ThreadGovernor()
+    _round(machine, wall=10.0, ours=10.0 * min(2.0, 2.0 - others / 2), others=10.0 * others)
+    assert governor.update() == expected == torch.get_num_threads()
+    governor.close()
+    assert torch.get_num_threads() == 2
+
+
+def test_a_busy_then_idle_machine_gets_its_threads_back(machine):
+    governor = cpu.ThreadGovernor()
+    _round(machine, wall=10.0, ours=10.0, others=16.0)  # two other jobs: 1.6 cores' worth
+    assert governor.update() == 1
+    _round(machine, wall=10.0, ours=18.0, others=0.5)
+    assert governor.update() == 2
+
+
+def test_disabled_or_unknown_changes_nothing(machine, monkeypatch):
+    governor = cpu.ThreadGovernor(enabled=False)
+    _round(machine, wall=10.0, ours=5.0, others=20.0)
+    assert governor.update() == 2
+    monkeypatch.setattr(cpu, "_cpu_times", lambda: None)
+    assert cpu.ThreadGovernor().update() == 2
