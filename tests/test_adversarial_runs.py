@@ -298,6 +298,28 @@ def test_a_second_signal_stops_at_once_whatever_its_kind():
             time.sleep(1)
 
 
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["sigterm", "ctrl-c"])
+def test_a_signal_outside_training_ends_the_command_with_the_shells_code(signum, code):
+    """Outside train()'s own handling (loading a model, evaluating) a signal ends the process entry with 128 + signal
+    and no traceback, not a silent kill (SIGTERM's default) or a KeyboardInterrupt traceback."""
+    script = ("import time, reasonrl.cli as cli\n"
+              "def slow(argv=None):\n    print('ready', flush=True)\n    time.sleep(60)\n    return 0\n"
+              "cli.main = slow\ncli.run()\n")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "ready"
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == code and "Traceback" not in stderr, (process.returncode, stderr)
+
+
+def test_the_console_script_is_the_signal_aware_entry():
+    import importlib.metadata
+
+    [script] = [entry for entry in importlib.metadata.entry_points(group="console_scripts") if entry.name == "reasonrl"]
+    assert script.value == "reasonrl.cli:run"
+
+
 # ---------------------------------------------------------------- the output folder
 
 
