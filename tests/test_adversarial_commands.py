@@ -65,7 +65,8 @@ COMMAND_CASES = [
      ["--max-new-tokens must be >= 1"]),
     ("eval-temperature-zero", ["eval", "{model}", "--task", "arithmetic", "--temperature", "0"],
      ["--temperature must be > 0"]),
-    ("eval-task-typo", ["eval", "{model}", "--task", "countdwn"], ["unknown task 'countdwn'", "did you mean 'countdown'"]),
+    ("eval-task-typo", ["eval", "{model}", "--task", "countdwn"],
+     ["unknown task 'countdwn'", "did you mean 'countdown'"]),
     ("eval-task-empty", ["eval", "{model}", "--task", ""], ["unknown task ''"]),
     ("eval-json-is-a-folder", ["eval", "{model}", "--task", "arithmetic", "--json", "{ws}"], ["is a folder"]),
     ("eval-data-without-answers", ["eval", "{model}", "--data", "{ws}/no_answer.jsonl"],
@@ -207,7 +208,7 @@ def test_the_api_takes_a_dict_of_options_as_args(tmp_path, tiny_model_dir):
     (lambda: __import__("datasets").DatasetDict({"train": __import__("datasets").Dataset.from_list(
         [{"prompt": "a"}])}), DataError, "is a DatasetDict (splits: train); pass one split"),
     (lambda: "Say something", DataError, "must be a datasets.Dataset, a list of row dicts"),
-    (lambda: [], DataError, "is an empty list"),
+    (list, DataError, "is an empty list"),
     (lambda: ["Say 1", "Say 2"], DataError, "not of row dicts (found a str)"),
     (lambda: {"prompt": ["a", "b"], "answer": ["1"]}, DataError, "the dict of columns cannot be a table"),
     (lambda: [{"prompt": "a", "answer": 1}, {"prompt": "b", "answer": "x"}], DataError, "a column mixes value types"),

@@ -151,7 +151,8 @@ TRAIN_CASES = [
      ["reward 'no_such_module_xyz:score' could not be imported", "No module named 'no_such_module_xyz'"]),
     ("reward-file-missing", ["reward_funcs=[{ws}/nowhere/rewards.py:score]"],
      ["could not be imported: no file", "nowhere/rewards.py", "fix the path"]),
-    ("reward-name-typo", ["reward_funcs=[lenght]"], ["reward 'lenght' is not a registered name", "did you mean 'length'?"]),
+    ("reward-name-typo", ["reward_funcs=[lenght]"],
+     ["reward 'lenght' is not a registered name", "did you mean 'length'?"]),
     ("reward-function-missing", ["reward_funcs=[{ws}/rewards.py:score]"], ["not found", "has no 'score'", "good"]),
     ("reward-unknown-option", ["reward_kwargs.length.ideal=5"],
      ["reward 'length' has no option ideal", "its options: ideal_length"]),
@@ -171,7 +172,8 @@ TRAIN_CASES = [
     ("reward-returns-none", ["reward_funcs=[{ws}/rewards.py:nothing]"],
      ["'nothing' returned None", "must return a list"]),
     # the output folder
-    ("output-dir-is-a-file", ["output_dir={ws}/train.jsonl"], ["output_dir", "train.jsonl is a file", "choose a folder"]),
+    ("output-dir-is-a-file", ["output_dir={ws}/train.jsonl"],
+     ["output_dir", "train.jsonl is a file", "choose a folder"]),
     ("resume-nothing", ["--resume"], ["nothing to resume", "holds no checkpoint", "drop --resume"]),
     ("resume-not-a-checkpoint", ["--resume", "{ws}/nowhere"],
      ["cannot resume from", "no such folder", "--resume alone for the latest"]),
@@ -219,7 +221,8 @@ def test_output_dir_holding_a_run_is_refused_and_left_unchanged(ws, tiny_model_d
     before = _snapshot(run)
     code, err = run_main(capsys, ["train", *_train_args(ws, tiny_model_dir, run)])
     assert_one_line_error(code, err, "train", [f"output_dir {run} already holds a run", "pass --resume to continue",
-                                               "--overwrite (overwrite_output_dir=true) to start over", "choose another output_dir"])
+                                               "--overwrite (overwrite_output_dir=true) to start over",
+                                               "choose another output_dir"])
     assert _snapshot(run) == before
 
 
