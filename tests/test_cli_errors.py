@@ -268,6 +268,41 @@ def test_generate_mistake_is_one_line(args, phrases, ws, tiny_model_dir, capsys)
     assert_one_line_error(code, err, "generate", [phrase.format(**names) for phrase in phrases])
 
 
+@pytest.mark.parametrize("command, args, phrases", [
+    ("eval", ["{model}", "--task", "countdwn"], ["unknown task 'countdwn'", "did you mean 'countdown'?"]),
+    ("eval", ["{model}", "--task", "arithmetic", "--n", "2", "--json", "{tmp}/missing/report.json"],
+     ["--json {tmp}/missing/report.json: the folder {tmp}/missing does not exist", "create it"]),
+    ("sft", ["--task", "countdwn", "--out", "{tmp}/sft"], ["unknown task 'countdwn'", "did you mean 'countdown'?"]),
+    ("sft", ["--task", "arithmetic", "--n", "4", "--steps", "0", "--out", "{tmp}/sft"],
+     ["--steps must be >= 1 (got 0)"]),
+    ("explain", ["--epsilon", "-0.2"], ["--epsilon must be >= 0 (got -0.2)"]),
+    ("explain", ["--beta", "nan"], ["--beta must be >= 0 (got nan)"]),
+], ids=["eval-task-typo", "eval-json-folder-missing", "sft-task-typo", "sft-zero-steps", "explain-negative-epsilon",
+        "explain-nan-beta"])
+def test_eval_sft_explain_mistake_is_one_line(command, args, phrases, tiny_model_dir, tmp_path, capsys):
+    # each stops before any work (evaluation, training) whose result the mistake would throw away
+    names = {"model": tiny_model_dir, "tmp": tmp_path}
+    code, err = run_main(capsys, [command, *(arg.format(**names) for arg in args)])
+    assert_one_line_error(code, err, command, [phrase.format(**names) for phrase in phrases])
+    assert not (tmp_path / "sft").exists() and not (tmp_path / "missing").exists()
+
+
+def test_eval_report_that_cannot_be_written_is_one_line_after_the_report(tiny_model_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    reports = []
+
+    def refused(report, path):  # e.g. the disk filled up or the folder was made read-only during the evaluation
+        reports.append(report)
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr("reasonrl.evaluate.write_json", refused)
+    report = tmp_path / "report.json"
+    code, err = run_main(capsys, ["eval", str(tiny_model_dir), "--task", "arithmetic", "--n", "2", "--json",
+                                  str(report)])
+    assert_one_line_error(code, err, "eval", [f"cannot write --json {report}: Permission denied"])
+    assert len(reports) == 1 and reports[0]["n"] == 2  # the evaluation ran (and was printed) before the write
+
+
 # ---- end to end: the real command, its exit code and all of its stderr
 
 def test_subprocess_unknown_key_in_yaml(ws, tmp_path):
