@@ -91,7 +91,7 @@ COMMAND_CASES = [
     ("sft-out-occupied", ["sft", "--task", "arithmetic", "--out", "{ws}/occupied"],
      ["--out", "is not empty (keep.txt)", "--overwrite"]),
     ("sft-steps-negative", ["sft", "--task", "arithmetic", "--out", "{ws}/sft2", "--steps", "-1"],
-     ["--steps must be >= 0"]),
+     ["--steps must be >= 1 (got -1)"]),
     ("sft-batch-zero", ["sft", "--task", "arithmetic", "--out", "{ws}/sft3", "--batch-size", "0"],
      ["--batch-size must be >= 1"]),
     ("sft-lr-negative", ["sft", "--task", "arithmetic", "--out", "{ws}/sft4", "--lr", "-1"], ["--lr must be > 0"]),
