@@ -1,4 +1,5 @@
-# `make demo` and `make test` each create .venv when missing, install reasonrl into it, then run.
+# `make demo` and `make test` each create .venv when missing, install reasonrl into it, then run (`make test`:
+# `make lint`, then the tests).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,7 +23,8 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/reasonrl demo
 
-test: setup
+# the lint first: CI (.ci/run) runs `make test`, so ruff's rules and line length are enforced there too
+test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: setup

@@ -238,12 +238,12 @@ def test_prompt_column_naming_a_missing_column(ws, capsys):
      ["reads the dataset column 'answer' or 'solution'", "keep remove_unused_columns=false"]),
 ], ids=["no-answer-column", "answer-removed"])
 def test_a_reward_needing_a_missing_column_is_refused_before_the_model_loads(ws, capsys, monkeypatch, extra, phrases):
-    import reasonrl.trainer as trainer_module
+    import reasonrl.models as models_module
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not load")
 
-    monkeypatch.setattr(trainer_module, "load_model", no_model)
+    monkeypatch.setattr(models_module, "load_model", no_model)
     code, err = run_main(capsys, ["train", *_args(ws, *_fill(extra, ws))])
     assert_one_line_error(code, err, "train", phrases)
 
@@ -274,7 +274,8 @@ MODEL_CASES = [
     ("remote-code-not-trusted", "remote_code", ["ships its own model code (auto_map in config.json)",
                                                 "pass --trust-remote-code"]),
     ("not-causal", "bert", ["is not a causal language model", "decoder-only"]),
-    ("eos-outside-vocabulary", "eos_outside", ["the tokenizer's eos token id (260) is not in the model's vocabulary of 260"]),
+    ("eos-outside-vocabulary", "eos_outside",
+     ["the tokenizer's eos token id (260) is not in the model's vocabulary of 260"]),
     ("a-file", "a_file", ["could not load the model", "a_file"]),
 ]
 
@@ -288,9 +289,9 @@ def test_model_mistakes(ws, capsys, case_id, name, phrases):
 
 
 def test_lengths_past_the_models_positions_are_refused_before_it_loads(ws, capsys, monkeypatch):
-    import reasonrl.trainer as trainer_module
+    import reasonrl.models as models_module
 
-    monkeypatch.setattr(trainer_module, "load_model", lambda *a, **k: pytest.fail("the weights must not load"))
+    monkeypatch.setattr(models_module, "load_model", lambda *a, **k: pytest.fail("the weights must not load"))
     code, err = run_main(capsys, ["train", *_args(ws, "max_completion_length=100", model=ws / "short_positions")])
     assert_one_line_error(code, err, "train", ["max_completion_length=100 exceeds the model's 64 positions",
                                                "lower max_completion_length to at most 63"])
@@ -301,8 +302,8 @@ def test_the_longest_prompt_plus_a_completion_must_fit_the_positions(ws, capsys)
     code, err = run_main(capsys, ["train", *_args(ws, f"dataset_name={ws / 'long_prompt.jsonl'}",
                                                   "max_prompt_length=512", "max_completion_length=40",
                                                   model=ws / "short_positions")])
-    assert_one_line_error(code, err, "train", ["the longest prompt (400 tokens) + max_completion_length=40 exceeds "
-                                               "the model's 64 positions", "(or max_prompt_length)"])
+    assert_one_line_error(code, err, "train", [("the longest prompt (400 tokens) + max_completion_length=40 exceeds "
+                                                "the model's 64 positions"), "(or max_prompt_length)"])
 
 
 @pytest.mark.parametrize("extra, phrases", [

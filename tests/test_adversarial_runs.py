@@ -408,10 +408,10 @@ def _small_mount(path, size: str, read_only: bool = False):
 
 
 def test_a_read_only_output_dir_is_refused_before_the_model_loads(ws, capsys, tmp_path, monkeypatch):
-    import reasonrl.trainer as trainer_module
+    import reasonrl.models as models_module
 
     mount = _small_mount(tmp_path / "ro", "1m", read_only=True)
-    monkeypatch.setattr(trainer_module, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.setattr(models_module, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
     try:
         code, err = run_main(capsys, ["train", *_args(ws, mount / "run")])
         assert_one_line_error(code, err, "train", ["cannot be written", "Read-only file system"])
@@ -538,7 +538,8 @@ def test_a_lora_checkpoint_into_a_model_with_another_rank_is_refused(ws, run4, t
     trainer = GRPOTrainer(model, lambda completions, **kw: [0.0] * len(completions), args=args,
                           train_dataset=[{"prompt": "Say 1:"}], processing_class=AutoTokenizer.from_pretrained(
                               tiny_model_dir))
-    with pytest.raises(CheckpointError, match=r"was saved with other shapes .*lora_A.weight: \(4, 128\), this model: \(2, 128\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"was saved with other shapes .*lora_A.weight: \(4, 128\), this model: \(2, 128\)"):
         trainer.train(resume_from_checkpoint=True)
 
 

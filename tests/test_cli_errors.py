@@ -151,7 +151,8 @@ TRAIN_CASES = [
      ["reward 'no_such_module_xyz:score' could not be imported", "No module named 'no_such_module_xyz'"]),
     ("reward-file-missing", ["reward_funcs=[{ws}/nowhere/rewards.py:score]"],
      ["could not be imported: no file", "nowhere/rewards.py", "fix the path"]),
-    ("reward-name-typo", ["reward_funcs=[lenght]"], ["reward 'lenght' is not a registered name", "did you mean 'length'?"]),
+    ("reward-name-typo", ["reward_funcs=[lenght]"],
+     ["reward 'lenght' is not a registered name", "did you mean 'length'?"]),
     ("reward-function-missing", ["reward_funcs=[{ws}/rewards.py:score]"], ["not found", "has no 'score'", "good"]),
     ("reward-unknown-option", ["reward_kwargs.length.ideal=5"],
      ["reward 'length' has no option ideal", "its options: ideal_length"]),
@@ -171,7 +172,8 @@ TRAIN_CASES = [
     ("reward-returns-none", ["reward_funcs=[{ws}/rewards.py:nothing]"],
      ["'nothing' returned None", "must return a list"]),
     # the output folder
-    ("output-dir-is-a-file", ["output_dir={ws}/train.jsonl"], ["output_dir", "train.jsonl is a file", "choose a folder"]),
+    ("output-dir-is-a-file", ["output_dir={ws}/train.jsonl"],
+     ["output_dir", "train.jsonl is a file", "choose a folder"]),
     ("resume-nothing", ["--resume"], ["nothing to resume", "holds no checkpoint", "drop --resume"]),
     ("resume-not-a-checkpoint", ["--resume", "{ws}/nowhere"],
      ["cannot resume from", "no such folder", "--resume alone for the latest"]),
@@ -219,7 +221,8 @@ def test_output_dir_holding_a_run_is_refused_and_left_unchanged(ws, tiny_model_d
     before = _snapshot(run)
     code, err = run_main(capsys, ["train", *_train_args(ws, tiny_model_dir, run)])
     assert_one_line_error(code, err, "train", [f"output_dir {run} already holds a run", "pass --resume to continue",
-                                               "--overwrite (overwrite_output_dir=true) to start over", "choose another output_dir"])
+                                               "--overwrite (overwrite_output_dir=true) to start over",
+                                               "choose another output_dir"])
     assert _snapshot(run) == before
 
 
@@ -263,6 +266,41 @@ def test_generate_mistake_is_one_line(args, phrases, ws, tiny_model_dir, capsys)
     names = {"ws": ws, "model": tiny_model_dir}
     code, err = run_main(capsys, ["generate", *(arg.format(**names) for arg in args)])
     assert_one_line_error(code, err, "generate", [phrase.format(**names) for phrase in phrases])
+
+
+@pytest.mark.parametrize("command, args, phrases", [
+    ("eval", ["{model}", "--task", "countdwn"], ["unknown task 'countdwn'", "did you mean 'countdown'?"]),
+    ("eval", ["{model}", "--task", "arithmetic", "--n", "2", "--json", "{tmp}/missing/report.json"],
+     ["--json {tmp}/missing/report.json: the folder {tmp}/missing does not exist", "create it"]),
+    ("sft", ["--task", "countdwn", "--out", "{tmp}/sft"], ["unknown task 'countdwn'", "did you mean 'countdown'?"]),
+    ("sft", ["--task", "arithmetic", "--n", "4", "--steps", "0", "--out", "{tmp}/sft"],
+     ["--steps must be >= 1 (got 0)"]),
+    ("explain", ["--epsilon", "-0.2"], ["--epsilon must be >= 0 (got -0.2)"]),
+    ("explain", ["--beta", "nan"], ["--beta must be >= 0 (got nan)"]),
+], ids=["eval-task-typo", "eval-json-folder-missing", "sft-task-typo", "sft-zero-steps", "explain-negative-epsilon",
+        "explain-nan-beta"])
+def test_eval_sft_explain_mistake_is_one_line(command, args, phrases, tiny_model_dir, tmp_path, capsys):
+    # each stops before any work (evaluation, training) whose result the mistake would throw away
+    names = {"model": tiny_model_dir, "tmp": tmp_path}
+    code, err = run_main(capsys, [command, *(arg.format(**names) for arg in args)])
+    assert_one_line_error(code, err, command, [phrase.format(**names) for phrase in phrases])
+    assert not (tmp_path / "sft").exists() and not (tmp_path / "missing").exists()
+
+
+def test_eval_report_that_cannot_be_written_is_one_line_after_the_report(tiny_model_dir, tmp_path, capsys,
+                                                                         monkeypatch):
+    reports = []
+
+    def refused(report, path):  # e.g. the disk filled up or the folder was made read-only during the evaluation
+        reports.append(report)
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr("reasonrl.evaluate.write_json", refused)
+    report = tmp_path / "report.json"
+    code, err = run_main(capsys, ["eval", str(tiny_model_dir), "--task", "arithmetic", "--n", "2", "--json",
+                                  str(report)])
+    assert_one_line_error(code, err, "eval", [f"cannot write --json {report}: Permission denied"])
+    assert len(reports) == 1 and reports[0]["n"] == 2  # the evaluation ran (and was printed) before the write
 
 
 # ---- end to end: the real command, its exit code and all of its stderr

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reasonrl import config as config_module
+from reasonrl import config_checks
 from reasonrl.config import ConfigError, GRPOConfig, apply_overrides, describe_fields
 
 trl = pytest.importorskip("trl")
@@ -204,18 +205,18 @@ def test_validation_errors(kwargs, phrase):
 
 
 def test_missing_optional_packages_give_a_fix(monkeypatch):
-    monkeypatch.setattr(config_module, "_module_available", lambda name: False)
+    monkeypatch.setattr(config_checks, "_module_available", lambda name: False)
     with pytest.raises(ConfigError, match=r"^optim='adamw_8bit' needs bitsandbytes \(pip install bitsandbytes\), "
                                           r"which is not installed; use optim=adamw_torch$"):
         GRPOConfig(optim="adamw_8bit")
     with pytest.raises(ConfigError, match="report_to='wandb' needs wandb"):
         GRPOConfig(report_to="wandb")
-    monkeypatch.setattr(config_module, "_module_available", lambda name: True)
+    monkeypatch.setattr(config_checks, "_module_available", lambda name: True)
     assert GRPOConfig(optim="paged_adamw_8bit", report_to="wandb,tensorboard").loggers == ["wandb", "tensorboard"]
 
 
 def test_report_to_none_with_loggers_is_rejected(monkeypatch):
-    monkeypatch.setattr(config_module, "_module_available", lambda name: True)
+    monkeypatch.setattr(config_checks, "_module_available", lambda name: True)
     with pytest.raises(ConfigError, match="mixes 'none' with loggers"):
         GRPOConfig(report_to=["none", "wandb"])
 

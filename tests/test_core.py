@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from reasonrl.core import (
     LOSS_TYPES,
     WINDOW_TOKENS,
+    StepNormaliser,
     chunk_weight,
     dropout,
     group_advantages,
@@ -451,6 +452,24 @@ def test_chunk_weight_by_hand():
     for loss_type in ("cispo", "vespo"):
         assert chunk_weight(loss_type, mask[:2], mask, num_items=torch.tensor(40.0)).item() == 1.0
         assert chunk_weight(loss_type, mask[:2], mask).item() == pytest.approx(3 / 6)  # no window count: own tokens
+
+
+def test_step_normaliser_by_hand():
+    # a step of two micro-batches with 3 and 5 loss tokens here; the other process has 1 and 3 (8 + 4 = 12 in all)
+    local, total = torch.tensor([3.0, 5.0], dtype=torch.float64), torch.tensor([4.0, 8.0], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]])  # micro-batch 0: 4 rows, 6 loss tokens
+    loss = torch.tensor(2.0)
+    dapo = StepNormaliser.of_window("dapo", local, total, world_size=2)
+    assert dapo.num_items.item() == 6.0  # 12 tokens / 2 processes; DDP averages the two gradients
+    assert dapo.scaled(loss, 0, mask[:2], mask).item() == 2.0  # already divided by the step's tokens
+    grpo = StepNormaliser.of_window("grpo", local, total, world_size=2)
+    assert grpo.divisors == [2.0, 2.0]  # a mean over the step's two micro-batches
+    assert grpo.scaled(loss, 0, mask[:1], mask).item() == pytest.approx(2.0 * (1 / 4) / 2)  # 1 of 4 rows
+    bnpo = StepNormaliser.of_window("bnpo", local, total, world_size=2)
+    assert bnpo.divisors == pytest.approx([2 * 4 / (2 * 3), 2 * 8 / (2 * 5)])  # W * n_r / N per micro-batch
+    assert bnpo.scaled(loss, 1, mask[:2], mask).item() == pytest.approx(2.0 * (3 / 6) / (16 / 10))  # 3 of 6 tokens
+    alone = StepNormaliser.of_window("bnpo", local, local, world_size=1)
+    assert alone.divisors == [2.0, 2.0] and alone.num_items.item() == 8.0
 
 
 # ---------------------------------------------------------------- dropout: torch's maths with a cheaper mask

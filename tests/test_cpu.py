@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import reasonrl.cpu as cpu
+from reasonrl import cpu
 
 
 @pytest.fixture

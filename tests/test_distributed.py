@@ -261,15 +261,11 @@ def test_shards_are_contiguous_and_prompt_seeds_depend_only_on_the_draw():
 
 def test_bnpo_divisors_turn_local_token_means_into_the_global_one():
     # two processes, one micro-batch each: per-token losses summing to S_r over n_r tokens
-    from types import SimpleNamespace
+    from reasonrl.core import micro_batch_divisors
 
-    from reasonrl.distributed import DistributedState
-    from reasonrl.trainer import GRPOTrainer
-
-    trainer = SimpleNamespace(args=SimpleNamespace(loss_type="bnpo"), dist=DistributedState(0, 2))
     sums, counts = torch.tensor([3.0, 10.0]), torch.tensor([2.0, 8.0])
     local_losses = sums / counts
-    divisors = [GRPOTrainer._loss_divisors(trainer, counts[rank:rank + 1], counts.sum().reshape(1))[0]
+    divisors = [micro_batch_divisors("bnpo", counts[rank:rank + 1], counts.sum().reshape(1), world_size=2)[0]
                 for rank in (0, 1)]
     ddp_average = sum(loss / divisor for loss, divisor in zip(local_losses.tolist(), divisors)) / 2
     assert ddp_average == pytest.approx((sums.sum() / counts.sum()).item())  # 13 / 10

@@ -34,8 +34,8 @@ def trained_run(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("cli-run")
     (root / "rewards.py").write_text(REWARD_FILE)
     with open(root / "train.jsonl", "w") as handle:
-        for i in range(12):
-            handle.write(json.dumps({"prompt": f"Write something about {i}:", "topic": str(i)}) + "\n")
+        handle.writelines(json.dumps({"prompt": f"Write something about {i}:", "topic": str(i)}) + "\n"
+                          for i in range(12))
     config = {
         "model_name_or_path": tiny_model_dir, "dataset_name": str(root / "train.jsonl"),
         "reward_funcs": [f"{root / 'rewards.py'}:distinct_chars", "length"],

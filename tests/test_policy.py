@@ -141,7 +141,7 @@ def test_gradient_checkpointing_on_keeps_the_fast_path_and_its_steps(tmp_path, c
     computation as with it off (bitwise); with whole micro-batches the layers are recomputed (same steps within
     float rounding)."""
     on, on_weights = _run(tmp_path, char_tokenizer, "on", gradient_checkpointing=True)
-    off, off_weights = _run(tmp_path, char_tokenizer, "off", gradient_checkpointing=False)
+    _, off_weights = _run(tmp_path, char_tokenizer, "off", gradient_checkpointing=False)
     assert on.plan.chunked and not on.plan.checkpoint_layers
     assert all(torch.equal(on_weights[k], off_weights[k]) for k in on_weights)
     whole, whole_weights = _run(tmp_path, char_tokenizer, "whole", gradient_checkpointing=True,

@@ -13,7 +13,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-import reasonrl.trainer as trainer_module
+import reasonrl.micro_step as micro_step_module
+import reasonrl.models as models_module
 from reasonrl import GRPOConfig, GRPOTrainer
 from reasonrl.guards import MAX_CONSECUTIVE_SKIPS, TrainingDiverged
 from reasonrl.scoring import RewardError
@@ -81,21 +82,21 @@ def test_rows_every_function_failed_on_get_advantage_zero(tmp_path, char_tokeniz
     advantages = []
     trainer = _trainer(tmp_path, char_tokenizer, [always_fails, length_reward], max_steps=1,
                        max_reward_error_fraction=0.5)
-    original = trainer._make_round
+    original = trainer._advantages
 
-    def spy():
-        batch, metrics = original()
+    def spy(rollout, rewards):
+        batch = original(rollout, rewards)
         advantages.append(batch.advantages.clone())
-        return batch, metrics
+        return batch
 
-    trainer._make_round = spy
+    trainer._advantages = spy
     history = trainer.train()  # half the values failed: 0.5 is not more than 0.5
     assert history[0]["rewards/always_fails/errors"] == 4
 
     # only the failing function: every row unscorable -> every advantage 0; 100% > 1.0 is impossible, so it trains
     trainer = _trainer(tmp_path / "b", char_tokenizer, [always_fails], max_steps=1, max_reward_error_fraction=1.0)
-    original = trainer._make_round
-    trainer._make_round = spy
+    original = trainer._advantages
+    trainer._advantages = spy
     history = trainer.train()
     assert torch.equal(advantages[-1], torch.zeros(4))
     assert math.isnan(history[0]["reward"]) and history[0]["rewards/always_fails/errors"] == 4
@@ -169,14 +170,14 @@ def test_a_reward_returning_the_wrong_count_is_still_a_hard_error(tmp_path, char
 
 
 def _nan_loss_on(monkeypatch, calls_to_poison):
-    original, calls = trainer_module.grpo_loss, []
+    original, calls = micro_step_module.grpo_loss, []
 
     def poisoned(*args, **kwargs):
         calls.append(1)
         loss, metrics = original(*args, **kwargs)
         return (loss * float("nan") if len(calls) in calls_to_poison else loss), metrics
 
-    monkeypatch.setattr(trainer_module, "grpo_loss", poisoned)
+    monkeypatch.setattr(micro_step_module, "grpo_loss", poisoned)
 
 
 def _weights_after_each_step(trainer):
@@ -235,8 +236,7 @@ def distinct_chars(completions, **kwargs):
 def test_a_signal_saves_the_last_completed_step_and_says_how_to_resume(tmp_path, tiny_model_dir, signum, exit_code):
     (tmp_path / "rewards.py").write_text(REWARD_FILE)
     with open(tmp_path / "train.jsonl", "w") as handle:
-        for i in range(8):
-            handle.write(json.dumps({"prompt": f"Say {i}:"}) + "\n")
+        handle.writelines(json.dumps({"prompt": f"Say {i}:"}) + "\n" for i in range(8))
     out = tmp_path / "out"
     args = [f"model_name_or_path={tiny_model_dir}", f"dataset_name={tmp_path / 'train.jsonl'}",
             f"reward_funcs=[{tmp_path / 'rewards.py'}:distinct_chars]", "per_device_train_batch_size=4",
@@ -287,7 +287,7 @@ def test_train_runs_model_code_from_the_hub_only_when_asked(tmp_path, monkeypatc
         raise ModelLoadError("stopped before loading")
 
     # the config is read first (its positions are checked before the weights load): the same flag must reach it
-    monkeypatch.setattr(trainer_module, "load_model_config", load_model)
+    monkeypatch.setattr(models_module, "load_model_config", load_model)
     (tmp_path / "train.jsonl").write_text('{"prompt": "Say 1:"}\n')
     code = main(["train", "model_name_or_path=org/remote-code-model", f"dataset_name={tmp_path / 'train.jsonl'}",
                  "reward_funcs=[length]", f"output_dir={tmp_path / 'out'}", *options])

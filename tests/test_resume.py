@@ -75,7 +75,8 @@ ONE_STEP_ROUNDS = dict(BASE, per_device_train_batch_size=4, max_steps=24)
 def _start(script, settings, out, log, **env):
     with open(log, "w") as stderr:  # the child keeps its own copy of the file descriptor
         return subprocess.Popen([sys.executable, str(script), json.dumps({**settings, "output_dir": str(out)})],
-                                stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+                                stdout=subprocess.DEVNULL, stderr=stderr,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
 
 
 def _tail(log):

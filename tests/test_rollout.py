@@ -28,7 +28,7 @@ def test_position_ids_under_left_padding():
 
 def test_greedy_tokens_equal_hf_generate(model, char_tokenizer):
     ids, mask = _encode(char_tokenizer)
-    completion_ids, completion_mask, _, _ = generate(
+    completion_ids, _, _, _ = generate(
         model, ids, mask, num_generations=1, max_new_tokens=24, eos_token_id=char_tokenizer.eos_token_id,
         pad_token_id=char_tokenizer.pad_token_id, greedy=True)
     reference = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,

@@ -7,6 +7,7 @@ import torch
 from datasets import Dataset
 
 from reasonrl import GRPOConfig, GRPOTrainer
+from reasonrl.core import StepNormaliser
 from reasonrl.rounds import PromptSampler
 from reasonrl.rounds import is_every as _is_every
 from reasonrl.tiny import build_tiny_model
@@ -40,6 +41,14 @@ def _trainer(tmp_path, char_tokenizer, **overrides):
     return GRPOTrainer(build_tiny_model(char_tokenizer, seed=0), [lambda completions, **kw: [len(c) for c in
                        completions]], args=GRPOConfig(**settings), train_dataset=dataset,
                        processing_class=char_tokenizer)
+
+
+def _scored_round(trainer):
+    """Steps 1-3 of a round as train() takes them: rollout, score, advantages; and the round's metrics."""
+    rows, rollout = trainer._rollout()
+    scores, rewards = trainer._score(rows, rollout)
+    batch = trainer._advantages(rollout, rewards)
+    return batch, trainer._round_metrics(rows, rollout, scores, rewards, batch)
 
 
 @pytest.mark.parametrize("optim", ["adamw_torch", "adafactor", "sgd"])
@@ -138,11 +147,11 @@ def test_entropy_masking_takes_its_threshold_over_the_whole_micro_batch(tmp_path
     quantile = 0.3
     trainer = _trainer(tmp_path, char_tokenizer, top_entropy_quantile=quantile, backward_chunk_rows=1,
                        loss_type="grpo", max_completion_length=6, seed=5)
-    (tmp_path / "run").mkdir()  # train() makes it; _make_round writes completions.jsonl there
-    batch, _ = trainer._make_round()
+    (tmp_path / "run").mkdir()  # train() makes it; a round's samples go to completions.jsonl there
+    batch, _ = _scored_round(trainer)
     rows = torch.arange(batch.advantages.size(0))
     trainer.model.train()
-    trainer._micro_step(batch, rows, batch.loss_mask.sum().float(), 1.0)
+    trainer.micro_step(batch, rows, StepNormaliser("grpo", batch.loss_mask.sum().float(), [1.0]), 0)
     trainer_grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
     trainer.model.zero_grad(set_to_none=True)
 
@@ -204,7 +213,7 @@ def test_soft_overlong_punishment_by_name_scores_completion_tokens(tmp_path, cha
     trainer = GRPOTrainer(build_tiny_model(char_tokenizer, seed=0), args.reward_funcs, args=args,
                           train_dataset=dataset, processing_class=char_tokenizer)
     (tmp_path / "run").mkdir()
-    batch, metrics = trainer._make_round()
+    batch, metrics = _scored_round(trainer)
     lengths = batch.rollout.completion_mask.sum(-1).float()  # [8]
     expected = torch.where(lengths <= 2, 0.0, (2 - lengths) / 6)  # L - C = 2; none is longer than L = 8
     assert metrics["rewards/soft_overlong_punishment_reward/mean"] == pytest.approx(expected.mean().item())

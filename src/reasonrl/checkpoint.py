@@ -86,7 +86,7 @@ def save_checkpoint(output_dir: str, step: int, *, model, tokenizer, optimizer, 
         with open(os.path.join(staging, "config.yaml"), "w") as handle:
             handle.write(config_yaml)
         _fsync_tree(staging)
-    except Exception as error:  # noqa: BLE001 - a full disk, a quota, a folder gone (OSError, safetensors' error)
+    except Exception as error:  # a full disk, a quota, a folder gone (OSError, safetensors' error)
         if not isinstance(error, (OSError, RuntimeError)) and "safetensors" not in type(error).__module__:
             raise
         shutil.rmtree(staging, ignore_errors=True)

@@ -29,6 +29,7 @@ def _cmd_explain(args) -> int:
         values = getattr(args, name)
         if values is not None and len(values) != n:
             raise UsageError(f"--{name.replace('_', '-')} needs {n} values, one per reward (got {len(values)})")
+    _require_positive(args, "eps", "epsilon", "beta", allow_zero=True)
     explain(args.rewards, args.num_generations, eps=args.eps, log_ratios=args.log_ratios, ref_gaps=args.ref_gaps,
             epsilon=args.epsilon, beta=args.beta, scale=args.scale)
     return 0
@@ -340,6 +341,9 @@ def _cmd_eval(args) -> int:
         raise UsageError(f"--temperature must be > 0 for the pass@k samples (got {args.temperature})")
     if args.json and os.path.isdir(args.json):
         raise UsageError(f"--json {args.json} is a folder; give a file name for the report")
+    folder = os.path.dirname(os.path.abspath(args.json)) if args.json else None
+    if folder and not os.path.isdir(folder):  # checked now, not after the evaluation has run
+        raise UsageError(f"--json {args.json}: the folder {folder} does not exist; create it or give another path")
     rows, reward, default_tokens = _task_rows(args)
     model, tokenizer = load_for_inference(args.model, trust_remote_code=args.trust_remote_code)
     report = evaluate(model, tokenizer, rows, reward, k=args.k, num_samples=args.samples,
@@ -347,7 +351,10 @@ def _cmd_eval(args) -> int:
                       batch_size=args.batch_size, seed=args.seed)
     print(format_report(report))
     if args.json:
-        write_json(report, args.json)
+        try:
+            write_json(report, args.json)
+        except OSError as error:  # the report is printed above: nothing is lost
+            raise UsageError(f"cannot write --json {args.json}: {error.strerror or error}") from None
     return 0
 
 
@@ -355,8 +362,8 @@ def _cmd_sft(args) -> int:
     from reasonrl.export import check_model_folder, save_model_folder
     from reasonrl.sft import sft
 
-    _require_positive(args, "n", "batch_size", "lr", "epochs")
-    _require_positive(args, "steps", "lora", allow_zero=True)
+    _require_positive(args, "n", "batch_size", "lr", "epochs", "steps")
+    _require_positive(args, "lora", allow_zero=True)  # 0: no LoRA
     check_model_folder(args.out, overwrite=args.overwrite)  # before minutes of training, not after
     if args.task is not None or args.task_config is not None:
         task = _task(args)

@@ -13,36 +13,31 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import functools
-import importlib.util
 import inspect
 import itertools
 import math
-import os
 import sys
-import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from reasonrl import config_checks, config_parse
+from reasonrl.config_checks import (  # noqa: F401 - the choices of each option, imported from here too
+    BITSANDBYTES_OPTIMIZERS,
+    DTYPES,
+    IMPORTANCE_SAMPLING_LEVELS,
+    LOGGERS,
+    LOSS_TYPES,
+    LR_SCHEDULERS,
+    OPTIMIZERS,
+    SCALE_REWARDS,
+)
 from reasonrl.errors import ConfigError
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
-SCALE_REWARDS = ("group", "batch", "none")
-IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
-# The schedules transformers.get_scheduler builds from (warmup, total steps) alone, plus cosine_with_min_lr, which
-# needs min_lr or min_lr_rate in lr_scheduler_kwargs.
-LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                 "inverse_sqrt", "cosine_with_min_lr")
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "adamw_8bit", "paged_adamw_8bit")
-BITSANDBYTES_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
-LOGGERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # report_to value -> package it needs
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 _DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -59,7 +54,8 @@ class GRPOConfig:
     model_name_or_path ending in .gguf needs none. As transformers' `from_pretrained(gguf_file=)`; TRL has no such
     option."""
     dtype: str = "float32"
-    """reasonrl: dtype the weights are loaded in: float32, bfloat16, float16 or auto (as saved). As TRL's ModelConfig."""
+    """reasonrl: dtype the weights are loaded in: float32, bfloat16, float16 or auto (as saved). As TRL's
+    ModelConfig."""
     model_init_kwargs: dict[str, Any] | None = None
     """Extra keyword arguments for `AutoModelForCausalLM.from_pretrained` when the model is given by name."""
     trust_remote_code: bool = False
@@ -284,164 +280,15 @@ class GRPOConfig:
             self.scale_rewards = {"true": "group", "false": "none"}.get(lowered, self.scale_rewards)
         hints = _type_hints()
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name], f.type))
+            setattr(self, f.name, config_parse.coerce(f.name, getattr(self, f.name), hints[f.name], f.type))
         if isinstance(self.dtype, str):
             self.dtype = _DTYPE_ALIASES.get(self.dtype.lower(), self.dtype.lower())
 
-        for f in dataclasses.fields(self):  # inf passes every range check below and then poisons the weights
-            value = getattr(self, f.name)
-            for number in value if isinstance(value, list) else [value]:
-                if isinstance(number, float) and not math.isfinite(number):
-                    raise ConfigError(f"{f.name} must hold finite numbers (got {value})", f.name)
-        if not isinstance(self.output_dir, str) or not self.output_dir.strip():
-            raise ConfigError("output_dir is empty; set it to a folder for checkpoints and logs, e.g. "
-                              "output_dir=runs/my_run", "output_dir")
-        _require(self, "seed", 0 <= self.seed < 2**32, "must be in [0, 2**32 - 1] (numpy's seed range)")
-        _require(self, "learning_rate", self.learning_rate < 3.4e38, "must be below 3.4e38 (a float32)")
-
-        _check_choice("loss_type", self.loss_type, LOSS_TYPES)
-        _check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
-        _check_choice("importance_sampling_level", self.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
-        _check_choice("lr_scheduler_type", self.lr_scheduler_type, LR_SCHEDULERS)
-        _check_choice("optim", self.optim, OPTIMIZERS)
-        _check_choice("dtype", self.dtype, DTYPES)
-
-        _require(self, "num_generations", self.num_generations >= 2,
-                 "must be >= 2 to compare completions within a group")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_iterations",
-                     "max_completion_length", "max_prompt_length", "lora_r"):
-            _require(self, name, getattr(self, name) >= 1, "must be >= 1")
-        for name in ("generation_batch_size", "steps_per_generation", "save_total_limit", "num_completions_to_print"):
-            _require(self, name, getattr(self, name) is None or getattr(self, name) >= 1, "must be >= 1 or None")
-        _require(self, "num_generations_eval", self.num_generations_eval is None or self.num_generations_eval >= 2,
-                 "must be >= 2 or None")
-        for name in ("learning_rate", "epsilon", "beta", "weight_decay", "max_grad_norm", "top_k", "warmup_steps"):
-            _require(self, name, getattr(self, name) >= 0, "must be >= 0")
-        for name in ("temperature", "repetition_penalty", "adam_epsilon", "lora_alpha", "logging_steps",
-                     "save_steps"):
-            _require(self, name, getattr(self, name) > 0, "must be > 0")
-        _require(self, "epsilon_high", self.epsilon_high is None or self.epsilon_high >= 0, "must be >= 0 or None")
-        _require(self, "backward_chunk_rows", self.backward_chunk_rows is None or self.backward_chunk_rows >= 0,
-                 "must be >= 0 (0 = the whole micro-batch) or None (auto)")
-        _require(self, "top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
-        _require(self, "top_entropy_quantile", 0 <= self.top_entropy_quantile <= 1,
-                 "must be in [0, 1] (1.0 keeps every token in the loss; the paper uses 0.2)")
-        for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
-            _require(self, name, getattr(self, name) > 0, "must be > 0 (the sapo gate divides by it)")
-        for name in ("vespo_k_pos", "vespo_k_neg", "vespo_lambda_pos", "vespo_lambda_neg"):
-            _require(self, name, getattr(self, name) >= 0, "must be >= 0 (the Gamma weight's shape and rate)")
-        _require(self, "warmup_ratio", 0 <= self.warmup_ratio <= 1, "must be in [0, 1]")
-        _require(self, "lora_dropout", 0 <= self.lora_dropout < 1, "must be in [0, 1)")
-        _require(self, "max_reward_error_fraction", 0 <= self.max_reward_error_fraction <= 1, "must be in [0, 1]")
-        _require(self, "reward_timeout", self.reward_timeout is None or self.reward_timeout > 0, "must be > 0 or None")
-        for name in ("adam_beta1", "adam_beta2"):
-            _require(self, name, 0 <= getattr(self, name) < 1, "must be in [0, 1)")
-        if self.max_steps <= 0:
-            _require(self, "num_train_epochs", self.num_train_epochs > 0, "must be > 0 when max_steps is -1")
-        if self.warmup_ratio > 0 and self.warmup_steps > 0:
-            raise ConfigError(f"warmup_ratio={self.warmup_ratio} and warmup_steps={self.warmup_steps} are both set; "
-                              "set only one (warmup_steps=0.1 also means 10% of the steps)", "warmup_ratio")
-        if self.delta is not None and self.delta <= 1 + self.effective_epsilon_high:
-            raise ConfigError(f"delta must be > 1 + epsilon_high = {1 + self.effective_epsilon_high:g} to cap only "
-                              f"ratios above the clip range (got {self.delta}); try delta=4 or delta=null", "delta")
-        if self.lr_scheduler_type == "cosine_with_min_lr" and not (
-                {"min_lr", "min_lr_rate"} & set(self.lr_scheduler_kwargs or {})):
-            raise ConfigError("lr_scheduler_type=cosine_with_min_lr needs min_lr or min_lr_rate; set e.g. "
-                              "lr_scheduler_kwargs={min_lr_rate: 0.1}", "lr_scheduler_kwargs")
-        if self.lr_scheduler_kwargs:
-            _check_scheduler_kwargs(self.lr_scheduler_type, self.lr_scheduler_kwargs)
-        if self.optim in BITSANDBYTES_OPTIMIZERS and not _module_available("bitsandbytes"):
-            raise ConfigError(f"optim={self.optim!r} needs bitsandbytes (pip install bitsandbytes), which is not "
-                              "installed; use optim=adamw_torch", "optim")
-        self._validate_report_to()
-        self._validate_generation_batch()
-        self._validate_rewards()
-        self._warn_about_loss_pairings()
-
-    def _warn_about_loss_pairings(self) -> None:
-        """TRL's warnings about settings that run but do not mean what the papers meant (plus cispo's cap)."""
-        level, loss_type = self.importance_sampling_level, self.loss_type
-        if level == "sequence" and loss_type in ("bnpo", "dr_grpo", "dapo", "cispo"):
-            warnings.warn(f"importance_sampling_level='sequence' with loss_type={loss_type!r} weighs each "
-                          "sequence by its length; set loss_type=grpo for GSPO as in the paper", stacklevel=4)
-        if loss_type == "luspo" and level != "sequence":
-            warnings.warn("loss_type='luspo' is defined with sequence-level importance ratios; set "
-                          "importance_sampling_level=sequence as in the paper", stacklevel=4)
-        if loss_type == "vespo" and level != "token":
-            warnings.warn("loss_type='vespo' computes its own sequence-level weight; keep importance_sampling_level="
-                          "token (it then only changes the bias-corrected KL)", stacklevel=4)
-        if loss_type == "cispo" and self.effective_epsilon_high < 1:
-            warnings.warn(f"loss_type='cispo' caps the importance weight at epsilon_high, here "
-                          f"{self.effective_epsilon_high:g} (epsilon_high unset uses epsilon), which scales every "
-                          "token down; the ScaleRL paper uses epsilon_high=5.0", stacklevel=4)
-
-    def _validate_report_to(self) -> None:
-        requested = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
-        for name in requested:
-            _check_choice("report_to", name, tuple(LOGGERS))
-            package = LOGGERS[name]
-            if package and not _module_available(package):
-                raise ConfigError(f"report_to={name!r} needs {package} (pip install {package}), which is not "
-                                  "installed; use report_to=none", "report_to")
-        if "none" in requested and len(requested) > 1:
-            raise ConfigError(f"report_to={requested} mixes 'none' with loggers; drop 'none'", "report_to")
-
-    def _validate_generation_batch(self) -> None:
-        batch, num_generations = self.per_device_train_batch_size, self.num_generations
-        if self.generation_batch_size is not None and self.steps_per_generation is not None:
-            raise ConfigError(f"generation_batch_size={self.generation_batch_size} and steps_per_generation="
-                              f"{self.steps_per_generation} are both set; set only one", "generation_batch_size")
-        world = self.world_size
-        if self.generation_batch_size is not None:
-            size = self.generation_batch_size
-            if size % (batch * world):
-                processes = f" * {world} processes" if world > 1 else ""
-                raise ConfigError(f"generation_batch_size={size} must be a multiple of per_device_train_batch_size="
-                                  f"{batch}{processes}; set generation_batch_size={_round_up(size, batch * world)}",
-                                  "generation_batch_size")
-            if world > 1 and (size // world) % num_generations:
-                fix = world * _round_up(size // world, math.lcm(batch, num_generations))
-                raise ConfigError(f"generation_batch_size={size} gives {size // world} completions per process, not "
-                                  f"divisible by num_generations={num_generations}, so a prompt's group would be "
-                                  f"split across processes; set generation_batch_size={fix}", "generation_batch_size")
-            if size % num_generations:
-                fix = _round_up(size, math.lcm(batch, num_generations))
-                raise ConfigError(f"generation_batch_size={size} is not divisible by num_generations="
-                                  f"{num_generations}, so a prompt's group would be split; set "
-                                  f"generation_batch_size={fix}", "generation_batch_size")
-            return
-        steps = self.effective_steps_per_generation
-        size = batch * steps
-        if size % num_generations:
-            steps_name = "steps_per_generation" if self.steps_per_generation else "gradient_accumulation_steps"
-            fixed_batch = _round_up(batch, num_generations // math.gcd(num_generations, steps))
-            divisors = [g for g in range(num_generations, 1, -1) if size % g == 0]
-            or_fewer = f" or num_generations={divisors[0]}" if divisors else ""
-            raise ConfigError(f"the generation batch of {size} completions (per_device_train_batch_size={batch} * "
-                              f"{steps_name}={steps}) is not divisible by num_generations={num_generations}, so a "
-                              f"prompt's group would be split; set per_device_train_batch_size={fixed_batch}"
-                              f"{or_fewer}", "num_generations")
-
-    def _validate_rewards(self) -> None:
-        for name, kwargs in self.reward_kwargs.items():
-            if not isinstance(kwargs, dict):
-                raise ConfigError(f"reward_kwargs[{name!r}] must be a mapping of argument: value (got {kwargs!r})",
-                                  "reward_kwargs")
-            if self.reward_funcs and name not in self.reward_funcs:
-                raise ConfigError(f"reward_kwargs has an entry for {name!r}, which is not in reward_funcs "
-                                  f"{self.reward_funcs}; add it there or fix the name", "reward_kwargs")
-        if self.reward_funcs and self.reward_weights is not None:
-            self.check_reward_weights(len(self.reward_funcs))
+        config_checks.check(self)
 
     def check_reward_weights(self, num_reward_funcs: int) -> None:
         """Called by the trainer once it knows how many reward functions there are (the Python API passes callables)."""
-        if num_reward_funcs < 1:
-            raise ConfigError("no reward functions: set reward_funcs (e.g. reward_funcs=[length]) or pass "
-                              "reward_funcs= to the trainer", "reward_funcs")
-        if self.reward_weights is not None and len(self.reward_weights) != num_reward_funcs:
-            raise ConfigError(f"reward_weights has {len(self.reward_weights)} values but there are "
-                              f"{num_reward_funcs} reward functions; give one weight per reward function",
-                              "reward_weights")
+        config_checks.check_reward_weights(self, num_reward_funcs)
 
     # ---- derived values
 
@@ -498,6 +345,14 @@ class GRPOConfig:
 
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
+    def total_steps(self, dataset_size: int) -> int:
+        """Optimizer steps in a run: max_steps, or those of num_train_epochs passes over `dataset_size` prompts."""
+        if self.max_steps > 0:
+            return self.max_steps
+        steps_per_round = self.num_iterations * self.effective_steps_per_generation // self.gradient_accumulation_steps
+        rounds_per_epoch = math.ceil(dataset_size / self.prompts_per_generation)
+        return math.ceil(self.num_train_epochs * rounds_per_epoch) * steps_per_round
+
     def num_warmup_steps(self, total_steps: int) -> int:
         """Warmup steps for a run of `total_steps` optimizer steps (as transformers' get_warmup_steps)."""
         if self.warmup_ratio > 0:
@@ -509,40 +364,36 @@ class GRPOConfig:
     # ---- dict / YAML / key=value
 
     @classmethod
+    def coerce(cls, args) -> GRPOConfig:
+        """A trainer's `args`: a GRPOConfig, a dict of its fields, or None (the defaults)."""
+        if args is None:
+            return cls()
+        if isinstance(args, dict):
+            return cls.from_dict(args)
+        if not isinstance(args, cls):
+            raise ConfigError(f"args must be a reasonrl GRPOConfig or a dict of its options (got "
+                              f"{type(args).__module__}.{type(args).__name__}); use `from reasonrl import GRPOConfig`")
+        return args
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GRPOConfig:
         """Build from a mapping; an unknown key is an error that suggests the nearest field name."""
         names = [f.name for f in dataclasses.fields(cls)]
         for key in values:
             if key not in names:
-                raise ConfigError(f"unknown config key {key!r}{_did_you_mean(str(key), names)}", str(key))
+                raise ConfigError(f"unknown config key {key!r}{config_parse.did_you_mean(str(key), names)}", str(key))
         return cls(**values)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> GRPOConfig:
         """Load a YAML file of `option: value`, then apply `key=value` overrides (CLI style) on top."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not content
-        except FileNotFoundError:
-            raise ConfigError(f"config file '{path}' not found; check the path") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"cannot read config file '{path}': {getattr(error, 'strerror', None) or error}") from None
-        try:
-            values = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-            problem = " ".join(str(p) for p in (getattr(error, "context", None), getattr(error, "problem", None)) if p)
-            raise ConfigError(f"{where}: invalid YAML: {problem or error}".replace("\n", " ")) from None
-        values = {} if values is None else values
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of option: value (got a "
-                              f"{type(values).__name__}); see configs/ for examples")
+        values = config_parse.read_yaml(path)
         values = apply_overrides(values, overrides)
         try:
             return cls.from_dict(values)
         except ConfigError as error:
-            source = next((o for o in overrides if _override_field(o) == error.field), None)
+            source = next((o for o in overrides if config_parse.override_field(o) == error.field), None)
             prefix = f"override '{source}'" if source else str(path)
             raise ConfigError(f"{prefix}: {error}", error.field) from None
 
@@ -565,30 +416,7 @@ class GRPOConfig:
 
 def apply_overrides(values: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """A copy of `values` with `key=value` strings applied; `a.b.c=v` sets a key inside a dict field."""
-    result = dict(values)
-    names = [f.name for f in dataclasses.fields(GRPOConfig)]
-    for override in overrides:
-        key, sep, raw = override.partition("=")
-        name, path = _override_field(override), key.strip().split(".")[1:]
-        if not sep or not name:
-            raise ConfigError(f"override {override!r} is not key=value; write e.g. learning_rate=1e-5")
-        if name not in names:
-            raise ConfigError(f"override {override!r}: unknown config key {name!r}{_did_you_mean(name, names)}", name)
-        if not path:
-            result[name] = raw
-            continue
-        current = result.get(name)
-        current = _parse_scalar(current) if isinstance(current, str) else current
-        if not isinstance(current, (dict, type(None))):
-            raise ConfigError(f"override {override!r}: {name} is not a mapping, so it has no key {path[0]!r}", name)
-        container = result[name] = dict(current or {})
-        for part in path[:-1]:
-            if not isinstance(container.get(part) or {}, dict):
-                raise ConfigError(f"override {override!r}: {part!r} is not a mapping", name)
-            container[part] = dict(container.get(part) or {})
-            container = container[part]
-        container[path[-1]] = _parse_scalar(raw)
-    return result
+    return config_parse.apply_overrides(values, overrides, [f.name for f in dataclasses.fields(GRPOConfig)])
 
 
 def describe_fields() -> list[tuple[str, str, Any, str]]:
@@ -616,141 +444,6 @@ def _field_rows() -> tuple[tuple[str, str, Any, str], ...]:
 # ---- helpers
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load, except that a key given twice in one mapping is an error: PyYAML would keep the last value
-    silently, and a run would train with a setting its author thinks is something else."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-_NONE = ("none", "null", "~")
-
-
-def _override_field(override: str) -> str:
-    """The field an override sets: 'reward_kwargs.length.x=1' -> reward_kwargs; '--max-steps=5' -> max_steps."""
-    return override.partition("=")[0].strip().lstrip("-").split(".")[0].replace("-", "_")
-
-
-def _module_available(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
 @functools.cache
 def _type_hints() -> dict[str, Any]:
     return typing.get_type_hints(GRPOConfig)
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return max(multiple, -(-value // multiple) * multiple)
-
-
-def _did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
-    lowered = {choice.lower(): choice for choice in choices}
-    close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=1)]
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not supported{_did_you_mean(str(value), choices)}; choose one of: "
-                          f"{', '.join(choices)}", name)
-
-
-def _check_scheduler_kwargs(scheduler: str, kwargs: dict) -> None:
-    """lr_scheduler_kwargs must be options of the schedule's function (transformers passes them on by keyword)."""
-    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
-
-    function = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(scheduler)]
-    # the optimizer, warmup and total steps come from the trainer
-    own = {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"}
-    accepted = [name for name in inspect.signature(function).parameters if name not in own]
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        takes = f"it takes: {', '.join(accepted)}" if accepted else "it takes none"
-        raise ConfigError(f"lr_scheduler_kwargs has {', '.join(map(repr, unknown))}, which lr_scheduler_type="
-                          f"{scheduler} does not take ({takes})", "lr_scheduler_kwargs")
-
-
-def _require(config: GRPOConfig, name: str, ok: bool, rule: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name} {rule} (got {getattr(config, name)!r})", name)
-
-
-def _parse_scalar(text: str) -> Any:
-    """A CLI/YAML scalar: YAML parsing, plus floats PyYAML reads as strings (1e-5)."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _coerce(name: str, value: Any, hint: Any, type_text: str) -> Any:
-    """`value` converted to the annotation `hint`, or a ConfigError naming the field and the expected type."""
-    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    options = list(typing.get_args(hint)) if is_union else [hint]
-    if type(None) in options and (value is None or isinstance(value, str) and value.strip().lower() in _NONE):
-        return None
-    if isinstance(value, str) and (value.strip().startswith("[") or "," in value):
-        options.sort(key=lambda option: typing.get_origin(option) is not list)  # "a,b" is a list if one is allowed
-    for option in options:
-        try:
-            return _convert(value, option)
-        except (ValueError, TypeError, yaml.YAMLError):
-            continue
-    raise ConfigError(f"{name} must be {type_text} (got {value!r})", name)
-
-
-def _convert(value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-    elif hint is int and not isinstance(value, bool):
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                value = float(value)
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif hint is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
-        number = float(value.strip() if isinstance(value, str) else value)
-        if not math.isnan(number):
-            return number
-    elif hint is str:
-        if isinstance(value, (str, os.PathLike)):  # output_dir=Path(...) from Python
-            return os.fspath(value)
-    elif origin is list:
-        if isinstance(value, str):
-            text = value.strip()
-            value = yaml.safe_load(text) if text.startswith("[") else [p.strip() for p in text.split(",") if p.strip()]
-        if isinstance(value, (list, tuple)):
-            (item_hint,) = typing.get_args(hint) or (Any,)
-            return [_convert(item, item_hint) for item in value]
-    elif origin is dict or hint is dict:
-        if isinstance(value, str):
-            value = yaml.safe_load(value)
-        if isinstance(value, dict):
-            return dict(value)
-    raise TypeError(f"cannot convert {value!r} to {hint}")

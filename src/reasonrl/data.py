@@ -253,3 +253,21 @@ class PromptTokenizer:
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], device=device)
         attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
         return input_ids, attention_mask
+
+
+def load_train_dataset(train_dataset, args):
+    """The trainer's training data: `train_dataset` (a datasets.Dataset, a list of dicts, ...) or, when None, the
+    config's dataset_name (a hub id or a file); its prompt column named "prompt" and checked."""
+    from reasonrl import rundir
+
+    if train_dataset is None:
+        if not args.dataset_name:
+            raise DataError("no training data: pass train_dataset= or set dataset_name to a hub id or a file")
+        if os.path.isfile(args.dataset_name):
+            rundir.ensure_not_run_file(args.dataset_name, args.output_dir, "dataset_name")
+        train_dataset = load_dataset_any(args.dataset_name, config=args.dataset_config, split=args.dataset_train_split)
+    dataset = ensure_prompt_column(as_dataset(train_dataset), args.prompt_column)
+    if args.remove_unused_columns:
+        dataset = dataset.select_columns(["prompt"])
+    check_prompts(dataset)
+    return dataset

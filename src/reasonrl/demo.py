@@ -131,7 +131,8 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
     grpo_dir = os.path.join(settings.out, "grpo")
     completions_per_step = settings.prompts_per_step * settings.num_generations
     config = GRPOConfig(
-        output_dir=grpo_dir, learning_rate=settings.learning_rate, per_device_train_batch_size=completions_per_step // 2,
+        output_dir=grpo_dir, learning_rate=settings.learning_rate,
+        per_device_train_batch_size=completions_per_step // 2,
         gradient_accumulation_steps=2, num_generations=settings.num_generations, max_completion_length=max_new_tokens,
         max_prompt_length=64, temperature=settings.temperature, beta=settings.beta, max_steps=settings.grpo_steps,
         reward_weights=[1.0, 0.2], logging_steps=25, save_steps=settings.grpo_steps, gradient_checkpointing=False,

@@ -9,7 +9,7 @@ How a round is split (TRL's convention: per_device_train_batch_size is per proce
 global list of prompts from the same seeded sampler and keeps its own contiguous slice; each prompt's G completions
 stay on one process. Rewards are gathered, so advantages (also scale_rewards=batch) and the logged metrics are the
 global ones. Gradients are averaged by DistributedDataParallel; the trainer scales each process's loss so that the
-average equals the single-process gradient of the same global batch (see GRPOTrainer._loss_divisors).
+average equals the single-process gradient of the same global batch (see core.losses.micro_batch_divisors).
 """
 
 from __future__ import annotations

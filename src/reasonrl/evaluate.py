@@ -102,8 +102,8 @@ def evaluate(model, tokenizer, rows: list[dict], reward_fn, *, k: int = 1, num_s
 
 
 def format_report(report: dict) -> str:
-    lines = [f"n={report['n']}  accuracy={report['accuracy']:.3f}  format_rate={report['format_rate']:.3f}  "
-             f"mean_length={report['mean_length']:.1f}  truncation_rate={report['truncation_rate']:.3f}"]
+    lines = [(f"n={report['n']}  accuracy={report['accuracy']:.3f}  format_rate={report['format_rate']:.3f}  "
+              f"mean_length={report['mean_length']:.1f}  truncation_rate={report['truncation_rate']:.3f}")]
     if report["pass_at_k"]:
         lines.append("pass@k: " + "  ".join(f"@{k}={v:.3f}" for k, v in report["pass_at_k"].items()))
     return "\n".join(lines)

@@ -22,7 +22,8 @@ def load_for_inference(path: str, *, base: str | None = None, trust_remote_code:
             raise ExportError(f"{path} is a training run's folder, not a model; give one of its checkpoints, "
                               f"e.g. {latest}")
     if not os.path.isfile(adapter_config):
-        return load_model(path, trust_remote_code=trust_remote_code), load_tokenizer(path, trust_remote_code=trust_remote_code)
+        return (load_model(path, trust_remote_code=trust_remote_code),
+                load_tokenizer(path, trust_remote_code=trust_remote_code))
     from peft import PeftModel
 
     with open(adapter_config) as handle:
@@ -170,7 +171,7 @@ def push_to_hub(folder: str, repo_id: str, *, private: bool = False) -> str:
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(folder_path=folder, repo_id=repo_id)
-    except Exception as error:  # network and auth errors come in many types
+    except Exception as error:  # noqa: BLE001 - network and auth errors come in many types
         raise ExportError(f"cannot push to the Hub repo {repo_id}: {(str(error).splitlines() or [''])[0][:200]}"
                           ) from None
     return f"https://huggingface.co/{repo_id}"

@@ -11,6 +11,7 @@
   signal interrupts at once instead (`immediately()`). A second signal of either kind always interrupts at once
   (KeyboardInterrupt; no new checkpoint, the last saved one stays). The previous handlers come back when training
   ends, and nothing is installed outside the main thread (signals only reach the main thread).
+- `check_finite_weights`: weights that a step made NaN or infinite are never saved (`TrainingDiverged`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import math
 import signal
 import threading
 
-from reasonrl.errors import TrainingDiverged  # noqa: F401 - raised by the trainer, imported from here too
+import torch
+
+from reasonrl.errors import TrainingDiverged
 
 logger = logging.getLogger("reasonrl")
 
@@ -69,7 +72,7 @@ class StopSignals:
         self._previous: dict = {}
         self._immediate = False
 
-    def __enter__(self) -> StopSignals:
+    def __enter__(self) -> StopSignals:  # noqa: PYI034 - typing.Self needs Python 3.11 (we support 3.10)
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -139,3 +142,11 @@ class LearningSignal:
         if math.log10(self.streak).is_integer():
             logger.warning("no learning signal in the round of step %d (%d such round%s in a row): %s", step,
                            self.streak, "" if self.streak == 1 else "s", reason)
+
+
+def check_finite_weights(model, consequence: str) -> None:
+    """TrainingDiverged when a trainable weight is NaN or infinite: such weights are never saved."""
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and not torch.isfinite(parameter).all():
+            raise TrainingDiverged(f"the weights are not finite ({name} holds NaN or inf; learning_rate too high?); "
+                                   f"{consequence}")

@@ -360,3 +360,49 @@ def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+# ------------------------------------------------------------------ the trainer's policy, built in two steps
+
+
+def load_policy(model, args, processing_class=None, *, bf16: bool = False, wants_lora: bool = False):
+    """(model, tokenizer, model_name) for a trainer: `model` a hub id, a local path (its lengths checked against
+    max_completion_length before it loads) or a transformers model object; the tokenizer prepared for generation."""
+    if isinstance(model, str):
+        check_lengths(load_model_config(model, trust_remote_code=args.trust_remote_code, gguf_file=args.gguf_file),
+                      args.max_completion_length)
+        # frozen base weights can live in bf16 when only the LoRA adapter (kept fp32 by peft) trains
+        dtype = torch.bfloat16 if (bf16 and wants_lora) else DTYPES.get(args.dtype, "auto")
+        model_name = model
+        model = load_model(model, dtype=dtype, trust_remote_code=args.trust_remote_code, gguf_file=args.gguf_file,
+                           **(args.model_init_kwargs or {}))
+        processing_class = processing_class or load_tokenizer(
+            model_name, trust_remote_code=args.trust_remote_code, gguf_file=args.gguf_file)
+    else:
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+            raise ModelLoadError(f"model must be a hub id, a local folder or a transformers model object (got "
+                                 f"{type(model).__name__})")
+        model_name = getattr(model.config, "_name_or_path", None) or type(model).__name__
+        if processing_class is None:
+            processing_class = load_tokenizer(model_name, trust_remote_code=args.trust_remote_code)
+    tokenizer = prepare_tokenizer(processing_class)
+    check_policy(model, tokenizer)
+    return model, tokenizer, model_name
+
+
+def prepare_for_training(model, args, peft_config=None, *, bf16: bool = False):
+    """The policy ready to train: a LoRA adapter added (peft_config, or the lora_* options with use_peft) with the
+    lean LoRA dropout, dropout disabled if asked, frozen weights in bf16 under bf16 with LoRA."""
+    if peft_config is None and args.use_peft and not is_peft_model(model):
+        peft_config = lora_config_from(args)
+    if peft_config is not None:
+        model = add_lora(model, peft_config)  # with the lean LoRA dropout
+    else:
+        use_lean_lora_dropout(model)  # a peft model given ready-made (a no-op for a plain model)
+    if args.disable_dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    if bf16 and is_peft_model(model) and args.cast_frozen_weights_to_bf16:
+        cast_frozen_weights(model, torch.bfloat16)  # as if loaded by name in bf16: half the memory
+    return model

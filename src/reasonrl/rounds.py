@@ -1,14 +1,19 @@
-"""The data a GRPO run carries between its stages: the prompt order, a scored round, a round in progress.
+"""The data a GRPO run carries between its stages: the prompt order, a scored round, a round in progress and the
+optimizer steps (windows of micro-batches) it is cut into.
 
 Kept apart from the loop (trainer.py) so that the loop reads top to bottom; checkpoint.py saves these.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 
+from reasonrl import checkpoint as ckpt
+from reasonrl.errors import ConfigError
 from reasonrl.rollout import Rollout
 
 
@@ -73,6 +78,14 @@ class Batch:
 
 
 @dataclass
+class Window:
+    """One optimizer step's share of a round: the row indices of its micro-batches."""
+
+    index: int  # the step's number within the round (0 .. RoundProgress.num_windows - 1)
+    micro_batches: list[torch.Tensor] = field(default_factory=list)  # each [per_device_train_batch_size] rows
+
+
+@dataclass
 class RoundProgress:
     """A round being optimized: what a checkpoint saved in its middle holds, so that resuming finishes it exactly."""
 
@@ -83,9 +96,68 @@ class RoundProgress:
     next_window: int = 0  # optimizer steps of the round already taken
     last_completions: list | None = None  # what log_completions prints
 
+    @classmethod
+    def start(cls, batch: Batch, metrics: dict, args, generator: torch.Generator, orders: torch.Tensor | None = None,
+              last_completions: list | None = None) -> RoundProgress:
+        """The round's micro-batch orders, one per pass, are all drawn now (nothing else draws from the generator
+        between the passes, so the numbers are those the passes would draw): a checkpoint saved in the round's
+        middle then holds a generator state past all of them, and the orders themselves."""
+        num_rows = batch.advantages.size(0)
+        if orders is None:
+            orders = torch.stack([group_order(num_rows, args.num_generations, generator)
+                                  for _ in range(args.num_iterations)])  # [num_iterations, B]
+        micro_batches = math.ceil(num_rows / args.per_device_train_batch_size)
+        num_windows = args.num_iterations * math.ceil(micro_batches / args.gradient_accumulation_steps)
+        return cls(batch, metrics, orders, num_windows, last_completions=last_completions)
+
     @property
     def done(self) -> bool:
         return self.next_window >= self.num_windows
+
+    def remaining_windows(self, micro_batch_size: int, accumulation: int) -> Iterator[Window]:
+        """The round's optimizer steps not taken yet: each pass (iteration) over the round cuts its order into
+        micro-batches of `micro_batch_size` rows, and every `accumulation` of them make one window."""
+        num_rows = self.orders.size(1)
+        for iteration, order in enumerate(self.orders):
+            micro_batches = [order[i: i + micro_batch_size] for i in range(0, num_rows, micro_batch_size)]
+            windows_per_pass = math.ceil(len(micro_batches) / accumulation)
+            for start in range(0, len(micro_batches), accumulation):
+                index = iteration * windows_per_pass + start // accumulation
+                if index >= self.next_window:  # else taken before the checkpoint this run resumed from
+                    yield Window(index, micro_batches[start: start + accumulation])
+
+    def checkpoint_state(self) -> tuple[dict, dict] | None:
+        """(tensors, values) of the round for a checkpoint, or None at its end (nothing to keep)."""
+        if self.done:
+            return None
+        tensors, values = ckpt.split_dataclass(self.batch, "batch.")
+        rollout_tensors, rollout_values = ckpt.split_dataclass(self.batch.rollout, "rollout.")
+        tensors.update(rollout_tensors, orders=self.orders)
+        values.update(rollout_values, metrics=self.metrics, num_windows=self.num_windows,
+                      next_window=self.next_window, last_completions=self.last_completions)
+        return tensors, values
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device, args) -> RoundProgress | None:
+        """The round a checkpoint saved in its middle (None if it was saved at a round's end), checked against the
+        settings that cut it into optimizer steps."""
+        stored = ckpt.load_round(path, device)
+        if stored is None:
+            return None
+        tensors, values = stored
+        orders = tensors["orders"]
+        if orders.size(0) != args.num_iterations:
+            raise ConfigError(f"{path} was saved in the middle of a round of num_iterations={orders.size(0)}; "
+                              f"resume it with the same num_iterations (got {args.num_iterations})")
+        rollout = ckpt.build_dataclass(Rollout, tensors, values, "rollout.")
+        batch = ckpt.build_dataclass(Batch, tensors, values, "batch.", rollout=rollout)
+        round_ = cls.start(batch, values["metrics"], args, generator=None, orders=orders)
+        if round_.num_windows != values["num_windows"]:
+            raise ConfigError(f"{path} was saved in the middle of a round of {values['num_windows']} optimizer "
+                              f"steps but these settings make rounds of {round_.num_windows}; resume with the run's "
+                              f"per_device_train_batch_size, gradient_accumulation_steps and steps_per_generation")
+        round_.next_window, round_.last_completions = values["next_window"], values["last_completions"]
+        return round_
 
 
 def group_order(num_rows: int, group_size: int, generator: torch.Generator) -> torch.Tensor:

@@ -264,7 +264,7 @@ def _stdin_source(data: bytes) -> Any:
         os.write(write_end, data)
         os.close(write_end)
         return open(read_end, "rb", buffering=0)
-    file = tempfile.TemporaryFile()  # noqa: SIM115  # returned open: the caller's with-statement closes it
+    file = tempfile.TemporaryFile()  # returned open: the caller's with-statement closes it
     file.write(data)
     file.seek(0)
     return file

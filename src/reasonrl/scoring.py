@@ -242,3 +242,17 @@ def check_reward_columns(reward_funcs: list, names: list[str], columns: list[str
             raise RewardSpecError(f"reward '{name}' reads the dataset column {wanted}, which the training data "
                                   f"lacks (columns: {', '.join(columns)}); add or rename that column (and keep "
                                   f"remove_unused_columns=false)")
+
+
+def build_rewards(reward_funcs, args) -> tuple[list, list[str], torch.Tensor]:
+    """(functions, names, weights [F]) of a trainer's reward_funcs: callables, built-in names or "module:function"
+    specs, alone or in a list; a name's options from reward_kwargs, the weights from reward_weights (default 1)."""
+    from reasonrl.rewards import get_reward, reward_name
+
+    funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+    reward_kwargs = args.reward_kwargs or {}
+    funcs = [get_reward(f, **reward_kwargs.get(f, {})) if isinstance(f, str) else f for f in funcs]
+    names = [reward_name(f) for f in funcs]
+    args.check_reward_weights(len(funcs))
+    weights = args.reward_weights or [1.0] * len(funcs)
+    return funcs, names, torch.tensor(weights, dtype=torch.float32)

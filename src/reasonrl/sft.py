@@ -45,8 +45,9 @@ def _collate(pairs, pad_id: int, device):
 
 
 def sft(model, tokenizer, rows: list[dict], *, steps: int | None = None, epochs: float = 1.0, batch_size: int = 32,
-        learning_rate: float = 1e-3, warmup_ratio: float = 0.05, weight_decay: float = 0.0, max_length: int | None = None,
-        seed: int = 0, progress: bool = True, callback=None, callback_every: int = 0) -> list[float]:
+        learning_rate: float = 1e-3, warmup_ratio: float = 0.05, weight_decay: float = 0.0,
+        max_length: int | None = None, seed: int = 0, progress: bool = True, callback=None,
+        callback_every: int = 0) -> list[float]:
     """Train `model` in place on rows {prompt, completion}; returns the loss of every step.
 
     `steps` (if given) overrides `epochs`. AdamW with linear warmup and cosine decay. `callback(step, model)` runs

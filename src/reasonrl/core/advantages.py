@@ -32,8 +32,9 @@ def group_advantages(
 
     Stds use Bessel's correction. The statistics are computed in float64 (the result is float32): in float32 the
     mean of a group of equal large rewards (e.g. nine times 683.43) is not exactly that value, and dividing the
-    rounding error by a std of the same size gave such a group advantages of about -0.35 instead of 0. NaN marks an unscorable completion: it is left out of every mean and std and
-    its advantage is 0, as is every advantage whose statistics are undefined (a group with one scorable value).
+    rounding error by a std of the same size gave such a group advantages of about -0.35 instead of 0. NaN marks
+    an unscorable completion: it is left out of every mean and std and its advantage is 0, as is every advantage
+    whose statistics are undefined (a group with one scorable value).
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")

@@ -15,7 +15,8 @@ GSPO: exp of the masked mean log-ratio, [B, 1]) and advantage A_i:
     per-token loss                     policy term (times the entropy mask, if any) + beta * KL
 
 and the per-token losses are reduced to one number by the loss type's aggregation (`_LOSS_TYPES`, the one place
-that says how each loss type is normalised; `chunk_weight` and the trainer read it from there).
+that says how each loss type is normalised; `StepNormaliser` turns it into the scale of each piece of an optimizer
+step: micro-batches, row chunks, processes).
 """
 
 from __future__ import annotations
@@ -149,6 +150,12 @@ def sequence_metrics(importance_sampling_level: str) -> frozenset[str]:
     return frozenset({"vespo/phi_seq_mean", *ratio_metrics})
 
 
+# ------------------------------------------------------------------ normalisers: one optimizer step in pieces
+# An optimizer step's loss is a sum over its micro-batches (and, inside one, over row chunks) of grpo_loss(piece)
+# times a scale. The scale is each loss type's normaliser: rows (grpo, sapo, luspo, dr_grpo), the micro-batch's
+# tokens (bnpo), the step's tokens over all processes (dapo, cispo, vespo); across processes DDP averages gradients.
+
+
 def normalised_by(loss_type: str) -> str:
     """What `loss_type` divides its sum of per-token losses by: ROWS, MICRO_BATCH_TOKENS or WINDOW_TOKENS."""
     return _LOSS_TYPES[loss_type].normaliser
@@ -165,6 +172,50 @@ def chunk_weight(loss_type: str, chunk_mask: Tensor, mask: Tensor, num_items: Te
     if normaliser == WINDOW_TOKENS and num_items is not None:  # a given token count, the same for every chunk
         return torch.tensor(1.0)
     return chunk_mask.sum().float() / mask.sum().float().clamp(min=1.0)  # by the micro-batch's token count
+
+
+def micro_batch_divisors(loss_type: str, local_tokens: Tensor, global_tokens: Tensor, world_size: int) -> list[float]:
+    """What each micro-batch's loss (not one normalised by the window's tokens: dapo, cispo, vespo) is divided
+    by, so that DDP's mean over W processes of the gradients equals one process's gradient on the global
+    micro-batches (each process's b rows together). local_tokens, global_tokens [window size]: loss tokens of the
+    step's micro-batches on this process and summed over processes.
+
+    Loss types normalised by rows (grpo, sapo, luspo, dr_grpo's rows * max_completion_length): loss / window
+    size, averaged over equal-sized shards, is already the global value. bnpo averages over the micro-batch's
+    tokens: W processes' local averages are reweighted to the token mean of their union, loss_r * W * n_r / N
+    (n_r local, N global tokens).
+    """
+    window_size = local_tokens.numel()
+    if normalised_by(loss_type) != MICRO_BATCH_TOKENS or world_size <= 1:
+        return [float(window_size)] * window_size
+    return [window_size * float(total) / (world_size * float(local)) if local > 0 else float(window_size)
+            for local, total in zip(local_tokens.tolist(), global_tokens.tolist())]
+
+
+@dataclass(frozen=True)
+class StepNormaliser:
+    """The normalisers of one optimizer step (a window of micro-batches): `num_items` is grpo_loss's token count
+    for the loss types normalised by the window's tokens; `scaled(loss, i, ...)` is the loss of micro-batch i (or
+    of one of its row chunks) times its share of the step, so that the backwards add up to the gradient of the
+    whole window's loss, on one process or averaged by DDP over several."""
+
+    loss_type: str
+    num_items: Tensor  # the window's loss tokens over all processes / world size (DDP then averages over ranks)
+    divisors: list[float]  # per micro-batch (micro_batch_divisors)
+
+    @classmethod
+    def of_window(cls, loss_type: str, local_tokens: Tensor, global_tokens: Tensor, world_size: int):
+        """local_tokens, global_tokens float64 [window size]: each micro-batch's loss tokens here and summed over
+        the processes (the caller all-reduces)."""
+        num_items = (global_tokens.sum() / world_size).float()
+        return cls(loss_type, num_items, micro_batch_divisors(loss_type, local_tokens, global_tokens, world_size))
+
+    def scaled(self, loss: Tensor, index: int, chunk_mask: Tensor, mask: Tensor) -> Tensor:
+        """grpo_loss of a row chunk (chunk_mask [b, T]) of micro-batch `index` (mask [B, T]), scaled to its share
+        of the step's loss: the chunks' and micro-batches' backwards then add up to the step's gradient."""
+        # dapo, cispo and vespo are already normalised by the window's token count; the others average over it
+        window_scale = 1.0 if normalised_by(self.loss_type) == WINDOW_TOKENS else 1.0 / self.divisors[index]
+        return loss * chunk_weight(self.loss_type, chunk_mask, mask, self.num_items) * window_scale
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:

@@ -1,0 +1,227 @@
+"""The rules a GRPOConfig's values must follow, each broken one a one-line ConfigError naming the option and how to
+fix it (config.py coerces the types first, then calls `check`). The choices each option allows are listed here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import inspect
+import math
+import warnings
+from typing import Any
+
+from reasonrl.config_parse import did_you_mean
+from reasonrl.errors import ConfigError
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+SCALE_REWARDS = ("group", "batch", "none")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+# The schedules transformers.get_scheduler builds from (warmup, total steps) alone, plus cosine_with_min_lr, which
+# needs min_lr or min_lr_rate in lr_scheduler_kwargs.
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "cosine_with_min_lr")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "adamw_8bit", "paged_adamw_8bit")
+BITSANDBYTES_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
+LOGGERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # report_to value -> package it needs
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check(config) -> None:
+    """Every rule on a config whose fields hold their annotated types; ConfigError on the first broken one."""
+    for f in dataclasses.fields(config):  # inf passes every range check below and then poisons the weights
+        value = getattr(config, f.name)
+        for number in value if isinstance(value, list) else [value]:
+            if isinstance(number, float) and not math.isfinite(number):
+                raise ConfigError(f"{f.name} must hold finite numbers (got {value})", f.name)
+    if not isinstance(config.output_dir, str) or not config.output_dir.strip():
+        raise ConfigError("output_dir is empty; set it to a folder for checkpoints and logs, e.g. "
+                          "output_dir=runs/my_run", "output_dir")
+    _require(config, "seed", 0 <= config.seed < 2**32, "must be in [0, 2**32 - 1] (numpy's seed range)")
+    _require(config, "learning_rate", config.learning_rate < 3.4e38, "must be below 3.4e38 (a float32)")
+
+    _check_choice("loss_type", config.loss_type, LOSS_TYPES)
+    _check_choice("scale_rewards", config.scale_rewards, SCALE_REWARDS)
+    _check_choice("importance_sampling_level", config.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
+    _check_choice("lr_scheduler_type", config.lr_scheduler_type, LR_SCHEDULERS)
+    _check_choice("optim", config.optim, OPTIMIZERS)
+    _check_choice("dtype", config.dtype, DTYPES)
+
+    _require(config, "num_generations", config.num_generations >= 2,
+             "must be >= 2 to compare completions within a group")
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_iterations",
+                 "max_completion_length", "max_prompt_length", "lora_r"):
+        _require(config, name, getattr(config, name) >= 1, "must be >= 1")
+    for name in ("generation_batch_size", "steps_per_generation", "save_total_limit", "num_completions_to_print"):
+        _require(config, name, getattr(config, name) is None or getattr(config, name) >= 1, "must be >= 1 or None")
+    _require(config, "num_generations_eval", config.num_generations_eval is None or config.num_generations_eval >= 2,
+             "must be >= 2 or None")
+    for name in ("learning_rate", "epsilon", "beta", "weight_decay", "max_grad_norm", "top_k", "warmup_steps"):
+        _require(config, name, getattr(config, name) >= 0, "must be >= 0")
+    for name in ("temperature", "repetition_penalty", "adam_epsilon", "lora_alpha", "logging_steps",
+                 "save_steps"):
+        _require(config, name, getattr(config, name) > 0, "must be > 0")
+    _require(config, "epsilon_high", config.epsilon_high is None or config.epsilon_high >= 0, "must be >= 0 or None")
+    _require(config, "backward_chunk_rows", config.backward_chunk_rows is None or config.backward_chunk_rows >= 0,
+             "must be >= 0 (0 = the whole micro-batch) or None (auto)")
+    _require(config, "top_p", 0 < config.top_p <= 1, "must be in (0, 1]")
+    _require(config, "top_entropy_quantile", 0 <= config.top_entropy_quantile <= 1,
+             "must be in [0, 1] (1.0 keeps every token in the loss; the paper uses 0.2)")
+    for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
+        _require(config, name, getattr(config, name) > 0, "must be > 0 (the sapo gate divides by it)")
+    for name in ("vespo_k_pos", "vespo_k_neg", "vespo_lambda_pos", "vespo_lambda_neg"):
+        _require(config, name, getattr(config, name) >= 0, "must be >= 0 (the Gamma weight's shape and rate)")
+    _require(config, "warmup_ratio", 0 <= config.warmup_ratio <= 1, "must be in [0, 1]")
+    _require(config, "lora_dropout", 0 <= config.lora_dropout < 1, "must be in [0, 1)")
+    _require(config, "max_reward_error_fraction", 0 <= config.max_reward_error_fraction <= 1, "must be in [0, 1]")
+    _require(config, "reward_timeout", config.reward_timeout is None or config.reward_timeout > 0,
+             "must be > 0 or None")
+    for name in ("adam_beta1", "adam_beta2"):
+        _require(config, name, 0 <= getattr(config, name) < 1, "must be in [0, 1)")
+    if config.max_steps <= 0:
+        _require(config, "num_train_epochs", config.num_train_epochs > 0, "must be > 0 when max_steps is -1")
+    if config.warmup_ratio > 0 and config.warmup_steps > 0:
+        raise ConfigError(f"warmup_ratio={config.warmup_ratio} and warmup_steps={config.warmup_steps} are both set; "
+                          "set only one (warmup_steps=0.1 also means 10% of the steps)", "warmup_ratio")
+    if config.delta is not None and config.delta <= 1 + config.effective_epsilon_high:
+        raise ConfigError(f"delta must be > 1 + epsilon_high = {1 + config.effective_epsilon_high:g} to cap only "
+                          f"ratios above the clip range (got {config.delta}); try delta=4 or delta=null", "delta")
+    if config.lr_scheduler_type == "cosine_with_min_lr" and not (
+            {"min_lr", "min_lr_rate"} & set(config.lr_scheduler_kwargs or {})):
+        raise ConfigError("lr_scheduler_type=cosine_with_min_lr needs min_lr or min_lr_rate; set e.g. "
+                          "lr_scheduler_kwargs={min_lr_rate: 0.1}", "lr_scheduler_kwargs")
+    if config.lr_scheduler_kwargs:
+        _check_scheduler_kwargs(config.lr_scheduler_type, config.lr_scheduler_kwargs)
+    if config.optim in BITSANDBYTES_OPTIMIZERS and not _module_available("bitsandbytes"):
+        raise ConfigError(f"optim={config.optim!r} needs bitsandbytes (pip install bitsandbytes), which is not "
+                          "installed; use optim=adamw_torch", "optim")
+    _check_report_to(config)
+    _check_generation_batch(config)
+    _check_rewards(config)
+    _warn_about_loss_pairings(config)
+
+
+def _warn_about_loss_pairings(config) -> None:
+    """TRL's warnings about settings that run but do not mean what the papers meant (plus cispo's cap)."""
+    level, loss_type = config.importance_sampling_level, config.loss_type
+    if level == "sequence" and loss_type in ("bnpo", "dr_grpo", "dapo", "cispo"):
+        warnings.warn(f"importance_sampling_level='sequence' with loss_type={loss_type!r} weighs each "
+                      "sequence by its length; set loss_type=grpo for GSPO as in the paper", stacklevel=6)
+    if loss_type == "luspo" and level != "sequence":
+        warnings.warn("loss_type='luspo' is defined with sequence-level importance ratios; set "
+                      "importance_sampling_level=sequence as in the paper", stacklevel=6)
+    if loss_type == "vespo" and level != "token":
+        warnings.warn("loss_type='vespo' computes its own sequence-level weight; keep importance_sampling_level="
+                      "token (it then only changes the bias-corrected KL)", stacklevel=6)
+    if loss_type == "cispo" and config.effective_epsilon_high < 1:
+        warnings.warn(f"loss_type='cispo' caps the importance weight at epsilon_high, here "
+                      f"{config.effective_epsilon_high:g} (epsilon_high unset uses epsilon), which scales every "
+                      "token down; the ScaleRL paper uses epsilon_high=5.0", stacklevel=6)
+
+
+def _check_report_to(config) -> None:
+    requested = [config.report_to] if isinstance(config.report_to, str) else list(config.report_to)
+    for name in requested:
+        _check_choice("report_to", name, tuple(LOGGERS))
+        package = LOGGERS[name]
+        if package and not _module_available(package):
+            raise ConfigError(f"report_to={name!r} needs {package} (pip install {package}), which is not "
+                              "installed; use report_to=none", "report_to")
+    if "none" in requested and len(requested) > 1:
+        raise ConfigError(f"report_to={requested} mixes 'none' with loggers; drop 'none'", "report_to")
+
+
+def _check_generation_batch(config) -> None:
+    batch, num_generations = config.per_device_train_batch_size, config.num_generations
+    if config.generation_batch_size is not None and config.steps_per_generation is not None:
+        raise ConfigError(f"generation_batch_size={config.generation_batch_size} and steps_per_generation="
+                          f"{config.steps_per_generation} are both set; set only one", "generation_batch_size")
+    world = config.world_size
+    if config.generation_batch_size is not None:
+        size = config.generation_batch_size
+        if size % (batch * world):
+            processes = f" * {world} processes" if world > 1 else ""
+            raise ConfigError(f"generation_batch_size={size} must be a multiple of per_device_train_batch_size="
+                              f"{batch}{processes}; set generation_batch_size={_round_up(size, batch * world)}",
+                              "generation_batch_size")
+        if world > 1 and (size // world) % num_generations:
+            fix = world * _round_up(size // world, math.lcm(batch, num_generations))
+            raise ConfigError(f"generation_batch_size={size} gives {size // world} completions per process, not "
+                              f"divisible by num_generations={num_generations}, so a prompt's group would be "
+                              f"split across processes; set generation_batch_size={fix}", "generation_batch_size")
+        if size % num_generations:
+            fix = _round_up(size, math.lcm(batch, num_generations))
+            raise ConfigError(f"generation_batch_size={size} is not divisible by num_generations="
+                              f"{num_generations}, so a prompt's group would be split; set "
+                              f"generation_batch_size={fix}", "generation_batch_size")
+        return
+    steps = config.effective_steps_per_generation
+    size = batch * steps
+    if size % num_generations:
+        steps_name = "steps_per_generation" if config.steps_per_generation else "gradient_accumulation_steps"
+        fixed_batch = _round_up(batch, num_generations // math.gcd(num_generations, steps))
+        divisors = [g for g in range(num_generations, 1, -1) if size % g == 0]
+        or_fewer = f" or num_generations={divisors[0]}" if divisors else ""
+        raise ConfigError(f"the generation batch of {size} completions (per_device_train_batch_size={batch} * "
+                          f"{steps_name}={steps}) is not divisible by num_generations={num_generations}, so a "
+                          f"prompt's group would be split; set per_device_train_batch_size={fixed_batch}"
+                          f"{or_fewer}", "num_generations")
+
+
+def _check_rewards(config) -> None:
+    for name, kwargs in config.reward_kwargs.items():
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"reward_kwargs[{name!r}] must be a mapping of argument: value (got {kwargs!r})",
+                              "reward_kwargs")
+        if config.reward_funcs and name not in config.reward_funcs:
+            raise ConfigError(f"reward_kwargs has an entry for {name!r}, which is not in reward_funcs "
+                              f"{config.reward_funcs}; add it there or fix the name", "reward_kwargs")
+    if config.reward_funcs and config.reward_weights is not None:
+        check_reward_weights(config, len(config.reward_funcs))
+
+
+def check_reward_weights(config, num_reward_funcs: int) -> None:
+    """Called by the trainer once it knows how many reward functions there are (the Python API passes callables)."""
+    if num_reward_funcs < 1:
+        raise ConfigError("no reward functions: set reward_funcs (e.g. reward_funcs=[length]) or pass "
+                          "reward_funcs= to the trainer", "reward_funcs")
+    if config.reward_weights is not None and len(config.reward_weights) != num_reward_funcs:
+        raise ConfigError(f"reward_weights has {len(config.reward_weights)} values but there are "
+                          f"{num_reward_funcs} reward functions; give one weight per reward function",
+                          "reward_weights")
+
+
+def _module_available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return max(multiple, -(-value // multiple) * multiple)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not supported{did_you_mean(str(value), choices)}; choose one of: "
+                          f"{', '.join(choices)}", name)
+
+
+def _check_scheduler_kwargs(scheduler: str, kwargs: dict) -> None:
+    """lr_scheduler_kwargs must be options of the schedule's function (transformers passes them on by keyword)."""
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+
+    function = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(scheduler)]
+    # the optimizer, warmup and total steps come from the trainer
+    own = {"optimizer", "num_warmup_steps", "num_training_steps", "last_epoch"}
+    accepted = [name for name in inspect.signature(function).parameters if name not in own]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        takes = f"it takes: {', '.join(accepted)}" if accepted else "it takes none"
+        raise ConfigError(f"lr_scheduler_kwargs has {', '.join(map(repr, unknown))}, which lr_scheduler_type="
+                          f"{scheduler} does not take ({takes})", "lr_scheduler_kwargs")
+
+
+def _require(config, name: str, ok: bool, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} {rule} (got {getattr(config, name)!r})", name)
+
+

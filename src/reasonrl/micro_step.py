@@ -1,0 +1,112 @@
+"""Forward and backward of one micro-batch of a scored round: the policy's log-probs of its completions, the GRPO
+loss (core.grpo_loss) scaled to its share of the optimizer step (core.StepNormaliser), and loss.backward().
+
+How the forward runs was decided once, at start-up (policy.plan_forward): the micro-batch's prompts run once
+(policy.PromptPrefix) and its completions go through forward and backward a few rows at a time, each chunk's loss
+weighted by its share of the micro-batch's normaliser, so the gradient is the micro-batch's; or all rows at once
+(DDP, entropy masking), the prompts' cache then staying in the graph.
+
+`logps_in_chunks` is the same forward without gradient, over a whole round: the log-probs at sampling time (when a
+round is reused) and the reference's (beta > 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reasonrl import distributed
+from reasonrl.core import StepNormaliser, grpo_loss, high_entropy_mask, masked_mean, sequence_metrics
+from reasonrl.policy import ForwardPlan, PromptPrefix, sequence_logprobs
+from reasonrl.rounds import Batch
+
+
+class MicroStep:
+    """`micro_step(batch, rows, normaliser, index)`: gradients of micro-batch `index` of an optimizer step (rows: its
+    row indices into the round) added to the model's .grad; returns its scaled loss and its metrics (the window's
+    loss is the sum of its micro-batches' scaled losses)."""
+
+    def __init__(self, model, args, plan: ForwardPlan, dist, autocast):
+        self.model = model  # the training forward's model (DDP-wrapped under torchrun)
+        self.args, self.plan, self.dist, self.autocast = args, plan, dist, autocast
+        self.entropy_masking = args.top_entropy_quantile < 1.0
+        self.sequence_metrics = sequence_metrics(args.importance_sampling_level)  # combined over chunks by rows
+
+    def __call__(self, batch: Batch, rows: torch.Tensor, normaliser: StepNormaliser, index: int):
+        args, rollout = self.args, batch.rollout
+        completion_mask = rollout.completion_mask[rows]
+        # trim padding columns this micro-batch does not need
+        width = int(completion_mask.sum(-1).max().clamp(min=1))
+        columns = slice(0, width)
+        prompt_mask = rollout.prompt_mask[rows]
+        prompt_start = int((prompt_mask.sum(0) > 0).nonzero()[0])
+        prompt_ids, prompt_mask = rollout.prompt_ids[rows][:, prompt_start:], prompt_mask[:, prompt_start:]
+        completion_ids, completion_mask = rollout.completion_ids[rows][:, columns], completion_mask[:, columns]
+        mask = batch.loss_mask[rows][:, columns]  # [b, C]
+        old_logps = None if batch.old_logps is None else batch.old_logps[rows][:, columns]
+        ref_logps = None if batch.ref_logps is None else batch.ref_logps[rows][:, columns]
+        num_rows = len(rows)
+        chunk_rows = self.plan.rows_per_chunk(num_rows, width)
+        prefix = None
+        if self.plan.chunked:
+            with self.autocast():
+                prefix = PromptPrefix(self.model, prompt_ids, prompt_mask)
+
+        loss_total, values = 0.0, {}
+        for start in range(0, num_rows, chunk_rows):
+            chunk = slice(start, start + chunk_rows)
+            with self.autocast():  # log-probs [n, C] and, for the metric, entropies [n, C]
+                if prefix is not None:
+                    logps, entropy = prefix.completion_logprobs(chunk, completion_ids[chunk], completion_mask[chunk],
+                                                                args.temperature, with_entropy=True)
+                else:
+                    logps, entropy = sequence_logprobs(self.model, prompt_ids, prompt_mask, completion_ids,
+                                                       completion_mask, args.temperature, with_entropy=True,
+                                                       share_prompts=True)
+            entropy_mask = None
+            if self.entropy_masking:  # over the micro-batch's loss tokens on every process, as TRL
+                pool = distributed.all_gather_varlen(entropy[mask[chunk].bool()].float(), self.dist)
+                entropy_mask = high_entropy_mask(entropy, mask[chunk], args.top_entropy_quantile, pool)
+            loss, metrics = grpo_loss(
+                logps.float(), None if old_logps is None else old_logps[chunk],
+                None if ref_logps is None else ref_logps[chunk], batch.advantages[rows][chunk], mask[chunk],
+                loss_type=args.loss_type, epsilon=args.epsilon, epsilon_high=args.epsilon_high, beta=args.beta,
+                importance_sampling_level=args.importance_sampling_level,
+                max_completion_length=args.max_completion_length, delta=args.delta,
+                num_items=normaliser.num_items, use_bias_correction_kl=args.use_bias_correction_kl,
+                sapo_temperature_pos=args.sapo_temperature_pos, sapo_temperature_neg=args.sapo_temperature_neg,
+                vespo_k_pos=args.vespo_k_pos, vespo_lambda_pos=args.vespo_lambda_pos, vespo_k_neg=args.vespo_k_neg,
+                vespo_lambda_neg=args.vespo_lambda_neg, entropy_mask=entropy_mask)
+            scaled = normaliser.scaled(loss, index, mask[chunk], mask)
+            scaled.backward()
+            loss_total += scaled.item()
+            metrics["entropy"] = masked_mean(entropy, completion_mask[chunk])
+            # token-weighted (row-weighted for means over sequences), so that the chunks' metrics add up to the
+            # micro-batch's means
+            loss_share = mask[chunk].sum().item() / max(1, mask.sum().item())
+            entropy_share = completion_mask[chunk].sum().item() / max(1, completion_mask.sum().item())
+            shares = {"entropy": entropy_share}
+            shares.update(dict.fromkeys(self.sequence_metrics, logps.size(0) / num_rows))
+            for key, value in metrics.items():
+                values[key] = values.get(key, 0.0) + shares.get(key, loss_share) * value.item()
+            del logps, entropy, loss, scaled
+        if prefix is not None:
+            prefix.backward()
+        return loss_total, values
+
+
+def logps_in_chunks(model, rollout, args, autocast) -> torch.Tensor:
+    """Log-probs [B, C] of a round's completions under `model` (the policy at sampling time, or the reference),
+    per_device_train_batch_size rows at a time, in eval mode; call it under torch.no_grad()."""
+    was_training = model.training
+    model.eval()
+    size = args.per_device_train_batch_size
+    pieces = []
+    for start in range(0, rollout.completion_ids.size(0), size):
+        rows = slice(start, start + size)
+        with autocast():  # rows with the same prompt compute it once (share_prompts)
+            logps = sequence_logprobs(model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
+                                      rollout.completion_ids[rows], rollout.completion_mask[rows], args.temperature,
+                                      share_prompts=True)
+        pieces.append(logps.float())
+    model.train(was_training)
+    return torch.cat(pieces)

@@ -1,0 +1,100 @@
+"""What a run writes about itself: a round's metrics, metrics.jsonl and completions.jsonl, the progress lines.
+
+Rank 0 writes; every rank computes the same (global) values. The trainer calls these; none of them changes training.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+
+import torch
+
+from reasonrl.core import nanstd
+
+# what the progress line prints every logging_steps
+PROGRESS_KEYS = ("reward", "reward_std", "loss", "kl", "entropy", "completions/mean_length", "grad_norm")
+
+
+def round_metrics(rewards: torch.Tensor, rewards_per_func: torch.Tensor, errors: dict, reward_names: list[str],
+                  lengths: torch.Tensor, is_truncated: torch.Tensor, num_generations: int, scale_rewards: str,
+                  truncated_prompts: int) -> dict:
+    """TRL's round metrics from the whole round (all processes): rewards [B_all] combined and rewards_per_func
+    [B_all, F] (NaN where a call failed), completion lengths and truncation flags [B_all]."""
+    # as TRL: the std that scaled the advantages (the batch's under scale_rewards="batch")
+    group_std = nanstd(rewards) if scale_rewards == "batch" else nanstd(rewards.view(-1, num_generations), dim=1)
+    metrics = {
+        "reward": torch.nanmean(rewards).item(),
+        "reward_std": nanstd(rewards).item(),
+        "frac_reward_zero_std": torch.isclose(group_std, torch.zeros_like(group_std)).float().mean().item(),
+        "completions/mean_length": lengths.mean().item(),
+        "completions/min_length": lengths.min().item(),
+        "completions/max_length": lengths.max().item(),
+        "completions/clipped_ratio": is_truncated.mean().item(),
+        "prompts/truncated": truncated_prompts,
+        "rollout_tokens": int(lengths.sum()),
+    }
+    for i, name in enumerate(reward_names):
+        metrics[f"rewards/{name}/mean"] = torch.nanmean(rewards_per_func[:, i]).item()
+        metrics[f"rewards/{name}/std"] = nanstd(rewards_per_func[:, i]).item()
+        metrics[f"rewards/{name}/errors"] = errors[name]
+    return metrics
+
+
+def completion_samples(prompts: list, texts: list[str], rewards_per_func: torch.Tensor, advantages: torch.Tensor,
+                       reward_names: list[str], num_generations: int, step: int) -> list[dict]:
+    """The first completion of each prompt, with its rewards (None where the call failed) and advantage."""
+    samples = []
+    for i in range(0, len(texts), num_generations):
+        rewards = {name: (None if math.isnan(v) else v) for name, v in zip(reward_names, rewards_per_func[i].tolist())}
+        samples.append({"step": step, "prompt": prompts[i], "completion": texts[i], "rewards": rewards,
+                        "advantage": advantages[i].item()})
+    return samples
+
+
+def append_jsonl(path: str, rows: list[dict], default=None) -> None:
+    """`default` as json.dumps's: None raises on a value JSON cannot hold (metrics), str writes its text (samples)."""
+    with open(path, "a") as handle:
+        handle.writelines(json.dumps(row, default=default) + "\n" for row in rows)
+
+
+def print_progress(row: dict, completions: list | None, num_completions: int | None) -> None:
+    """One line of the step's main metrics, and a few of the round's completions when given."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"step {row['step']}: " + "  ".join(f"{k}={row[k]:.4g}" for k in PROGRESS_KEYS if k in row))
+    for sample in (completions or [])[: num_completions or 2]:
+        tqdm.write(f"  prompt: {str(sample['prompt'])[-200:]!r}\n  completion: {sample['completion']!r}"
+                   f"\n  rewards: {sample['rewards']}")
+
+
+def start_logs(output_dir: str, global_step: int) -> None:
+    """A new run starts new logs; a resumed one keeps the rows up to its checkpoint's step, so that the steps it
+    redoes are not logged twice."""
+    for name in ("metrics.jsonl", "completions.jsonl"):
+        path = os.path.join(output_dir, name)
+        if not os.path.isfile(path):
+            continue
+        kept = []
+        if global_step > 0:
+            with open(path) as handle:
+                kept = [line for line in handle if _step_of(line) <= global_step]
+        with open(path, "w") as handle:
+            handle.writelines(kept)
+
+
+def _step_of(line: str) -> float:
+    """A log line's step; infinity (dropped on resume) for a blank line or one a killed run left half-written."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return math.inf
+
+
+def without_trackers(args):
+    """A copy of the config that reports nowhere (ranks other than 0); no re-validation."""
+    quiet = copy.copy(args)
+    quiet.report_to = "none"
+    return quiet
