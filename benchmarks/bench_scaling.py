@@ -151,7 +151,8 @@ def plot(points, runs: dict, opts, facts: dict, path: str) -> None:
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(f"reasonrl GRPOTrainer step time: {opts.workload} workload ({facts['params'] / 1e6:.1f}M params, "
-                 f"LoRA r=8), {opts.precision}, beta 0, CPU ({os.cpu_count()} cores); median of {opts.steps} timed step(s) "
+                 f"LoRA r=8), {opts.precision}, beta 0, CPU ({os.cpu_count()} cores); "
+                 f"median of {opts.steps} timed step(s) "
                  f"after {opts.warmup} warm-up", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

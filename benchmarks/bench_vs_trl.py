@@ -37,6 +37,7 @@ default thread count), as when a CPU is shared with other work; the table shows 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -251,7 +252,7 @@ def run_reasonrl(cfg: dict, timer: GenerationTimer) -> dict:
     # callback-to-callback wall time: a cross-check of step_time that also counts logging between steps
     edges = [train_start] + stamps
     return {"step_times": [r["step_time"] for r in rows], "rollout_times": [r["rollout_time"] for r in rows],
-            "callback_intervals": [b - a for a, b in zip(edges, edges[1:])],
+            "callback_intervals": [b - a for a, b in itertools.pairwise(edges)],
             "completion_mean_length": [r["completions/mean_length"] for r in rows], "init_seconds": init_seconds,
             "frozen_weight_dtype": model_dtype}
 
@@ -318,7 +319,7 @@ def measure_machine(repeats: int = 5) -> dict:
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b
-        best = min(_timed(lambda: a @ b) for _ in range(repeats))
+        best = min(_timed(lambda a=a, b=b: a @ b) for _ in range(repeats))
         gemm[name] = 2 * n ** 3 / best / 1e9
     return {"copy_gb_s": bandwidth, "gemm_gflop_s": gemm, "threads": torch.get_num_threads()}
 

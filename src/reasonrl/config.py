@@ -244,7 +244,9 @@ class GRPOConfig:
     adapt_cpu_threads: bool = True
     """reasonrl: on a CPU, before each round, use as many torch threads as the cores other programs left free over
     the last one (cpu.py): threads waiting for a descheduled peer make a shared CPU far slower than the time others
-    take. An idle machine keeps all threads. Logged as cpu_threads. False keeps torch's thread count."""
+    take. An idle machine keeps all threads. Logged as cpu_threads. False keeps torch's thread count.
+    The thread count changes how some CPU ops split their sums, so on a busy machine two runs with the same seed
+    (or a run and its resumed copy) can differ in the last bits; set it false for bitwise reproducibility."""
     seed: int = 42
     """Random seed for sampling, shuffling and initialisation."""
 

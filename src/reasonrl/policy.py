@@ -55,7 +55,7 @@ class ReadOnlyPrefixCache(DynamicCache):
 def checkpointing_modules(model) -> list:
     """The modules of `model` with a gradient_checkpointing switch: transformers' decoder layers and their model."""
     return [module for module in unwrap_model(model).modules() if hasattr(module, "gradient_checkpointing")
-            and isinstance(getattr(module, "gradient_checkpointing"), bool)]
+            and isinstance(module.gradient_checkpointing, bool)]
 
 
 def enable_layer_checkpointing(model) -> None:

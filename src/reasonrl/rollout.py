@@ -129,14 +129,16 @@ def generate(
     seen = None
     if repetition_penalty != 1.0:
         seen = torch.zeros(batch, logits.size(-1), dtype=torch.bool, device=device)
-        seen.scatter_(1, (prompt_ids * prompt_mask).repeat_interleave(g, dim=0), prompt_mask.bool().repeat_interleave(g, 0))
+        seen.scatter_(1, (prompt_ids * prompt_mask).repeat_interleave(g, dim=0),
+                      prompt_mask.bool().repeat_interleave(g, 0))
     # sampling by inverse CDF from uniforms drawn up front: one draw per row per step, from the prompt's own seed or
     # from `generator` (cheaper than torch.multinomial's exponential draw over the whole vocabulary)
     uniforms = None  # [B, max_new_tokens]
     if not greedy:
         if seeds is not None:
             if len(seeds) != prompt_ids.size(0):
-                raise ValueError(f"seeds has {len(seeds)} entries for {prompt_ids.size(0)} prompts; give one per prompt")
+                raise ValueError(f"seeds has {len(seeds)} entries for {prompt_ids.size(0)} prompts; "
+                                 "give one per prompt")
             uniforms = torch.cat([torch.rand(g, max_new_tokens, generator=torch.Generator().manual_seed(int(seed)),
                                              dtype=torch.float64) for seed in seeds])
         else:
@@ -180,6 +182,7 @@ def generate(
     sampling_logps = torch.stack(logps, dim=1)  # [B, C]
     is_eos = torch.isin(completion_ids, eos_ids)
     has_eos = is_eos.any(-1)
-    first_eos = torch.where(has_eos, is_eos.int().argmax(-1), torch.full_like(has_eos, completion_ids.size(1), dtype=torch.long))
+    first_eos = torch.where(has_eos, is_eos.int().argmax(-1),
+                            torch.full_like(has_eos, completion_ids.size(1), dtype=torch.long))
     completion_mask = (torch.arange(completion_ids.size(1), device=device)[None] <= first_eos[:, None]).long()
     return completion_ids, completion_mask, sampling_logps * completion_mask, ~has_eos
