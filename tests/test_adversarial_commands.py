@@ -137,7 +137,7 @@ def test_plot_skips_torn_and_garbage_lines(ws, capsys, tmp_path):
     code, err = run_main(capsys, ["plot", ws / "garbage_metrics", "--out", tmp_path / "plots"])
     assert code == 0, err[-2000:]
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["accuracy.png", "completion_length.png",
-                                                                      "kl.png", "reward.png"]
+                                                                      "kl.png", "no_signal.png", "reward.png"]
 
 
 def test_export_overwrite_replaces_a_model_only_once_the_new_one_is_whole(ws, capsys, tmp_path, monkeypatch):

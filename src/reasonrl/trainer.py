@@ -61,6 +61,7 @@ from reasonrl.data import (
     is_conversational,
     load_dataset_any,
 )
+from reasonrl.dynamic_sampling import DynamicSampler
 from reasonrl.errors import CheckpointError, ConfigError, DataError, ModelLoadError, ReasonRLError, reason_of
 from reasonrl.guards import LearningSignal, StepGuard, StopSignals, TrainingDiverged, TrainingInterrupted
 from reasonrl.models import (
@@ -221,6 +222,7 @@ class GRPOTrainer:
         self._saved_step: int | None = None  # the step of the last checkpoint this run saved or resumed from
         self._round: RoundProgress | None = None  # the round being optimized (or resumed in its middle)
         self._logged_reward_failures: set = set()  # (function, exception type) whose traceback was logged
+        self.make_round = DynamicSampler(args, self.tokenizer.pad_token_id)  # DAPO's refill when dynamic_sampling
 
     def add_callback(self, callback) -> None:
         """`callback(trainer, row)` runs after every optimizer step, before the row is logged; it may add metrics
@@ -269,7 +271,7 @@ class GRPOTrainer:
                     # the round is dropped and the last step is saved, as the round changed no weight
                     threads = governor.update()  # cores other programs left free over the last round (cpu.py)
                     with self._round_may_be_dropped(stop, optimizer, scheduler):
-                        batch, round_metrics = self._make_round()  # 1-3: generate, score, advantages (+ logps)
+                        batch, round_metrics = self.make_round(self._make_round)  # 1-3: generate, score, advantages
                     round_metrics["cpu_threads"] = threads
                     round_metrics["rollout_time"] = time.perf_counter() - round_start
                     self._round = self._new_round(batch, round_metrics)
@@ -391,7 +393,7 @@ class GRPOTrainer:
             metrics[f"rewards/{name}/std"] = nanstd(rewards_per_func[:, i]).item()
             metrics[f"rewards/{name}/errors"] = scores.errors[name]
         self._record_completions(repeated_prompts, texts, rewards_per_func[mine], advantages)
-        return Batch(rollout, advantages, loss_mask, old_logps, ref_logps), metrics
+        return Batch(rollout, advantages, loss_mask, old_logps, ref_logps, rewards[mine]), metrics
 
     def _logps_in_chunks(self, model, rollout: Rollout) -> torch.Tensor:
         was_training = model.training
