@@ -116,6 +116,8 @@ COMMAND_CASES = [
     ("explain-log-ratios-count", ["explain", "--rewards", "1,0", "--num-generations", "2", "--log-ratios", "0.1"],
      ["--log-ratios needs 2 values"]),
     ("demo-steps-zero", ["demo", "--grpo-steps", "0", "--out", "{ws}/demo1"], ["--grpo-steps must be >= 1"]),
+    ("demo-seed-negative", ["demo", "--seed", "-1", "--out", "{ws}/demo1"], ["--seed must be >= 0"]),
+    ("demo-seed-too-large", ["demo", "--seed", str(2**32), "--out", "{ws}/demo1"], ["--seed must be below 2**32"]),
 ]
 
 
