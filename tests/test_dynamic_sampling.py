@@ -110,7 +110,7 @@ def test_a_round_is_refilled_from_further_generation_batches():
     assert batch.ref_logps[3].tolist() == [-1.0, -1.0, 0.0, 0.0, 0.0] and batch.old_logps is None
     assert metrics["dynamic_sampling/num_gen_batches"] == 2 and metrics["dynamic_sampling/extra_prompts"] == 2
     assert metrics["dynamic_sampling/groups_dropped"] == 2 and metrics["dynamic_sampling/groups_filled"] == 0
-    assert metrics["completions_generated"] == 8
+    assert metrics["completions_generated"] == 8 and metrics["frac_groups_no_signal"] == 0.5
     assert metrics["reward"] == 0.5 and metrics["frac_reward_zero_std"] == 0.5  # over all 8 generated completions
     assert metrics["rollout_tokens"] == 6 and metrics["rewards/acc/errors"] == 2  # summed
     assert metrics["completions/min_length"] == 2 and metrics["completions/max_length"] == 4
@@ -134,7 +134,8 @@ def test_at_max_num_gen_batches_the_round_is_filled_with_groups_without_signal(c
 def test_without_dynamic_sampling_the_round_is_the_generation_batch():
     batch = _batch([1.0, 1.0, 0.0, 1.0], 3, 3, tag=1)
     made, metrics = DynamicSampler(_config(dynamic_sampling=False), pad_token_id=0)(lambda: (batch, {"reward": 0.75}))
-    assert made is batch and metrics == {"reward": 0.75, "completions_generated": 4}  # 2 prompts x G 2
+    # 2 prompts x G 2; the group (1, 1) has no signal: frac_groups_no_signal is 1/2
+    assert made is batch and metrics == {"reward": 0.75, "completions_generated": 4, "frac_groups_no_signal": 0.5}
 
 
 def test_concatenate_and_combine_of_one_batch_change_nothing():

@@ -10,7 +10,7 @@ PANELS = {
     "accuracy": (None, "accuracy"),
     "kl": ("kl", "KL(policy || reference), k3 estimate"),
     "completion_length": ("completions/mean_length", "mean completion length (tokens)"),
-    "no_signal": ("frac_reward_zero_std", "share of groups with no learning signal (G equal rewards)"),
+    "no_signal": ("frac_groups_no_signal", "share of groups with no learning signal (G equal rewards)"),
 }
 
 
