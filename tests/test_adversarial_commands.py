@@ -117,6 +117,8 @@ COMMAND_CASES = [
     ("explain-log-ratios-count", ["explain", "--rewards", "1,0", "--num-generations", "2", "--log-ratios", "0.1"],
      ["--log-ratios needs 2 values"]),
     ("demo-steps-zero", ["demo", "--grpo-steps", "0", "--out", "{ws}/demo1"], ["--grpo-steps must be >= 1"]),
+    ("demo-seed-negative", ["demo", "--seed", "-1", "--out", "{ws}/demo1"], ["--seed must be >= 0"]),
+    ("demo-seed-too-large", ["demo", "--seed", str(2**32), "--out", "{ws}/demo1"], ["--seed must be below 2**32"]),
 ]
 
 
@@ -138,7 +140,7 @@ def test_plot_skips_torn_and_garbage_lines(ws, capsys, tmp_path):
     code, err = run_main(capsys, ["plot", ws / "garbage_metrics", "--out", tmp_path / "plots"])
     assert code == 0, err[-2000:]
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["accuracy.png", "completion_length.png",
-                                                                      "kl.png", "reward.png"]
+                                                                      "kl.png", "no_signal.png", "reward.png"]
 
 
 def test_export_overwrite_replaces_a_model_only_once_the_new_one_is_whole(ws, capsys, tmp_path, monkeypatch):

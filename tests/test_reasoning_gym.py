@@ -406,3 +406,90 @@ def test_guard_grammar(group, admitted, refused):
         assert [text for text in admitted if not admits(name, text)] == []
         assert [text for text in refused if admits(name, text)] == []
     assert admits("chain_sum", "__import__('os')")  # text-comparing scorers need no guard
+
+
+# ---------------------------------------------------------------- GRPO on reasoning-gym tasks: Python, YAML, CLI
+
+TRAIN_GENERATORS = {"chain_sum": {"min_terms": 2, "max_terms": 2, "max_digits": 1},
+                    "basic_arithmetic": {"min_terms": 2, "max_terms": 2, "max_digits": 1},
+                    "leg_counting": {"min_animals": 1, "max_animals": 2}}
+
+
+def _check_logged_scores(out, rows_by_prompt, reward_name, verify):
+    """Each sampled completion's logged reward is the generator's score of it (recomputed here), and the step's
+    mean reward is a number in [0, 1]."""
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert metrics and samples
+    assert all(0.0 <= row[f"rewards/{reward_name}/mean"] <= 1.0 for row in metrics)
+    for sample in samples:
+        row = rows_by_prompt[sample["prompt"]]
+        assert sample["rewards"][reward_name] == verify(sample["completion"], row)
+    return metrics, samples
+
+
+@pytest.mark.parametrize("name", list(TRAIN_GENERATORS))
+def test_grpo_trains_on_a_reasoning_gym_task_from_python(tmp_path, char_tokenizer, name):
+    from reasonrl import GRPOConfig, GRPOTrainer
+    from reasonrl.tiny import build_tiny_model
+
+    task = get_task(f"rg:{name}", **TRAIN_GENERATORS[name])
+    rows = task.generate(8, seed=1)
+    reward = task.reward
+    args = GRPOConfig(output_dir=str(tmp_path / "run"), num_generations=2, per_device_train_batch_size=4,
+                      max_completion_length=8, max_prompt_length=48, max_steps=2, learning_rate=1e-3,
+                      gradient_checkpointing=False, bf16=False, logging_steps=1000, report_to="none")
+    trainer = GRPOTrainer(build_tiny_model(char_tokenizer, seed=0), [reward], args=args, train_dataset=rows,
+                          processing_class=char_tokenizer)
+    trainer.train()
+    metrics, samples = _check_logged_scores(tmp_path / "run", {row["prompt"]: row for row in rows}, reward.__name__,
+                                            task.verify)
+    assert [row["step"] for row in metrics] == [1, 2] and len(samples) == 4  # 2 steps x 2 prompts
+    # the reward the trainer calls scores the reference answer 1 and a wrong one below 1 on these rows
+    assert reward(completions=[tagged(rows[0]["answer"]), tagged("nonsense")], rg_entry=[rows[0]["rg_entry"]] * 2) \
+        [0] == 1.0
+
+
+def test_grpo_trains_on_reasoning_gym_tasks_from_yaml_and_the_command_line(tmp_path, capsys, tiny_model_dir):
+    from reasonrl.rewards import get_reward
+
+    config = tmp_path / "rg.yaml"
+    config.write_text(
+        f"model_name_or_path: {tiny_model_dir}\n"
+        "dataset_name: rg:chain_sum\n"
+        "dataset_config: '{min_terms: 2, max_terms: 2, max_digits: 1, n: 12}'\n"
+        "reward_funcs: [reasoning_gym, format]\n"
+        "num_generations: 2\nper_device_train_batch_size: 4\nmax_completion_length: 8\nmax_prompt_length: 48\n"
+        "max_steps: 1\nlearning_rate: 1.0e-3\ngradient_checkpointing: false\nbf16: false\nreport_to: none\n"
+        f"output_dir: {tmp_path / 'chain_sum'}\n")
+    verify = get_reward("reasoning_gym")
+    for name, overrides in (("chain_sum", []),
+                            ("basic_arithmetic", ["dataset_name=rg:basic_arithmetic",
+                                                  "dataset_config={min_terms: 2, max_terms: 2, max_digits: 1, n: 12}",
+                                                  f"output_dir={tmp_path / 'basic_arithmetic'}"])):
+        assert main(["train", "--config", str(config), *overrides]) == 0, capsys.readouterr().err[-2000:]
+        rows = get_task(f"rg:{name}", min_terms=2, max_terms=2, max_digits=1).generate(12, seed=1)  # the default seed
+
+        def by_reward(text, row):
+            return verify(completions=[text], rg_entry=[row["rg_entry"]])[0]
+
+        metrics, _ = _check_logged_scores(tmp_path / name, {row["prompt"]: row for row in rows}, "reasoning_gym",
+                                          by_reward)
+        assert any(key.startswith("rewards/format") and key.endswith("/mean") for key in metrics[0])
+
+
+@pytest.mark.parametrize("dataset_config, message", [
+    ("'[1, 2]'", "dataset_config of rg:chain_sum must be a YAML mapping"),
+    ("'{a: [1'", "dataset_config of rg:chain_sum is not valid YAML"),
+    ("'{max_term: 3}'", "rg:chain_sum has no config field 'max_term'"),
+])
+def test_a_bad_task_dataset_config_is_one_line(tmp_path, capsys, tiny_model_dir, dataset_config, message):
+    from cli_helpers import assert_one_line_error
+
+    config = tmp_path / "rg.yaml"
+    config.write_text(f"model_name_or_path: {tiny_model_dir}\ndataset_name: rg:chain_sum\n"
+                      f"dataset_config: {dataset_config}\nreward_funcs: [reasoning_gym]\n"
+                      f"output_dir: {tmp_path / 'run'}\n")
+    code = main(["train", "--config", str(config)])
+    assert_one_line_error(code, capsys.readouterr().err, "train", [message])
+    assert not (tmp_path / "run").exists()

@@ -362,8 +362,8 @@ def test_get_reward_by_registered_name(name, expected):
 
 
 def test_get_reward_length_with_options():
-    assert available_rewards() == ["accuracy", "code_tests", "format", "length", "soft_overlong_punishment",
-                                   "tag_count"]
+    assert available_rewards() == ["accuracy", "code_tests", "format", "length", "reasoning_gym",
+                                   "soft_overlong_punishment", "tag_count"]
     assert get_reward("length")(completions=["a" * 49]) == [-1.0]
     assert get_reward("length_reward", ideal_length=30)(completions=["a" * 40]) == [-10.0]
     assert reward_name(get_reward("length", ideal_length=30)) == "length_reward"
@@ -501,7 +501,7 @@ def test_get_reward_passes_callables_through():
 
 
 HOW_TO = (
-    "use a registered name: accuracy, code_tests, format, length, soft_overlong_punishment, tag_count, "
+    "use a registered name: accuracy, code_tests, format, length, reasoning_gym, soft_overlong_punishment, tag_count, "
     + "or module:function / path/to/file.py:function"
 )
 

@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps (default 150)")
     p.add_argument("--quick", action="store_true", help="a short smoke run (20 GRPO steps, 100 held-out problems)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="training seed: the model's initialisation, the warm start and GRPO's sampling (default 0); "
+                        "the problems stay the same")
+    p.add_argument("--dynamic-sampling", action="store_true",
+                   help="DAPO dynamic sampling: refill each step's prompts with groups whose rewards differ")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("eval", help="accuracy, pass@k, format rate and length of a model on a task or a file")
@@ -284,11 +289,17 @@ def _cmd_demo(args) -> int:
     from reasonrl.demo import DemoSettings, run_demo
 
     _require_positive(args, "grpo_steps")
+    _require_positive(args, "seed", allow_zero=True)
+    if args.seed is not None and args.seed >= 2**32:
+        raise UsageError(f"--seed must be below 2**32 (got {args.seed})")
     settings = DemoSettings(out=args.out)
     if args.quick:
         settings.grpo_steps, settings.held_out, settings.k = 20, 100, 4
     if args.grpo_steps is not None:
         settings.grpo_steps = args.grpo_steps
+    if args.seed is not None:
+        settings.seed = args.seed
+    settings.dynamic_sampling = args.dynamic_sampling
     run_demo(settings)
     return 0
 

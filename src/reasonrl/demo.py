@@ -25,7 +25,8 @@ TRAIN_SEED, VALIDATION_SEED, HELD_OUT_SEED = 1, 3, 2
 
 @dataclass
 class DemoSettings:
-    """The demo's knobs; the defaults finish in about 5 minutes on 2 CPU cores."""
+    """The demo's knobs; the defaults finish in about 4-5 minutes on 2 idle CPU cores. `seed` seeds the model's
+    initialisation, the warm start and GRPO's sampling (`reasonrl demo --seed N`); the problems stay the same."""
 
     out: str = "demo_out"
     task: str = "arithmetic"
@@ -51,6 +52,9 @@ class DemoSettings:
     # ~60 characters must be right), too rarely to learn from; at 0.5 about half its samples are right.
     temperature: float = 0.5
     scale_rewards: str = "none"
+    # DAPO dynamic sampling (GRPOConfig.dynamic_sampling): rounds refilled with groups whose rewards differ
+    dynamic_sampling: bool = False
+    max_num_gen_batches: int = 4
     eval_every: int = 25
     # evaluation
     held_out: int = 1000  # large, so that the report's numbers are tight (binomial s.e. ~1.4 points)
@@ -137,7 +141,8 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
         max_prompt_length=64, temperature=settings.temperature, beta=settings.beta, max_steps=settings.grpo_steps,
         reward_weights=[1.0, 0.2], logging_steps=25, save_steps=settings.grpo_steps, gradient_checkpointing=False,
         bf16=False, seed=settings.seed, lr_scheduler_type="cosine", optim="adamw_torch",
-        scale_rewards=settings.scale_rewards,
+        scale_rewards=settings.scale_rewards, dynamic_sampling=settings.dynamic_sampling,
+        max_num_gen_batches=settings.max_num_gen_batches,
         # a 1M-parameter model: per-call overhead, not activation memory, is what costs; one backward per micro-batch
         backward_chunk_rows=0,
     )
@@ -151,7 +156,9 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
             accuracy = evaluate(current_trainer.model, tokenizer, validation, task.reward,
                                 max_new_tokens=max_new_tokens, batch_size=500)["accuracy"]
             row["eval/accuracy"] = accuracy
-            validation_curve.append({"step": row["step"], "accuracy": accuracy})
+            # completions generated so far: every drawn prompt was sampled G times (extra draws included)
+            validation_curve.append({"step": row["step"], "accuracy": accuracy,
+                                     "completions": current_trainer.sampler.draws * settings.num_generations})
 
     trainer.add_callback(validation_accuracy)
     t0 = time.perf_counter()
@@ -175,6 +182,8 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
         "gain_points": round(100 * (after["accuracy"] - before["accuracy"]), 1),
         "sft": {"steps": len(sft_losses), "final_loss": sft_losses[-1], "validation_curve": sft_curve},
         "grpo_validation_curve": validation_curve,
+        "completions_generated": trainer.sampler.draws * settings.num_generations,
+        "no_signal_share": _no_signal_share(trainer.log_history),
         "settings": asdict(settings), "grpo_config": config.to_dict(), "timings": timings,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "processor": platform.machine()},
@@ -188,6 +197,19 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
     print(f"\nheld-out greedy accuracy {100 * before['accuracy']:.1f}% -> {100 * after['accuracy']:.1f}% "
           f"({report['gain_points']:+.1f} points) in {timings['total_seconds']:.0f} s; see {settings.out}/report.md")
     return report
+
+
+def _no_signal_share(rows: list[dict], parts: int = 5) -> list[dict]:
+    """The share of generated groups whose G rewards all agreed (no learning signal), averaged over `parts` equal
+    stretches of training: [{"steps": "1-30", "share": 0.41}, ...]."""
+    values = [(row["step"], row["frac_groups_no_signal"]) for row in rows if "frac_groups_no_signal" in row]
+    stretches = []
+    size = max(1, -(-len(values) // parts))
+    for start in range(0, len(values), size):
+        chunk = values[start: start + size]
+        stretches.append({"steps": f"{chunk[0][0]}-{chunk[-1][0]}",
+                          "share": round(sum(value for _, value in chunk) / len(chunk), 3)})
+    return stretches
 
 
 def _numbers(report: dict) -> dict:
@@ -209,6 +231,8 @@ def _markdown(report: dict) -> str:
     examples = "\n".join(f"- `{e['prompt']}` -> `{e['completion']}` ({'correct' if e['correct'] else 'wrong'})"
                          for e in report["examples_after"])
     settings = report["settings"]
+    dynamic = (f", DAPO dynamic sampling (up to {settings['max_num_gen_batches']} generation batches a step)"
+               if settings["dynamic_sampling"] else "")
     return f"""# reasonrl demo: GRPO on {report['task']} ({report['difficulty']})
 
 Held-out problems: {report['held_out']['n']} from seed {report['held_out']['seed']}, which neither the warm start nor
@@ -229,7 +253,8 @@ Reproduce either number with `reasonrl eval demo_out/base --task {report['task']
    >= {settings['sft_target_accuracy']}) — {timings['sft_seconds']:.0f} s.
 2. GRPO: {settings['grpo_steps']} steps x {settings['prompts_per_step']} prompts x {settings['num_generations']}
    samples, rewards = task accuracy (weight 1) + format (weight 0.2), lr {settings['learning_rate']},
-   beta {settings['beta']}, temperature {settings['temperature']} — {timings['grpo_seconds']:.0f} s.
+   beta {settings['beta']}, temperature {settings['temperature']}{dynamic} — {timings['grpo_seconds']:.0f} s;
+   {report['completions_generated']} completions generated in all.
 3. Evaluation before and after: {timings['eval_before_seconds']:.0f} s + {timings['eval_after_seconds']:.0f} s.
 
 Total wall time {timings['total_seconds']:.0f} s on {report['machine']['threads']} threads
@@ -239,6 +264,16 @@ Total wall time {timings['total_seconds']:.0f} s on {report['machine']['threads'
 
 ![reward](reward.png) ![accuracy](accuracy.png)
 ![KL](kl.png) ![completion length](completion_length.png)
+![groups with no learning signal](no_signal.png)
+
+## Groups with no learning signal
+
+The share of generated groups whose {settings['num_generations']} rewards all agreed (all right or all wrong): their
+advantages are 0, so they teach nothing. It grows as the model gets problems reliably right.
+
+| steps | {" | ".join(part["steps"] for part in report["no_signal_share"])} |
+|---|{"---|" * len(report["no_signal_share"])}
+| share | {" | ".join(f'{part["share"]:.2f}' for part in report["no_signal_share"])} |
 
 ## Sample completions after GRPO
 

@@ -1,4 +1,5 @@
-"""`reasonrl plot RUN_DIR`: PNG curves of a run's metrics.jsonl (reward, accuracy, KL, completion length)."""
+"""`reasonrl plot RUN_DIR`: PNG curves of a run's metrics.jsonl (reward, accuracy, KL, completion length, groups
+without signal)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ PANELS = {
     "accuracy": (None, "accuracy"),
     "kl": ("kl", "KL(policy || reference), k3 estimate"),
     "completion_length": ("completions/mean_length", "mean completion length (tokens)"),
+    "no_signal": ("frac_groups_no_signal", "share of groups with no learning signal (G equal rewards)"),
 }
 
 
@@ -42,7 +44,7 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 
 def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
-    """Write reward.png, accuracy.png, kl.png and completion_length.png; returns their paths."""
+    """Write reward.png, accuracy.png, kl.png, completion_length.png and no_signal.png; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -75,6 +75,7 @@ class Batch:
     loss_mask: torch.Tensor  # [B, C] completion mask, minus truncated rows if mask_truncated_completions
     old_logps: torch.Tensor | None  # [B, C] when the round is reused (off-policy), else None
     ref_logps: torch.Tensor | None  # [B, C] when beta > 0
+    rewards: torch.Tensor | None = None  # [B] combined rewards (NaN = unscorable): what dynamic sampling filters on
 
 
 @dataclass

@@ -48,6 +48,7 @@ from reasonrl.config import GRPOConfig
 from reasonrl.core import StepNormaliser, group_advantages
 from reasonrl.cpu import ThreadGovernor, release_freed_memory
 from reasonrl.data import PromptTokenizer, is_conversational, load_train_dataset
+from reasonrl.dynamic_sampling import DynamicSampler
 from reasonrl.errors import CheckpointError, ReasonRLError, reason_of
 from reasonrl.guards import (
     LearningSignal,
@@ -69,11 +70,7 @@ from reasonrl.models import (
     reference_policy,
 )
 from reasonrl.optim import make_optimizer, make_scheduler
-from reasonrl.policy import (
-    disable_layer_checkpointing,
-    enable_layer_checkpointing,
-    plan_forward,
-)
+from reasonrl.policy import disable_layer_checkpointing, enable_layer_checkpointing, plan_forward
 from reasonrl.rollout import Rollout, generate
 from reasonrl.rounds import Batch, PromptSampler, RoundProgress, TrainerState, Window, is_every
 from reasonrl.scoring import (
@@ -157,6 +154,7 @@ class GRPOTrainer:
         self._round: RoundProgress | None = None  # the round being optimized (or resumed in its middle)
         self._last_completions: list | None = None  # the last round's samples, for log_completions
         self._logged_reward_failures: set = set()  # (function, exception type) whose traceback was logged
+        self.make_round = DynamicSampler(args, self.tokenizer.pad_token_id)  # DAPO's refill when dynamic_sampling
 
     def add_callback(self, callback) -> None:
         """`callback(trainer, row)` runs after every optimizer step, before the row is logged; it may add metrics
@@ -197,10 +195,13 @@ class GRPOTrainer:
                     # a signal while the round is made stops at once, and a user error (a failing reward) stops too:
                     # the round is dropped and the last step is saved, as the round changed no weight
                     with self._round_may_be_dropped(stop, optimizer, scheduler):
-                        rows, rollout = self._rollout()  # 1. G completions of each of the round's prompts
-                        scores, rewards = self._score(rows, rollout)  # 2. every reward function's, combined
-                        batch = self._advantages(rollout, rewards)  # 3. advantages (+ old and reference log-probs)
-                        round_metrics = self._round_metrics(rows, rollout, scores, rewards, batch)
+                        def generation_batch():  # one batch of the round's prompts (dynamic sampling may draw more)
+                            rows, rollout = self._rollout()  # 1. G completions of each of the round's prompts
+                            scores, rewards = self._score(rows, rollout)  # 2. every reward function's, combined
+                            batch = self._advantages(rollout, rewards)  # 3. advantages (+ old and reference log-probs)
+                            return batch, self._round_metrics(rows, rollout, scores, rewards, batch)
+
+                        batch, round_metrics = self.make_round(generation_batch)  # DAPO's refill when it is on
                     round_metrics["cpu_threads"] = threads
                     round_metrics["rollout_time"] = time.perf_counter() - round_start
                     self._round = RoundProgress.start(batch, round_metrics, args, self.generator,
@@ -336,7 +337,7 @@ class GRPOTrainer:
         if args.beta != 0.0:
             with reference_policy(self.model, self.reference_model) as reference:
                 ref_logps = logps_in_chunks(reference, rollout, args, self._autocast)
-        return Batch(rollout, advantages.to(self.device), loss_mask, old_logps, ref_logps)
+        return Batch(rollout, advantages.to(self.device), loss_mask, old_logps, ref_logps, rewards[mine])
 
     @torch.no_grad()
     def _round_metrics(self, rows: list[dict], rollout: Rollout, scores: RoundScores, rewards: torch.Tensor,

@@ -39,12 +39,21 @@ def _fixed(reward: RewardFunc) -> Callable[[], RewardFunc]:
     return factory
 
 
+def _reasoning_gym() -> RewardFunc:
+    """The score of rows made by an rg:NAME task (their `rg_entry` column names the generator and its config)."""
+    from reasonrl.tasks.reasoning_gym import ENTRY_COLUMN, verify
+    from reasonrl.tasks.task import make_reward
+
+    return make_reward("reasoning_gym", verify, (ENTRY_COLUMN,))
+
+
 # Canonical name -> factory(**options). `<name>_reward` and dashes (`tag-count`) are accepted as aliases.
 _FACTORIES: dict[str, Callable[..., RewardFunc]] = {
     "accuracy": _fixed(accuracy_reward),
     "code_tests": make_code_tests_reward,
     "format": _fixed(format_reward),
     "length": make_length_reward,
+    "reasoning_gym": _reasoning_gym,
     "soft_overlong_punishment": make_soft_overlong_punishment,
     "tag_count": _fixed(tag_count_reward),
 }
@@ -63,8 +72,9 @@ def _how_to_name() -> str:
 def get_reward(name_or_spec: str | Callable[..., Any], **kwargs: Any) -> RewardFunc:
     """The reward function that `name_or_spec` names, built with `kwargs`.
 
-    - a registered name (`accuracy`, `code_tests`, `format`, `length`, `soft_overlong_punishment`, `tag_count`, or
-      with `_reward` appended): kwargs are its options, e.g. `get_reward("length", ideal_length=30)`,
+    - a registered name (`accuracy`, `code_tests`, `format`, `length`, `reasoning_gym` (rows of an rg:NAME task,
+      scored by the generator's verifier), `soft_overlong_punishment`, `tag_count`, or with `_reward` appended):
+      kwargs are its options, e.g. `get_reward("length", ideal_length=30)`,
       `get_reward("soft_overlong_punishment", max_completion_len=512, soft_punish_cache=128)`,
       `get_reward("code_tests", timeout=5, mode="fraction")`;
     - `package.module:function`, or TRL's dotted `package.module.function`: imported;
