@@ -92,7 +92,7 @@ def _load_spec(spec: str) -> Callable:
             module = importlib.import_module(location)
     except ToolError:
         raise
-    except (Exception, SystemExit) as error:
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - whatever importing the user's module raises
         raise ToolError(f"tool '{spec}' could not be imported: {type(error).__name__}: {reason_of(error, 150)}")
     if not hasattr(module, attribute):
         raise ToolError(f"tool '{spec}' not found: {location} has no '{attribute}'")
@@ -233,7 +233,7 @@ def run_tool_call(call: dict, tools: dict[str, Callable], timeout: float | None)
                 return ToolResult(name, str({"error": f"timed out after {timeout:g} s"}), failed=True,
                                   timed_out=True)
         content = str(result)  # a result whose __str__ raises is a failing tool too
-    except (Exception, SystemExit) as error:  # SystemExit: sys.exit, or os._exit under ProcessExitGuard
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - a tool's failure is the model's result, not ours
         return ToolResult(name, str({"error": f"{type(error).__name__}: {reason_of(error, 300)}"}), failed=True)
     if len(content) > MAX_TOOL_RESULT_CHARS:
         content = content[:MAX_TOOL_RESULT_CHARS] + "...[truncated]"
@@ -274,12 +274,19 @@ class ToolRollout:
     tool_failures: int = 0  # calls that raised, timed out, returned junk, named no tool (timeouts counted too)
     tool_timeouts: int = 0
 
-    def metrics(self, num_rows: int) -> dict:
-        """TRL's tools/call_frequency and tools/failure_frequency, and reasonrl's timeouts and turns."""
-        return {"tools/call_frequency": self.tool_calls / max(1, num_rows),
-                "tools/failure_frequency": self.tool_failures / self.tool_calls if self.tool_calls else 0.0,
-                "tools/timeouts": self.tool_timeouts,
-                "tools/mean_turns": sum(self.turns) / max(1, len(self.turns))}
+    def counts(self, device=None) -> torch.Tensor:
+        """[calls, failures, timeouts, turns, rows]: what tool_metrics needs, summable over processes."""
+        return torch.tensor([self.tool_calls, self.tool_failures, self.tool_timeouts, sum(self.turns),
+                             len(self.turns)], dtype=torch.float64, device=device)
+
+
+def tool_metrics(counts: torch.Tensor) -> dict:
+    """TRL's tools/call_frequency (calls per completion) and tools/failure_frequency (failed calls per call), and
+    reasonrl's tools/timeouts (calls) and tools/mean_turns (assistant turns per completion), from `counts`."""
+    calls, failures, timeouts, turns, rows = counts.tolist()
+    return {"tools/call_frequency": calls / max(1.0, rows),
+            "tools/failure_frequency": failures / calls if calls else 0.0,
+            "tools/timeouts": int(timeouts), "tools/mean_turns": turns / max(1.0, rows)}
 
 
 class ToolCalling:
