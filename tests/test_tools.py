@@ -246,7 +246,7 @@ def test_iterations_stop_at_max_tool_calling_iterations_and_results_that_do_not_
                     after=lambda result, turn: call_text("add", a=int(result), b=1) + EOS)
     monkeypatch.setattr(tools_module, "generate", always)
     prompt_ids = torch.tensor([ids_of(tok, "<|im_start|>user\n1+1<|im_end|>\n<|im_start|>assistant\n")])
-    kwargs = dict(num_generations=2, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, seeds=[0])
+    kwargs = {"num_generations": 2, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "seeds": [0]}
     for limit, turns in ((0, 1), (1, 2), (3, 4)):
         calling = ToolCalling([add], tok, max_iterations=limit, timeout=None)
         out = calling.generate(None, prompt_ids, torch.ones_like(prompt_ids), max_new_tokens=1000, **kwargs)
@@ -302,9 +302,10 @@ def _scripted_trainer(tok, out, monkeypatch, *, loss_type="grpo", first=add_or_g
 
     rows = [{"prompt": [{"role": "user", "content": f"{a}+{b}"}], "answer": str(a + b)}
             for a, b in ((2, 3), (4, 4), (1, 6), (5, 2))]
-    config = dict(output_dir=str(out), per_device_train_batch_size=4, num_generations=4, max_completion_length=120,
-                  max_steps=2, learning_rate=1e-2, beta=0.0, gradient_checkpointing=False, logging_steps=1000,
-                  save_steps=1, optim="adamw_torch", seed=3, loss_type=loss_type, report_to="none")
+    config = {"output_dir": str(out), "per_device_train_batch_size": 4, "num_generations": 4,
+              "max_completion_length": 120, "max_steps": 2, "learning_rate": 1e-2, "beta": 0.0,
+              "gradient_checkpointing": False, "logging_steps": 1000, "save_steps": 1, "optim": "adamw_torch",
+              "seed": 3, "loss_type": loss_type, "report_to": "none"}
     config.update(settings)
     model = build_tiny_model(tok, hidden_size=32, intermediate_size=64, seed=0)
     return GRPOTrainer(model, [correct], args=GRPOConfig(**config), train_dataset=Dataset.from_list(rows),
@@ -380,7 +381,8 @@ def test_training_with_tools_logs_tool_metrics_and_resumes_exactly(tok, tmp_path
     for row in rows:
         assert math.isfinite(row["loss"]) and row["tools/call_frequency"] == 0.5
         assert row["tools/failure_frequency"] == 0.0 and row["tools/mean_turns"] == 1.5
-    samples = [json.loads(line) for line in open(tmp_path / "a" / "completions.jsonl")]
+    with open(tmp_path / "a" / "completions.jsonl") as handle:
+        samples = [json.loads(line) for line in handle]
     assert any("<tool_call>" in s["completion"] and "\ntool\n" in s["completion"] for s in samples)
     final = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     # resume from checkpoint-1: the middle of the first round (num_iterations=2: a round is 2 steps)
@@ -478,3 +480,32 @@ def test_cli_tools_option_with_a_bad_spec_is_a_one_line_error(tok, tmp_path, cap
                                   "per_device_train_batch_size=2", "tools=[no_such_module_xyz:calc]"])
     assert_one_line_error(code, err, "train", ["tool 'no_such_module_xyz:calc' could not be imported"])
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+# ------------------------------------------------------------------------------------------ built-in tools, the task
+
+
+def test_calculator_task_rows_tool_and_reward():
+    from reasonrl.tasks import calculator as task
+
+    train = task.generate(50, seed=0)
+    held_out = task.generate(50, seed=1, exclude=train)
+    assert not {r["prompt"][0]["content"] for r in train} & {r["prompt"][0]["content"] for r in held_out}
+    assert train == task.generate(50, seed=0)
+    row = train[0]
+    a, b = map(int, row["expression"].split("*"))
+    assert row["answer"] == str(a * b) and 100 <= a <= 999 and 100 <= b <= 999
+    assert task.calculator("12*(3+4)") == "84" and task.calculator("7/0").startswith("error:")
+    assert task.calculator("__import__('os')").startswith("error:")
+    assert task.reward(completions=[task.trace(row), [{"role": "assistant", "content": "1"}], row["answer"]],
+                       answer=[row["answer"]] * 3) == [1.0, 0.0, 1.0]
+    assert task.used_calculator(completions=[task.trace(row), [{"role": "assistant", "content": "1"}]]) == [1.0, 0.0]
+    (loaded,) = load_tools(["reasonrl.tasks.calculator:calculator"])
+    assert loaded is task.calculator
+
+
+def test_python_tool_runs_in_the_sandbox():
+    (python,) = load_tools(["reasonrl.tools:python"])
+    assert python("print(6 * 7)") == "42\n"
+    assert "ZeroDivisionError" in python("1/0")
+    assert "[timed_out" in python("while True: pass")

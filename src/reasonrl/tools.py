@@ -53,7 +53,8 @@ _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
 
 def load_tools(tools) -> list[Callable]:
-    """The tool functions `tools` names: callables, or specs `module:function` / `path/to/file.py:function`.
+    """The tool functions `tools` names: callables, or specs `module:function` / `path/to/file.py:function`
+    (built in: `reasonrl.tools:python`, the sandboxed interpreter; `reasonrl.tasks.calculator:calculator`).
     A spec that does not import, a non-callable, two tools of one name or a function transformers cannot describe
     (no docstring, no type hints) raises ToolError."""
     if tools is None:
@@ -136,6 +137,24 @@ def check_tool_template(tokenizer) -> None:
     if list(whole[: len(head)]) != list(head):
         raise ToolError("the chat template renders a conversation's earlier messages differently once a tool "
                         "message follows; multi-turn training needs a prefix-preserving template")
+
+
+# ---------------------------------------------------------------------------------------------- built-in tools
+
+
+def python(code: str) -> str:
+    """Run a Python program in a sandbox (no network, no files outside its folder, 5 s) and return its output.
+
+    Args:
+        code: the program; print what you want to see
+    """
+    from reasonrl.sandbox import run_python
+
+    result = run_python(code, timeout=5.0, memory_mb=256, max_output_bytes=2048)
+    text = result.stdout + (result.stderr[-1000:] if result.stderr else "")
+    if result.outcome.value != "finished":
+        text += f"[{result.outcome.value}: {result.detail}]" if result.detail else f"[{result.outcome.value}]"
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- parsing
