@@ -25,7 +25,7 @@ NAME = "calculator"
 
 
 def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression of whole numbers with + - * / and parentheses.
+    """Compute an arithmetic expression (whole numbers, + - * /, parentheses).
 
     Args:
         expression: the expression, e.g. 4821*377
