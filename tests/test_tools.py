@@ -509,3 +509,47 @@ def test_python_tool_runs_in_the_sandbox():
     assert python("print(6 * 7)") == "42\n"
     assert "ZeroDivisionError" in python("1/0")
     assert "[timed_out" in python("while True: pass")
+
+
+def test_later_turns_sampled_by_the_real_decoder_have_the_log_probs_the_training_forward_gives(tok, monkeypatch):
+    """Turn 1 is scripted (a call); turn 2 is sampled by rollout.generate (lean decoder) from prompt + call + tool
+    tokens. Its sampling log-probs must equal the training forward's over the whole interleaved row: same context,
+    same positions."""
+    from reasonrl.rollout import generate as real_generate
+
+    model = build_tiny_model(tok, hidden_size=32, intermediate_size=64, seed=5).eval()
+    scripted = Script(tok, lambda j, user: call_text("add", a=2, b=3) + EOS)
+    recorded = []
+
+    def hybrid(model_, prompt_ids, prompt_mask, **kwargs):
+        if not recorded and kwargs["num_generations"] > 1:  # the first turn
+            recorded.append(None)
+            return scripted(model_, prompt_ids, prompt_mask, **kwargs)
+        out = real_generate(model_, prompt_ids, prompt_mask, **kwargs)
+        recorded.append((prompt_ids, prompt_mask, out))
+        return out
+
+    monkeypatch.setattr(tools_module, "generate", hybrid)
+    calling = ToolCalling([add], tok, max_iterations=1, timeout=None)
+    prompts = [ids_of(tok, "<|im_start|>user\n2+3<|im_end|>\n<|im_start|>assistant\n"), ids_of(tok, "<|im_start|>"
+               "user\nadd 2 and 3 please<|im_end|>\n<|im_start|>assistant\n")]  # two lengths: left padding
+    width = max(map(len, prompts))
+    prompt_ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    out = calling.generate(model, prompt_ids, prompt_mask, num_generations=2, max_new_tokens=160,
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, seeds=[1, 2],
+                           temperature=0.9)
+    assert out.turns == [2, 2, 2, 2] and out.tool_calls == 4
+    assert len(recorded) == 2  # the scripted first turn, one real second turn for the 4 calling rows
+    _, _, (new_ids, new_mask, sampling_logps, _) = recorded[1]
+    head = len(ids_of(tok, call_text("add", a=2, b=3) + EOS + SUFFIX.format("5")))
+    with torch.no_grad():
+        logps = sequence_logprobs(model, prompt_ids.repeat_interleave(2, 0), prompt_mask.repeat_interleave(2, 0),
+                                  out.completion_ids, out.completion_mask, 0.9)
+    for row in range(4):
+        n = int(new_mask[row].sum())
+        assert out.completion_ids[row, head:head + n].tolist() == new_ids[row, :n].tolist()
+        assert out.tool_mask[row, head:head + n].tolist() == [1] * n
+        assert torch.allclose(logps[row, head:head + n], sampling_logps[row, :n], atol=1e-4)
+    # the samples of one prompt differ (their own seeds), and differ from the other prompt's
+    assert new_ids[0].tolist() != new_ids[1].tolist()
