@@ -18,7 +18,9 @@ from datasets import Dataset
 import reasonrl.tools as tools_module
 from reasonrl import GRPOConfig, GRPOTrainer
 from reasonrl.checkpoint import list_checkpoints
+from reasonrl.core import StepNormaliser
 from reasonrl.errors import ReasonRLError, ToolError
+from reasonrl.micro_step import logps_in_chunks
 from reasonrl.policy import sequence_logprobs
 from reasonrl.tiny import build_char_tokenizer, build_tiny_model
 from reasonrl.tools import (
@@ -305,7 +307,8 @@ def _scripted_trainer(tok, out, monkeypatch, *, loss_type="grpo", first=add_or_g
     config = {"output_dir": str(out), "per_device_train_batch_size": 4, "num_generations": 4,
               "max_completion_length": 120, "max_steps": 2, "learning_rate": 1e-2, "beta": 0.0,
               "gradient_checkpointing": False, "logging_steps": 1000, "save_steps": 1, "optim": "adamw_torch",
-              "seed": 3, "loss_type": loss_type, "report_to": "none"}
+              "seed": 3, "loss_type": loss_type, "report_to": "none",
+              "adapt_cpu_threads": False}  # bitwise resume needs a fixed thread count (a loaded machine)
     config.update(settings)
     model = build_tiny_model(tok, hidden_size=32, intermediate_size=64, seed=0)
     return GRPOTrainer(model, [correct], args=GRPOConfig(**config), train_dataset=Dataset.from_list(rows),
@@ -317,8 +320,10 @@ def test_loss_over_a_tool_round_equals_a_hand_computation_without_the_tool_token
                                                                                    loss_type):
     trainer = _scripted_trainer(tok, tmp_path / "run", monkeypatch, loss_type=loss_type)
     os.makedirs(tmp_path / "run")  # what train() does before a round
-    batch, metrics = trainer._make_round()
-    rollout = batch.rollout
+    rows_, rollout = trainer._rollout()
+    scores, rewards = trainer._score(rows_, rollout)
+    batch = trainer._advantages(rollout, rewards)
+    metrics = trainer._round_metrics(rows_, rollout, scores, rewards, batch)
     assert metrics["tools/call_frequency"] == 0.5 and metrics["tools/mean_turns"] == 1.5
     assert metrics["reward"] == 0.5  # the calling half answers right, the guessing half (0) wrong
     suffix_len = len(ids_of(tok, SUFFIX.format("5")))
@@ -327,11 +332,13 @@ def test_loss_over_a_tool_round_equals_a_hand_computation_without_the_tool_token
     # old log-probs away from the current ones, differently per token: the ratios (so the loss) depend on the mask
     torch.manual_seed(0)
     with torch.no_grad():
-        current = trainer._logps_in_chunks(trainer.model, rollout)
+        current = logps_in_chunks(trainer.model, rollout, trainer.args, trainer._autocast)
     batch.old_logps = current + 0.3 * torch.randn_like(current) * rollout.completion_mask
     rows = torch.arange(4)
     trainer.model.train()
-    loss, _ = trainer._micro_step(batch, rows, batch.loss_mask[rows].sum().float(), 1.0)
+    tokens = batch.loss_mask[rows].sum().double().reshape(1)
+    normaliser = StepNormaliser.of_window(loss_type, tokens, tokens, 1)
+    loss, _ = trainer.micro_step(batch, rows, normaliser, 0)
 
     # by hand: each row's unpadded sequence through the model, tokens with tool_mask 0 left out
     eps = trainer.args.epsilon
@@ -358,7 +365,7 @@ def test_loss_over_a_tool_round_equals_a_hand_computation_without_the_tool_token
     # and garbage old log-probs on the tool tokens change nothing
     trainer.model.zero_grad()
     batch.old_logps = batch.old_logps + 5.0 * (rollout.completion_mask - batch.loss_mask)
-    again, _ = trainer._micro_step(batch, rows, batch.loss_mask[rows].sum().float(), 1.0)
+    again, _ = trainer.micro_step(batch, rows, normaliser, 0)
     assert again == pytest.approx(loss, rel=1e-6, abs=1e-7)
 
 

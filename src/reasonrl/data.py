@@ -208,7 +208,8 @@ def render_prompt(prompt, tokenizer, tools: list[dict] | None = None) -> str:
             raise DataError("the prompts are conversational but the tokenizer has no chat template; use a chat "
                             "model or plain-text prompts")
         try:
-            return tokenizer.apply_chat_template(prompt, tools=tools or None, tokenize=False, add_generation_prompt=True)
+            return tokenizer.apply_chat_template(prompt, tools=tools or None, tokenize=False,
+                                                 add_generation_prompt=True)
         except Exception as error:  # noqa: BLE001 - jinja2's TemplateError and what the template itself raises
             raise DataError(f"the tokenizer's chat template fails on a prompt ({type(error).__name__}: "
                             f"{reason_of(error, 150)}); check the prompt's messages ({prompt!r:.80})") from None
