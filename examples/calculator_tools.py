@@ -10,6 +10,12 @@
 
 The call alone is ~90 characters (tokens, for this tokenizer) and the tool turn ~40 more, so max_completion_length
 must leave room for both and the answer (160): a result that does not fit is dropped, as in TRL.
+
+What it showed once (300 SFT steps, batch 32; 10 GRPO steps of 4 prompts x 4 samples; 50 held-out problems): before
+SFT no calls; after SFT the model calls the calculator on 50/50 held-out prompts with a well-formed call whose
+expression evaluates (the tool result is appended and a second turn follows: tools/mean_turns 1.7-2.0 during GRPO),
+but its final answer does not copy the 6-digit result (accuracy 0/50), so every GRPO group's reward is 0 and GRPO
+has nothing to learn from. A longer warm start (or a shaping reward such as `used_calculator`) is the next step.
 """
 
 from __future__ import annotations
