@@ -31,7 +31,7 @@ SHARED_WITH_TRL = [
     "remove_unused_columns", "report_to", "log_completions", "num_completions_to_print", "generation_batch_size",
     "steps_per_generation", "num_generations_eval", "shuffle_dataset", "trust_remote_code", "disable_dropout",
     "model_init_kwargs", "resume_from_checkpoint", "sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_pos",
-    "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg", "top_entropy_quantile",
+    "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg", "top_entropy_quantile", "max_tool_calling_iterations",
 ]
 # TRL's __post_init__ rewrites these, so the instance value is not the declared default. Each is checked separately.
 RESOLVED_BY_TRL_AT_INIT = {
@@ -181,6 +181,8 @@ def test_lr_schedulers_are_built_by_transformers():
     ({"lora_dropout": 1.0}, "lora_dropout must be in [0, 1)"),
     ({"max_reward_error_fraction": 2}, "max_reward_error_fraction must be in [0, 1]"),
     ({"reward_timeout": 0}, "reward_timeout must be > 0 or None"),
+    ({"tool_timeout": 0}, "tool_timeout must be > 0 or None"),
+    ({"max_tool_calling_iterations": -1}, "max_tool_calling_iterations must be >= 0 or None"),
     ({"reward_funcs": ["length", "format"], "reward_weights": [1.0]},
      "reward_weights has 1 values but there are 2 reward functions"),
     ({"reward_funcs": ["length"], "reward_kwargs": {"lenght": {"ideal_length": 5}}}, "'lenght', which is not in"),

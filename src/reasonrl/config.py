@@ -126,6 +126,17 @@ class GRPOConfig:
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p. 1.0 keeps all."""
     top_k: int = 0
     """Keep only the k most likely tokens when sampling. 0 disables top-k filtering."""
+    tools: list[str] = field(default_factory=list)
+    """reasonrl: tool functions the model may call, as specs 'module:function' or 'path/to/file.py:function' (TRL
+    takes them as the trainer's `tools` argument, which reasonrl's trainer takes too). Each needs type hints and a
+    docstring (its description for the model); prompts must be conversational and the chat template must render
+    tool calls. Tool results join the completion as context, masked out of the loss."""
+    max_tool_calling_iterations: int | None = None
+    """Maximum number of tool-calling turns when training with tools. If None, there is no limit and generation stops
+    when the model writes a turn with no tool call or when the completion reaches max_completion_length."""
+    tool_timeout: float | None = 10.0
+    """reasonrl: seconds one tool call may take; past it the call's result is an error message (counted in
+    tools/failure_frequency and tools/timeouts) and its daemon thread is abandoned. None waits forever (TRL)."""
     repetition_penalty: float = 1.0
     """Penalty on tokens already in the prompt or completion; > 1 discourages repeats, 1.0 disables it."""
     generation_batch_size: int | None = None

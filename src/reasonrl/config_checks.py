@@ -82,6 +82,10 @@ def check(config) -> None:
     _require(config, "max_reward_error_fraction", 0 <= config.max_reward_error_fraction <= 1, "must be in [0, 1]")
     _require(config, "reward_timeout", config.reward_timeout is None or config.reward_timeout > 0,
              "must be > 0 or None")
+    _require(config, "tool_timeout", config.tool_timeout is None or config.tool_timeout > 0, "must be > 0 or None")
+    _require(config, "max_tool_calling_iterations",
+             config.max_tool_calling_iterations is None or config.max_tool_calling_iterations >= 0,
+             "must be >= 0 or None (no limit)")
     for name in ("adam_beta1", "adam_beta2"):
         _require(config, name, 0 <= getattr(config, name) < 1, "must be in [0, 1)")
     if config.max_steps <= 0:

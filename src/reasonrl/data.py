@@ -225,8 +225,9 @@ def check_prompts(dataset, column: str = "prompt") -> None:
         raise DataError("the prompt column mixes plain-text prompts and chat messages; use one kind for every row")
 
 
-def render_prompt(prompt, tokenizer) -> str:
-    """The text the model sees: a string as is, a conversation through the chat template."""
+def render_prompt(prompt, tokenizer, tools: list[dict] | None = None) -> str:
+    """The text the model sees: a string as is, a conversation through the chat template (with the JSON schemas
+    of `tools`, if any)."""
     problem = prompt_problem(prompt)
     if problem:
         raise DataError(f"a prompt {problem}; fix that row of the dataset's prompt column")
@@ -235,7 +236,8 @@ def render_prompt(prompt, tokenizer) -> str:
             raise DataError("the prompts are conversational but the tokenizer has no chat template; use a chat "
                             "model or plain-text prompts")
         try:
-            return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            return tokenizer.apply_chat_template(prompt, tools=tools or None, tokenize=False,
+                                                 add_generation_prompt=True)
         except Exception as error:  # noqa: BLE001 - jinja2's TemplateError and what the template itself raises
             raise DataError(f"the tokenizer's chat template fails on a prompt ({type(error).__name__}: "
                             f"{reason_of(error, 150)}); check the prompt's messages ({prompt!r:.80})") from None
@@ -245,8 +247,9 @@ def render_prompt(prompt, tokenizer) -> str:
 class PromptTokenizer:
     """Left-pads and left-truncates prompts to max_prompt_length; warns once and counts what it cut."""
 
-    def __init__(self, tokenizer, max_prompt_length: int | None):
+    def __init__(self, tokenizer, max_prompt_length: int | None, tools: list[dict] | None = None):
         self.tokenizer = tokenizer
+        self.tools = tools  # JSON schemas the chat template renders into every prompt
         self.max_prompt_length = max_prompt_length
         self.truncated = 0
 
@@ -256,7 +259,7 @@ class PromptTokenizer:
         longest = 0
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start: start + batch_size]
-            texts = [render_prompt(prompt, self.tokenizer) for prompt in batch]
+            texts = [render_prompt(prompt, self.tokenizer, self.tools) for prompt in batch]
             encoded = self.tokenizer(texts, add_special_tokens=not is_conversational(batch[0]))["input_ids"]
             longest = max(longest, *(len(ids) for ids in encoded))
         return min(longest, self.max_prompt_length) if self.max_prompt_length else longest
@@ -264,7 +267,7 @@ class PromptTokenizer:
     def __call__(self, prompts: list, device="cpu"):
         import torch
 
-        texts = [render_prompt(p, self.tokenizer) for p in prompts]
+        texts = [render_prompt(p, self.tokenizer, self.tools) for p in prompts]
         conversational = is_conversational(prompts[0])
         encoded = self.tokenizer(texts, add_special_tokens=not conversational)["input_ids"]
         if self.max_prompt_length is not None:

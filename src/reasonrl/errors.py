@@ -51,6 +51,11 @@ class RewardError(ReasonRLError, ValueError):
     """A reward function that broke its contract, or failed on too much of a round."""
 
 
+class ToolError(ReasonRLError, ValueError):
+    """A tool (GRPOTrainer(tools=...), the `tools` option) that cannot be used: not a function, not importable,
+    not describable to the model, or a chat template or dataset that cannot carry tool calls."""
+
+
 class TaskError(ReasonRLError, ValueError):
     """An unknown built-in task or a task option out of range."""
 

@@ -27,6 +27,11 @@ class Rollout:
     sampling_logps: torch.Tensor  # [B, C] log p(token) at the sampling temperature, unfiltered, at sampling time
     is_truncated: torch.Tensor  # [B] no EOS within max_completion_length
     texts: list[str] = field(default_factory=list)  # decoded completions (special tokens removed)
+    # with tools (tools.py): each row is turns and tool results; tool_mask [B, C] is 0 on tool-result tokens,
+    # messages each row's assistant and tool messages (TRL's completions), tool_counts what tools.tool_metrics reads
+    tool_mask: torch.Tensor | None = None
+    messages: list[list[dict]] | None = None
+    tool_counts: torch.Tensor | None = None
 
     @property
     def completion_lengths(self) -> torch.Tensor:  # [B]

@@ -18,12 +18,30 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# ChatML with Hermes/Qwen2.5-style tool calls, compact for a character tokenizer: each tool on one line of the
+# system turn as name(parameters): description; a call is <tool_call>{"name": ..., "arguments": {...}}</tool_call>.
+TOOL_CHAT_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\ntools:' }}"
+    "{% for tool in tools %}{% set f = tool['function'] if 'function' in tool else tool %}"
+    "{{ ' ' + f['name'] + '(' + (f['parameters']['properties'] | list | join(',')) + '): ' + f['description'] }}"
+    "{% endfor %}{{ '<|im_end|>\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') }}"
+    "{% if message['tool_calls'] is defined and message['tool_calls'] %}{% for call in message['tool_calls'] %}"
+    "{{ '<tool_call>{\"name\": \"' + call['function']['name'] + '\", \"arguments\": ' }}"
+    "{{ call['function']['arguments'] | tojson }}{{ '}</tool_call>' }}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
-def build_char_tokenizer():
+
+def build_char_tokenizer(tools: bool = False):
     """A PreTrainedTokenizerFast with one token per byte (so per character for ASCII), special tokens and ChatML.
 
     It is a byte-level BPE with no merges: 256 byte tokens + pad/eos/unk/im_start = 260 entries. Being byte-level
-    BPE, it round-trips any text and reloads through AutoTokenizer for Qwen2 and Llama configs alike.
+    BPE, it round-trips any text and reloads through AutoTokenizer for Qwen2 and Llama configs alike. With `tools`
+    its chat template renders tool schemas, tool calls and tool results (TOOL_CHAT_TEMPLATE).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -36,7 +54,7 @@ def build_char_tokenizer():
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK, additional_special_tokens=[IM_START]
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = TOOL_CHAT_TEMPLATE if tools else CHAT_TEMPLATE
     return tokenizer
 
 

@@ -83,6 +83,7 @@ from reasonrl.scoring import (
     log_failures_once,
     score_round,
 )
+from reasonrl.tools import ToolCalling, tool_metrics
 from reasonrl.tracking import Trackers
 
 logger = logging.getLogger("reasonrl")
@@ -96,7 +97,7 @@ class GRPOTrainer:
     """
 
     def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, peft_config=None):
+                 processing_class=None, peft_config=None, tools=None):
         self.args = args = GRPOConfig.coerce(args)
         # mistakes that need no model show before it loads: the output folder, the data, the reward columns
         rundir.check_output_dir(args.output_dir)
@@ -115,7 +116,11 @@ class GRPOTrainer:
         self.processing_class = self.tokenizer
         # every prompt rendered (chat template) and tokenized once: a template error or a prompt that, with a
         # completion, would not fit the model's positions shows now, not at the round that draws it
-        self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length)
+        # tools (TRL's tools=, else the `tools` option): rendered into every prompt, called during rollouts (tools.py)
+        self.tool_calling = ToolCalling.build(args.tools if tools is None else tools, self.tokenizer,
+                                              self.train_dataset[:1]["prompt"], args)
+        self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length,
+                                                self.tool_calling.schemas if self.tool_calling else None)
         check_lengths(model.config, args.max_completion_length,
                       self.prompt_tokenizer.longest(self.train_dataset["prompt"]))
         model = prepare_for_training(model, args, peft_config, bf16=self.bf16)  # LoRA, dropout, frozen weights
@@ -284,16 +289,27 @@ class GRPOTrainer:
         rows, prompt_ids, prompt_mask = all_rows[mine], prompt_ids[mine], prompt_mask[mine]  # [N, P]
 
         self.model.eval()
+        sampling = {"num_generations": g, "max_new_tokens": args.max_completion_length,
+                    "eos_token_id": self.tokenizer.eos_token_id, "pad_token_id": self.tokenizer.pad_token_id,
+                    "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+                    "repetition_penalty": args.repetition_penalty, "generator": self.generator, "seeds": seeds}
+        turns = None
         with self._autocast():
-            completion_ids, completion_mask, _, is_truncated = generate(
-                self.model, prompt_ids, prompt_mask, num_generations=g, max_new_tokens=args.max_completion_length,
-                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-                temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                repetition_penalty=args.repetition_penalty, generator=self.generator, seeds=seeds)
+            if self.tool_calling:  # multi-turn: tool calls run and their results join the completions (tools.py)
+                turns = self.tool_calling.generate(self.model, prompt_ids, prompt_mask, **sampling)
+                completion_ids, completion_mask, is_truncated = (turns.completion_ids, turns.completion_mask,
+                                                                 turns.is_truncated)
+            else:
+                completion_ids, completion_mask, _, is_truncated = generate(self.model, prompt_ids, prompt_mask,
+                                                                            **sampling)
         prompt_ids, prompt_mask = prompt_ids.repeat_interleave(g, 0), prompt_mask.repeat_interleave(g, 0)  # [B, P]
         ids_list = [ids[mask.bool()].tolist() for ids, mask in zip(completion_ids, completion_mask)]
         texts = self.tokenizer.batch_decode(ids_list, skip_special_tokens=True)
-        return rows, Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, None, is_truncated, texts)
+        rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, None, is_truncated, texts)
+        if turns is not None:
+            rollout.tool_mask, rollout.messages = turns.tool_mask, turns.completions
+            rollout.tool_counts = turns.counts(self.device)
+        return rows, rollout
 
     @torch.no_grad()
     def _score(self, rows: list[dict], rollout: Rollout) -> tuple[RoundScores, torch.Tensor]:
@@ -306,6 +322,8 @@ class GRPOTrainer:
         texts = rollout.texts
         completions = ([[{"role": "assistant", "content": t}] for t in texts] if is_conversational(prompts[0])
                        else texts)
+        if rollout.messages is not None:  # TRL's completions with tools: each row's assistant and tool messages
+            completions = rollout.messages
         ids_list = [ids[mask.bool()].tolist() for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)]
         columns = {key: [row[key] for row in rows for _ in range(g)] for key in rows[0] if key != "prompt"}
         columns["trainer_state"] = self.state
@@ -329,8 +347,10 @@ class GRPOTrainer:
         if self.dist.is_main:  # warns when every group's rewards agree (nothing to learn from this round)
             self.learning_signal.check(rewards, args.num_generations, self.state.global_step + 1)
         loss_mask = rollout.completion_mask
+        if rollout.tool_mask is not None:  # tool results are context, not the model's actions: out of the loss
+            loss_mask = loss_mask * rollout.tool_mask
         if args.mask_truncated_completions:
-            loss_mask = rollout.completion_mask * (~rollout.is_truncated).long()[:, None]
+            loss_mask = loss_mask * (~rollout.is_truncated).long()[:, None]
         reuses_round = args.num_iterations > 1 or args.effective_steps_per_generation > args.gradient_accumulation_steps
         old_logps = logps_in_chunks(self.model, rollout, args, self._autocast) if reuses_round else None
         ref_logps = None
@@ -344,11 +364,15 @@ class GRPOTrainer:
                        batch: Batch) -> dict:
         """The round's rewards, lengths and truncation over all processes; its samples go to completions.jsonl."""
         args = self.args
-        lengths = distributed.all_gather_rows(rollout.completion_mask.sum(-1).float(), self.dist)  # [B_all]
+        model_tokens = rollout.completion_mask if rollout.tool_mask is None else rollout.completion_mask * (
+            rollout.tool_mask)  # as TRL: tool-result tokens are not counted in the lengths
+        lengths = distributed.all_gather_rows(model_tokens.sum(-1).float(), self.dist)  # [B_all]
         is_truncated = distributed.all_gather_rows(rollout.is_truncated.float(), self.dist)  # [B_all]
         metrics = runlog.round_metrics(rewards, scores.rewards_per_func, scores.errors, self.reward_names, lengths,
                                        is_truncated, args.num_generations, args.scale_rewards,
                                        self.prompt_tokenizer.truncated)
+        if rollout.tool_counts is not None:  # tools/*: calls, failures, timeouts and turns over all processes
+            metrics.update(tool_metrics(distributed.all_reduce_sum(rollout.tool_counts.clone(), self.dist)))
         # the first completion of each prompt, every process's in rank (= draw) order; rank 0 writes them
         mine = distributed.shard(rewards.size(0), self.dist)
         prompts = [row["prompt"] for row in rows for _ in range(args.num_generations)]
