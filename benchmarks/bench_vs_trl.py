@@ -218,10 +218,11 @@ def run_reasonrl(cfg: dict, timer: GenerationTimer) -> dict:
     """Train with reasonrl's GRPOTrainer; per-step times from its metrics (step_time, rollout_time) and callback."""
     from datasets import Dataset
 
+    import reasonrl.rollout as rollout_module
     import reasonrl.trainer as rt
     from reasonrl.config import GRPOConfig
 
-    original_generate = rt.generate
+    original_generate = rollout_module.generate
 
     def timed_generate(model, prompt_ids, *args, **kwargs):
         start = time.perf_counter()
@@ -230,7 +231,7 @@ def run_reasonrl(cfg: dict, timer: GenerationTimer) -> dict:
         timer.record(time.perf_counter() - start, int(completion_mask.sum()), int(completion_ids.shape[1]))
         return out
 
-    rt.generate = timed_generate
+    rollout_module.generate = timed_generate  # what the trainer's rollout.sample_rollout calls
 
     rows: list[dict] = []
     stamps: list[float] = []

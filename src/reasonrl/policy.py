@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ from transformers import DynamicCache
 from reasonrl.core import token_logprobs
 from reasonrl.models import unwrap_model
 
+logger = logging.getLogger("reasonrl")
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only, so a left-padded row starts at 0 like an unpadded one."""
@@ -248,3 +250,23 @@ def plan_forward(*, gradient_checkpointing: bool, backward_chunk_rows: int | Non
     small_chunks = chunked and (chunk_rows is not None or chunk_tokens is not None)
     return ForwardPlan(chunked=chunked, chunk_rows=chunk_rows, chunk_tokens=chunk_tokens,
                        checkpoint_layers=gradient_checkpointing and not small_chunks)
+
+
+def configure_forward(model, args, *, device_type: str, bf16: bool, distributed: bool) -> ForwardPlan:
+    """A run's ForwardPlan (plan_forward for its config), with the model's layer checkpointing switched to match: on
+    where the plan recomputes layers, off otherwise (a model object may come with it on; the row chunks bound the
+    memory instead). Entropy masking needs each micro-batch whole: said once if backward_chunk_rows asked for less."""
+    entropy_masking = args.top_entropy_quantile < 1.0  # the entropy threshold is over a whole micro-batch
+    if entropy_masking and args.backward_chunk_rows:
+        logger.warning("top_entropy_quantile=%g < 1: each micro-batch goes through forward and backward whole "
+                       "(backward_chunk_rows=%d is not used), as the entropy threshold is over all its rows; "
+                       "lower per_device_train_batch_size if memory is short", args.top_entropy_quantile,
+                       args.backward_chunk_rows)
+    plan = plan_forward(gradient_checkpointing=args.gradient_checkpointing,
+                        backward_chunk_rows=args.backward_chunk_rows, device_type=device_type, bf16=bf16,
+                        distributed=distributed, whole_micro_batch=entropy_masking)
+    if plan.checkpoint_layers:
+        enable_layer_checkpointing(model)
+    else:
+        disable_layer_checkpointing(model)
+    return plan

@@ -191,3 +191,24 @@ def generate(
                             torch.full_like(has_eos, completion_ids.size(1), dtype=torch.long))
     completion_mask = (torch.arange(completion_ids.size(1), device=device)[None] <= first_eos[:, None]).long()
     return completion_ids, completion_mask, sampling_logps * completion_mask, ~has_eos
+
+
+def sample_rollout(model, tokenizer, prompt_ids, prompt_mask, tool_calling=None, **sampling) -> Rollout:
+    """A round's samples: G completions of each prompt [N, P] (`generate`'s keyword arguments in `sampling`) as a
+    Rollout of N*G rows, prompts repeated, completions decoded to texts. With `tool_calling` (tools.ToolCalling)
+    the sampling is multi-turn: the tools' results join the completions, marked in tool_mask."""
+    g = sampling["num_generations"]
+    turns = None
+    if tool_calling:
+        turns = tool_calling.generate(model, prompt_ids, prompt_mask, **sampling)
+        completion_ids, completion_mask, is_truncated = turns.completion_ids, turns.completion_mask, turns.is_truncated
+    else:
+        completion_ids, completion_mask, _, is_truncated = generate(model, prompt_ids, prompt_mask, **sampling)
+    prompt_ids, prompt_mask = prompt_ids.repeat_interleave(g, 0), prompt_mask.repeat_interleave(g, 0)  # [B, P]
+    ids_list = [ids[mask.bool()].tolist() for ids, mask in zip(completion_ids, completion_mask)]
+    texts = tokenizer.batch_decode(ids_list, skip_special_tokens=True)
+    rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, None, is_truncated, texts)
+    if turns is not None:
+        rollout.tool_mask, rollout.messages = turns.tool_mask, turns.completions
+        rollout.tool_counts = turns.counts(prompt_ids.device)
+    return rollout

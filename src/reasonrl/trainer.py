@@ -70,8 +70,8 @@ from reasonrl.models import (
     reference_policy,
 )
 from reasonrl.optim import make_optimizer, make_scheduler
-from reasonrl.policy import disable_layer_checkpointing, enable_layer_checkpointing, plan_forward
-from reasonrl.rollout import Rollout, generate
+from reasonrl.policy import configure_forward
+from reasonrl.rollout import Rollout, sample_rollout
 from reasonrl.rounds import Batch, PromptSampler, RoundProgress, TrainerState, Window, is_every
 from reasonrl.scoring import (
     ProcessExitGuard,
@@ -124,20 +124,9 @@ class GRPOTrainer:
         check_lengths(model.config, args.max_completion_length,
                       self.prompt_tokenizer.longest(self.train_dataset["prompt"]))
         model = prepare_for_training(model, args, peft_config, bf16=self.bf16)  # LoRA, dropout, frozen weights
-        # how every micro-batch's forward and backward run: decided here, once (policy.plan_forward)
-        entropy_masking = args.top_entropy_quantile < 1.0  # the entropy threshold is over a whole micro-batch
-        if entropy_masking and args.backward_chunk_rows:
-            logger.warning("top_entropy_quantile=%g < 1: each micro-batch goes through forward and backward whole "
-                           "(backward_chunk_rows=%d is not used), as the entropy threshold is over all its rows; "
-                           "lower per_device_train_batch_size if memory is short", args.top_entropy_quantile,
-                           args.backward_chunk_rows)
-        self.plan = plan_forward(gradient_checkpointing=args.gradient_checkpointing,
-                                 backward_chunk_rows=args.backward_chunk_rows, device_type=self.device.type,
-                                 bf16=self.bf16, distributed=self.dist.enabled, whole_micro_batch=entropy_masking)
-        if self.plan.checkpoint_layers:
-            enable_layer_checkpointing(model)
-        else:
-            disable_layer_checkpointing(model)  # a model object may come with it on: the row chunks bound memory
+        # how every micro-batch's forward and backward run: decided here, once (the model's layer checkpointing set)
+        self.plan = configure_forward(model, args, device_type=self.device.type, bf16=self.bf16,
+                                      distributed=self.dist.enabled)
         self.model = model.to(self.device)
         self.reference_model = frozen_copy(self.model) if args.beta != 0.0 and not is_peft_model(self.model) else None
         # the training forward/backward goes through DistributedDataParallel (gradients averaged over processes);
@@ -293,23 +282,9 @@ class GRPOTrainer:
                     "eos_token_id": self.tokenizer.eos_token_id, "pad_token_id": self.tokenizer.pad_token_id,
                     "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
                     "repetition_penalty": args.repetition_penalty, "generator": self.generator, "seeds": seeds}
-        turns = None
-        with self._autocast():
-            if self.tool_calling:  # multi-turn: tool calls run and their results join the completions (tools.py)
-                turns = self.tool_calling.generate(self.model, prompt_ids, prompt_mask, **sampling)
-                completion_ids, completion_mask, is_truncated = (turns.completion_ids, turns.completion_mask,
-                                                                 turns.is_truncated)
-            else:
-                completion_ids, completion_mask, _, is_truncated = generate(self.model, prompt_ids, prompt_mask,
-                                                                            **sampling)
-        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(g, 0), prompt_mask.repeat_interleave(g, 0)  # [B, P]
-        ids_list = [ids[mask.bool()].tolist() for ids, mask in zip(completion_ids, completion_mask)]
-        texts = self.tokenizer.batch_decode(ids_list, skip_special_tokens=True)
-        rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, None, is_truncated, texts)
-        if turns is not None:
-            rollout.tool_mask, rollout.messages = turns.tool_mask, turns.completions
-            rollout.tool_counts = turns.counts(self.device)
-        return rows, rollout
+        with self._autocast():  # multi-turn with tools: their calls run and their results join the completions
+            return rows, sample_rollout(self.model, self.tokenizer, prompt_ids, prompt_mask, self.tool_calling,
+                                        **sampling)
 
     @torch.no_grad()
     def _score(self, rows: list[dict], rollout: Rollout) -> tuple[RoundScores, torch.Tensor]:
