@@ -302,7 +302,10 @@ def test_a_second_signal_stops_at_once_whatever_its_kind():
 def test_a_signal_outside_training_ends_the_command_with_the_shells_code(signum, code):
     """Outside train()'s own handling (loading a model, evaluating) a signal ends the process entry with 128 + signal
     and no traceback, not a silent kill (SIGTERM's default) or a KeyboardInterrupt traceback."""
-    script = ("import time, reasonrl.cli as cli\n"
+    # Ctrl-C as in a terminal: a background job (make test started with &) inherits SIGINT ignored, and Python keeps
+    # an ignored SIGINT ignored
+    script = ("import signal, time, reasonrl.cli as cli\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               "def slow(argv=None):\n    print('ready', flush=True)\n    time.sleep(60)\n    return 0\n"
               "cli.main = slow\ncli.run()\n")
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
