@@ -299,14 +299,21 @@ def lora_inputs_not_cast(layers: list):
     """peft's disable_input_dtype_casting over `layers` found beforehand (lora_layers): under bf16 autocast a LoRA
     layer then keeps its bf16 input instead of casting it to the fp32 adapter's dtype, which autocast casts back for
     the matmul. peft's own helper walks every module of the model on entry and on exit, 5 ms a call on SmolLM-135M."""
-    saved = [layer.cast_input_dtype_enabled for layer in layers]
-    for layer in layers:
-        layer.cast_input_dtype_enabled = False
+    with attributes_set(layers, "cast_input_dtype_enabled", False):
+        yield
+
+
+@contextlib.contextmanager
+def attributes_set(objects: list, name: str, value):
+    """Within: attribute `name` of every object is `value`; each gets its own earlier value back on exit."""
+    saved = [getattr(obj, name) for obj in objects]
+    for obj in objects:
+        setattr(obj, name, value)
     try:
         yield
     finally:
-        for layer, value in zip(layers, saved):
-            layer.cast_input_dtype_enabled = value
+        for obj, earlier in zip(objects, saved):
+            setattr(obj, name, earlier)
 
 
 def is_peft_model(model) -> bool:

@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from reasonrl.core import token_logprobs
-from reasonrl.models import unwrap_model
+from reasonrl.models import attributes_set, unwrap_model
 
 logger = logging.getLogger("reasonrl")
 
@@ -79,15 +79,8 @@ def disable_layer_checkpointing(model) -> None:
 @contextlib.contextmanager
 def layers_not_checkpointed(model):
     """Within: no decoder layer recomputes in the backward (for a forward that fills a KV cache)."""
-    modules = checkpointing_modules(model)
-    saved = [module.gradient_checkpointing for module in modules]
-    for module in modules:
-        module.gradient_checkpointing = False
-    try:
+    with attributes_set(checkpointing_modules(model), "gradient_checkpointing", False):
         yield
-    finally:
-        for module, value in zip(modules, saved):
-            module.gradient_checkpointing = value
 
 
 def completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
