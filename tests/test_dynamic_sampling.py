@@ -8,11 +8,10 @@ import shutil
 
 import pytest
 import torch
-from datasets import Dataset
-from peft import LoraConfig
 from test_resume import MULTI_STEP_ROUNDS, _kill_and_resume, _rows, _step
+from test_resume import _trainer as resume_trainer
 
-from reasonrl import GRPOConfig, GRPOTrainer
+from reasonrl import GRPOConfig
 from reasonrl.checkpoint import list_checkpoints
 from reasonrl.config import ConfigError
 from reasonrl.core import group_advantages
@@ -20,7 +19,6 @@ from reasonrl.core.filtering import groups_with_signal, select_groups
 from reasonrl.dynamic_sampling import DynamicSampler, combine_metrics, concatenate
 from reasonrl.rollout import Rollout
 from reasonrl.rounds import Batch
-from reasonrl.tiny import build_tiny_model
 
 NAN = math.nan
 
@@ -159,20 +157,12 @@ def test_options_are_checked(monkeypatch):
 
 
 def _trainer(out, char_tokenizer, **overrides):
-    """Rounds of 2 prompts x G 2 over a 6-prompt dataset, 2 optimizer steps each (num_iterations=2); the reward
-    (distinct characters) often ties within a pair of completions of 3 characters."""
-    settings = {"output_dir": str(out), "per_device_train_batch_size": 4, "num_generations": 2,
-                "max_completion_length": 3, "max_steps": 8, "learning_rate": 1e-2, "beta": 0.04,
-                "gradient_checkpointing": False, "logging_steps": 1000, "save_steps": 1, "optim": "adamw_torch",
-                "num_iterations": 2, "seed": 5, "dynamic_sampling": True, "max_num_gen_batches": 4,
-                "adapt_cpu_threads": False}  # threads follow the load, and cpu_threads is logged
-    settings.update(overrides)
-    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear", task_type="CAUSAL_LM")
-    return GRPOTrainer(build_tiny_model(char_tokenizer, hidden_size=32, intermediate_size=64, seed=0),
-                       [lambda completions, **kw: [float(len(set(c))) for c in completions]],
-                       args=GRPOConfig(**settings), train_dataset=Dataset.from_list([{"prompt": f"p{i}"}
-                                                                                     for i in range(6)]),
-                       processing_class=char_tokenizer, peft_config=lora)
+    """test_resume's tiny LoRA trainer (rounds of 2 prompts x G 2 over a 6-prompt dataset, 2 optimizer steps each)
+    with dynamic sampling; the reward (distinct characters) often ties within a pair of completions of 3
+    characters. adapt_cpu_threads off: threads follow the load, and cpu_threads is logged."""
+    settings = {"max_completion_length": 3, "max_steps": 8, "dynamic_sampling": True, "max_num_gen_batches": 4,
+                "adapt_cpu_threads": False}
+    return resume_trainer(out, char_tokenizer, **{**settings, **overrides})
 
 
 def _json_lines(path):
