@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from reasonrl.cpu import release_freed_memory
 from reasonrl.lean_decode import LeanDecoder
 from reasonrl.policy import cache_keyword, last_position, output_cache, position_ids_from_mask
 
@@ -180,8 +179,6 @@ def generate(
             break
         logits = decoder.step(token)
     decoder.close()
-    if device.type == "cpu":
-        release_freed_memory()  # the merged weights and the cache: back to the OS before training allocates
 
     completion_ids = torch.stack(tokens, dim=1)  # [B, C]
     sampling_logps = torch.stack(logps, dim=1)  # [B, C]

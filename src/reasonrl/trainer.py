@@ -283,8 +283,10 @@ class GRPOTrainer:
                     "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
                     "repetition_penalty": args.repetition_penalty, "generator": self.generator, "seeds": seeds}
         with self._autocast():  # multi-turn with tools: their calls run and their results join the completions
-            return rows, sample_rollout(self.model, self.tokenizer, prompt_ids, prompt_mask, self.tool_calling,
-                                        **sampling)
+            rollout = sample_rollout(self.model, self.tokenizer, prompt_ids, prompt_mask, self.tool_calling, **sampling)
+        if self.device.type == "cpu":
+            release_freed_memory()  # the decoder's weights and caches: back to the OS before training allocates
+        return rows, rollout
 
     @torch.no_grad()
     def _score(self, rows: list[dict], rollout: Rollout) -> tuple[RoundScores, torch.Tensor]:
