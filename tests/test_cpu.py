@@ -1,5 +1,8 @@
 """cpu.ThreadGovernor: threads follow the cores other processes leave free (hand-made /proc/stat readings)."""
 
+import mmap
+import os
+
 import pytest
 import torch
 
@@ -50,3 +53,39 @@ def test_disabled_or_unknown_changes_nothing(machine, monkeypatch):
     assert governor.update() == 2
     monkeypatch.setattr(cpu, "_cpu_times", lambda: None)
     assert cpu.ThreadGovernor().update() == 2
+
+
+def _resident_file_kb() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("RssFile"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
+def test_page_out_hands_back_a_mapped_files_pages_and_keeps_its_contents(tmp_path):
+    """A weight memory-mapped from its file (as transformers loads safetensors) leaves the resident set when paged
+    out, and reads the same values afterwards."""
+    path = tmp_path / "weights.bin"
+    values = torch.arange(16 * 2**20, dtype=torch.float32)  # 64 MiB
+    path.write_bytes(values.numpy().tobytes())
+    with open(path, "r+b") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0)
+    tensor = torch.frombuffer(mapped, dtype=torch.float32)
+    before = _resident_file_kb()
+    total = tensor.sum(dtype=torch.float64).item()  # touches every page
+    touched = _resident_file_kb()
+    assert touched - before > 60 * 1024
+    if not cpu.page_out(tensor):
+        pytest.skip("this kernel does not take MADV_PAGEOUT")
+    assert _resident_file_kb() < touched - 60 * 1024  # its 64 MiB are no longer resident
+    assert tensor.sum(dtype=torch.float64).item() == total == (16 * 2**20 - 1) * 16 * 2**20 / 2
+    del tensor
+
+
+def test_page_out_keeps_an_ordinary_tensors_values():
+    """On anonymous memory (no swap here) the advice changes nothing: the values stay."""
+    tensor = torch.randn(4 * 2**20)
+    copy = tensor.clone()
+    cpu.page_out(tensor)
+    assert torch.equal(tensor, copy)
+    assert not cpu.page_out(torch.zeros(10))  # under one page: nothing to do
+    assert not cpu.page_out(torch.zeros(2**20, 2)[:, 0])  # not contiguous: refused

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("reasonrl")
 
@@ -90,6 +94,42 @@ class ThreadGovernor:
         if self.threads != self.max_threads:
             self.torch.set_num_threads(self.max_threads)
             self.threads = self.max_threads
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+            _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        except (OSError, AttributeError):
+            _LIBC = False
+    return _LIBC
+
+
+MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages now; their contents are kept (re-read or swapped in on use)
+
+
+def page_out(tensor: torch.Tensor) -> bool:
+    """Ask the kernel to reclaim the memory pages wholly inside `tensor`'s bytes (CPU only), for a tensor no longer
+    needed whose memory will not be freed soon: a weight that transformers memory-mapped from its safetensors file
+    stays resident as long as the file's mapping lives, which is until the last weight of that file is dropped.
+    Casting a model's weights one by one would otherwise hold the old and the new copies of all of them at its end.
+    MADV_PAGEOUT never changes what the memory holds (a clean file page is dropped and re-read if touched again; a
+    written page without swap stays), so this is safe whoever still points at it. Returns whether the kernel took
+    the advice; False (and nothing done) off Linux, on an old kernel, or for a tensor under one page."""
+    if tensor.device.type != "cpu" or not tensor.is_contiguous() or not _libc():
+        return False
+    page = 4096
+    start = tensor.data_ptr()
+    first = -(-start // page) * page
+    last = (start + tensor.numel() * tensor.element_size()) // page * page
+    if last <= first:
+        return False
+    return _LIBC.madvise(first, last - first, MADV_PAGEOUT) == 0
 
 
 def release_freed_memory() -> None:

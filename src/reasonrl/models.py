@@ -13,6 +13,7 @@ import struct
 import torch
 
 from reasonrl.core import dropout
+from reasonrl.cpu import page_out
 from reasonrl.errors import ConfigError, ModelLoadError, reason_of
 
 logger = logging.getLogger("reasonrl")
@@ -166,10 +167,7 @@ def check_lengths(config, max_completion_length: int, longest_prompt: int = 1) -
 
 
 def check_policy(model, tokenizer) -> None:
-    """ModelLoadError unless `model` is a causal LM whose vocabulary holds the tokenizer's EOS and pad tokens.
-
-    Causality is tested, not guessed from the class: the first position's logits must not change when a later
-    token does (a bidirectional model such as BERT fails this, whatever its head)."""
+    """ModelLoadError unless `model`'s vocabulary holds the tokenizer's EOS and pad tokens (see also check_causal)."""
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     vocab = getattr(embeddings, "num_embeddings", None)
     for kind in ("eos", "pad"):
@@ -178,12 +176,19 @@ def check_policy(model, tokenizer) -> None:
             raise ModelLoadError(f"the tokenizer's {kind} token id ({token_id}) is not in the model's vocabulary of "
                                  f"{vocab}; set tokenizer.{kind}_token to one of its tokens, or use the model's own "
                                  f"tokenizer")
+
+
+def check_causal(model, tokenizer, bf16: bool = False) -> None:
+    """ModelLoadError unless `model` is a causal language model. Tested, not guessed from the class: the first
+    position's logits must not change when a later token does (a bidirectional model such as BERT fails this,
+    whatever its head). The trainer runs it once the frozen weights have their training dtype (a forward reads every
+    weight: before a cast to bf16, all the fp32 ones would be resident at once)."""
     device = next(model.parameters()).device
     probe = torch.tensor([[tokenizer.eos_token_id, 0], [tokenizer.eos_token_id, 1]], device=device)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = getattr(model(input_ids=probe), "logits", None)
     except Exception as error:  # noqa: BLE001 - any model that cannot run this cannot be trained here either
         raise ModelLoadError(f"the model cannot run a forward pass on token ids ({type(error).__name__}: "
@@ -356,10 +361,15 @@ def reference_policy(model, reference_model=None):
 
 def cast_frozen_weights(model, dtype: torch.dtype) -> None:
     """Cast the frozen floating-point weights of `model` to `dtype` in place (the trainable ones, e.g. a LoRA
-    adapter, keep theirs); a weight shared by two modules (tied embeddings) is cast once."""
+    adapter, keep theirs); a weight shared by two modules (tied embeddings) is cast once. Each old weight's pages
+    are handed back as it is replaced (cpu.page_out): weights transformers memory-mapped from a safetensors file
+    would otherwise all stay resident until the last one is cast, the old and new copies together at the end."""
     for parameter in model.parameters():
         if not parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != dtype:
-            parameter.data = parameter.data.to(dtype)
+            old = parameter.data
+            parameter.data = old.to(dtype)
+            page_out(old)
+            del old
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -60,6 +60,7 @@ from reasonrl.guards import (
 )
 from reasonrl.micro_step import MicroStep, logps_in_chunks
 from reasonrl.models import (
+    check_causal,
     check_lengths,
     frozen_copy,
     is_peft_model,
@@ -124,6 +125,7 @@ class GRPOTrainer:
         check_lengths(model.config, args.max_completion_length,
                       self.prompt_tokenizer.longest(self.train_dataset["prompt"]))
         model = prepare_for_training(model, args, peft_config, bf16=self.bf16)  # LoRA, dropout, frozen weights
+        check_causal(model, self.tokenizer, bf16=self.bf16)
         # how every micro-batch's forward and backward run: decided here, once (the model's layer checkpointing set)
         self.plan = configure_forward(model, args, device_type=self.device.type, bf16=self.bf16,
                                       distributed=self.dist.enabled)
