@@ -62,7 +62,7 @@ def test_reward_model_scores_prompt_plus_completion_at_its_last_token(char_token
     values = reward(prompts=PROMPTS, completions=COMPLETIONS)
     expected = one_by_one(model, char_tokenizer, [p + c for p, c in zip(PROMPTS, COMPLETIONS)])
     assert values == pytest.approx(expected, abs=1e-5)
-    assert len(set(round(v, 6) for v in values)) == 4  # a real score per text, not the padding's
+    assert len({round(v, 6) for v in values}) == 4  # a real score per text, not the padding's
     assert model.config.pad_token_id == char_tokenizer.pad_token_id  # set so that the model finds the last token
 
 
@@ -233,7 +233,7 @@ def test_an_async_reward_that_blocks_its_loop_times_out_and_the_next_round_gets_
     async def blocks(completions, **kwargs):
         loops.append(asyncio.get_running_loop())
         if len(loops) == 1:
-            time.sleep(2.0)  # blocks the event loop: cannot be cancelled
+            time.sleep(2.0)  # noqa: ASYNC251 - the mistake under test: it blocks the loop, so cannot be cancelled
         return [1.0] * len(completions)
 
     scores = score([blocks], timeout=0.2)
@@ -306,8 +306,8 @@ def test_what_a_failed_call_logged_is_dropped_and_a_bad_log_fails_the_call():
     assert scores.logged_metrics == {"judge/calls": (4.0, 2)}
     assert [str(f) for f in scores.failures] == [
         "reward function 'logs_then_raises' raised RuntimeError: judge down",
-        "reward function 'bad_extra' raised ValueError: log_extra('x', ...) needs one value per completion (4), "
-        "got [1]"]
+        ("reward function 'bad_extra' raised ValueError: log_extra('x', ...) needs one value per completion (4), "
+         "got [1]")]
 
 
 def test_a_logged_metric_may_not_replace_one_of_the_runs_own(tmp_path, char_tokenizer):
