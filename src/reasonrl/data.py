@@ -330,5 +330,5 @@ def with_prompt_format(dataset, template: str | None, system_prompt: str | None)
     """The dataset with every prompt through format_prompt (the prompt_template and system_prompt options)."""
     if template is None and system_prompt is None:
         return dataset
-    prompts = [format_prompt(prompt, template, system_prompt) for prompt in dataset["prompt"]]
-    return dataset.remove_columns("prompt").add_column("prompt", prompts)
+    return dataset.map(lambda row: {"prompt": format_prompt(row["prompt"], template, system_prompt)},
+                       desc="prompt_template / system_prompt")
