@@ -62,7 +62,7 @@ def test_suppressed_tokens_are_never_sampled(tiny, char_tokenizer, lean):
     vocab = len(char_tokenizer)
     allowed = [char_tokenizer.convert_tokens_to_ids(c) for c in "0123456789"]
     suppressed = [t for t in range(vocab) if t not in allowed]
-    tokens, _, logps, _ = _generate(tiny, char_tokenizer, lean, suppress_tokens=suppressed)
+    tokens, _, _logps, _ = _generate(tiny, char_tokenizer, lean, suppress_tokens=suppressed)
     assert set(tokens.flatten().tolist()) <= set(allowed)
     # greedy with every token suppressed but one gives that one
     tokens, _, _, _ = _generate(tiny, char_tokenizer, lean, greedy=True, suppress_tokens=suppressed + allowed[1:])
@@ -82,8 +82,8 @@ def test_generation_kwargs_override_the_options_and_do_sample_false_is_greedy():
 
 @pytest.mark.parametrize("options, message", [
     ({"generation_kwargs": {"num_beams": 4}},
-     "generation_kwargs has 'num_beams', which reasonrl's sampler does not support (it honours: temperature, top_p, "
-     "top_k, min_p, repetition_penalty, suppress_tokens, do_sample); remove it"),
+     ("generation_kwargs has 'num_beams', which reasonrl's sampler does not support (it honours: temperature, top_p, "
+     "top_k, min_p, repetition_penalty, suppress_tokens, do_sample); remove it")),
     ({"generation_kwargs": {"top_p": 0}}, "generation_kwargs['top_p'] must be a number in (0, 1] (got 0)"),
     ({"generation_kwargs": {"suppress_tokens": "x"}},
      "generation_kwargs['suppress_tokens'] must be a list of token ids (got 'x')"),
