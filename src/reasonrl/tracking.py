@@ -121,7 +121,7 @@ def completion_table(samples: list[dict]) -> tuple[list[str], list[list]]:
 def markdown_table(columns: list[str], rows: list[list]) -> str:
     def cell(value) -> str:
         text = f"{value:.4g}" if isinstance(value, float) else str(value)
-        return text[:TABLE_TEXT_CHARS].replace("|", "\\|").replace("\n", "<br>")
+        return "<br>".join(text[:TABLE_TEXT_CHARS].replace("|", "\\|").splitlines())  # every kind of line break
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
