@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from reasonrl import checkpoint as ckpt
-from reasonrl import distributed, rundir, runlog
+from reasonrl import distributed, preflight, rundir, runlog
 from reasonrl.config import GRPOConfig
 from reasonrl.core import StepNormaliser, group_advantages
 from reasonrl.cpu import ThreadGovernor, release_freed_memory
@@ -129,8 +129,8 @@ class GRPOTrainer:
         self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length,
                                                 self.tool_calling.schemas if self.tool_calling else None,
                                                 args.chat_template_kwargs)
-        check_lengths(model.config, args.max_completion_length,
-                      self.prompt_tokenizer.longest(self.train_dataset["prompt"]))
+        self.longest_prompt = self.prompt_tokenizer.longest(self.train_dataset["prompt"])  # tokens, as rendered
+        check_lengths(model.config, args.max_completion_length, self.longest_prompt)
         model = prepare_for_training(model, args, peft_config, bf16=self.bf16)  # LoRA, dropout, frozen weights
         # how every micro-batch's forward and backward run: decided here, once (the model's layer checkpointing set)
         self.plan = configure_forward(model, args, device_type=self.device.type, bf16=self.bf16,
@@ -168,6 +168,9 @@ class GRPOTrainer:
 
     def train(self, resume_from_checkpoint: str | bool | None = None):
         args = self.args
+        if not args.skip_memory_check:  # one micro-step at the longest prompt + max_completion_length (preflight.py)
+            preflight.check_worst_case_memory(self.micro_step, self.model, self.train_model, args, self.longest_prompt,
+                                              self.model.get_input_embeddings().num_embeddings, self.dist)
         resume = self._claim_output_dir(resume_from_checkpoint)  # the checkpoint to resume from, or None
         # max_steps, or the optimizer steps of num_train_epochs passes over the dataset
         self.state.max_steps = total_steps = args.total_steps(len(self.train_dataset))
