@@ -333,7 +333,8 @@ class GRPOTrainer:
         mine = distributed.shard(rewards.size(0), self.dist)  # this process's rows
         advantages = group_advantages(rewards, args.num_generations, scale=args.scale_rewards)[mine]  # [B]
         if self.dist.is_main:  # warns when every group's rewards agree (nothing to learn from this round)
-            self.learning_signal.check(rewards, args.num_generations, self.state.global_step + 1)
+            self.learning_signal.check(rewards, args.num_generations, self.state.global_step + 1,
+                                       rollout.texts if not self.dist.enabled else None, args.beta)
         loss_mask = rollout.completion_mask
         if rollout.tool_mask is not None:  # tool results are context, not the model's actions: out of the loss
             loss_mask = loss_mask * rollout.tool_mask
