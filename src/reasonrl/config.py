@@ -110,8 +110,9 @@ class GRPOConfig:
 
     # ---- rewards (reasonrl; TRL takes reward functions as a trainer argument)
     reward_funcs: list[str] = field(default_factory=list)
-    """reasonrl: reward functions by registry name or dotted path 'pkg.module.func'. Training needs at least one
-    (here, or as callables passed to the trainer)."""
+    """reasonrl: reward functions by registry name, dotted path 'pkg.module.func' or 'module:function', or reward
+    models by hub id ('org/name') or local folder (a sequence-classification model, scored as TRL: prompt +
+    completion, its first logit). Training needs at least one (here, or passed to the trainer)."""
     reward_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """reasonrl: keyword arguments per reward function, e.g. {length: {ideal_length: 50}}."""
     reward_weights: list[float] | None = None
@@ -120,7 +121,8 @@ class GRPOConfig:
     """reasonrl: seconds one call of a reward function (on a whole generation round) may take; past it, that call's
     values count as failed (unscorable, like None) and in the metric rewards/<fn>/errors. The call runs in a daemon
     thread that is abandoned on timeout (Python cannot stop it): it finishes in the background and its result is
-    dropped. None waits forever and calls the function directly."""
+    dropped. An `async def` reward is cancelled at its deadline instead. None waits forever and calls the function
+    directly."""
     max_reward_error_fraction: float = 0.5
     """reasonrl: stop training (one-line error, no checkpoint of the failing state) when more than this fraction of
     a generation round's reward values failed: over all functions, the values of calls that raised or timed out.
