@@ -230,7 +230,7 @@ def test_rewards_in_other_containers_count_as_numbers(ws, capsys, tmp_path, name
 
 @pytest.mark.parametrize("name, phrase", [
     ("always_none", "no completion could be scored: every reward function returned None"),
-    ("constant", "the 2 completions of every prompt got the same reward (all 1 in the first group)"),
+    ("constant", "every completion of the round got the reward 1, so the 2 completions of each of the"),
 ])
 def test_a_round_without_learning_signal_is_said_once(ws, capsys, caplog, tmp_path, name, phrase):
     out = tmp_path / "run"

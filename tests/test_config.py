@@ -32,6 +32,7 @@ SHARED_WITH_TRL = [
     "steps_per_generation", "num_generations_eval", "shuffle_dataset", "trust_remote_code", "disable_dropout",
     "model_init_kwargs", "resume_from_checkpoint", "sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_pos",
     "vespo_lambda_pos", "vespo_k_neg", "vespo_lambda_neg", "top_entropy_quantile", "max_tool_calling_iterations",
+    "min_p", "generation_kwargs", "chat_template_kwargs",
 ]
 # TRL's __post_init__ rewrites these, so the instance value is not the declared default. Each is checked separately.
 RESOLVED_BY_TRL_AT_INIT = {

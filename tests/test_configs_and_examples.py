@@ -70,6 +70,16 @@ def test_gsm8k_config():
     gsm8k_answer = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 18"
     completions = ["<think>16 - 3 - 4 = 9 eggs, 9 * 2 = 18</think><answer>18</answer>", "<answer>16</answer>"]
     assert accuracy_reward(completions, answer=[gsm8k_answer] * 2) == [1.0, 0.0]
+    # the prompts ask for the format the format reward scores: each question under the system prompt
+    from reasonrl.data import format_prompt, render_prompt
+    from reasonrl.tiny import build_char_tokenizer
+
+    prompt = format_prompt("Janet's ducks lay 16 eggs per day. ...", cfg.prompt_template, cfg.system_prompt)
+    assert [m["role"] for m in prompt] == ["system", "user"]
+    assert prompt[1]["content"] == "Janet's ducks lay 16 eggs per day. ..."
+    text = render_prompt(prompt, build_char_tokenizer(), chat_template_kwargs=cfg.chat_template_kwargs)
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.") and text.count("<|im_start|>") == 3
+    assert all(tag in cfg.system_prompt for tag in ("<think>", "</think>", "<answer>", "</answer>"))
 
 
 def test_gsm8k_configs_commented_offline_file_loads_with_its_columns():

@@ -91,14 +91,28 @@ class GRPOConfig:
     """Shuffle the training prompts."""
     remove_unused_columns: bool = False
     """Drop dataset columns other than the prompt. Keep False when reward functions read extra columns (e.g. answer)."""
+    system_prompt: str | None = None
+    """reasonrl (open-r1's option): a system message for every prompt. Plain-text prompts become a conversation of
+    this system message and the prompt as the user's message (so the tokenizer needs a chat template);
+    conversational prompts get it as their first message unless they already start with a system message. Reward
+    functions see the prompts with it."""
+    prompt_template: str | None = None
+    """reasonrl: text around each prompt, with {prompt} where the prompt goes (other braces are kept as written),
+    e.g. '{prompt}\nThink inside <think></think>, then answer inside <answer></answer>.'. Applied to plain-text
+    prompts, and to the last user message of conversational ones, before system_prompt. Reward functions see the
+    prompts with it."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Extra keyword arguments for the tokenizer's `apply_chat_template` when conversational prompts are rendered
+    (and for reward models' conversations), e.g. {enable_thinking: false} for Qwen3."""
     max_prompt_length: int = 512
     """reasonrl: prompts longer than this many tokens are cut from the left. TRL 1.16 dropped this option; 512 is the
     default of the last TRL versions that had it."""
 
     # ---- rewards (reasonrl; TRL takes reward functions as a trainer argument)
     reward_funcs: list[str] = field(default_factory=list)
-    """reasonrl: reward functions by registry name or dotted path 'pkg.module.func'. Training needs at least one
-    (here, or as callables passed to the trainer)."""
+    """reasonrl: reward functions by registry name, dotted path 'pkg.module.func' or 'module:function', or reward
+    models by hub id ('org/name') or local folder (a sequence-classification model, scored as TRL: prompt +
+    completion, its first logit). Training needs at least one (here, or passed to the trainer)."""
     reward_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """reasonrl: keyword arguments per reward function, e.g. {length: {ideal_length: 50}}."""
     reward_weights: list[float] | None = None
@@ -107,7 +121,8 @@ class GRPOConfig:
     """reasonrl: seconds one call of a reward function (on a whole generation round) may take; past it, that call's
     values count as failed (unscorable, like None) and in the metric rewards/<fn>/errors. The call runs in a daemon
     thread that is abandoned on timeout (Python cannot stop it): it finishes in the background and its result is
-    dropped. None waits forever and calls the function directly."""
+    dropped. An `async def` reward is cancelled at its deadline instead. None waits forever and calls the function
+    directly."""
     max_reward_error_fraction: float = 0.5
     """reasonrl: stop training (one-line error, no checkpoint of the failing state) when more than this fraction of
     a generation round's reward values failed: over all functions, the values of calls that raised or timed out.
@@ -139,6 +154,14 @@ class GRPOConfig:
     tools/failure_frequency and tools/timeouts) and its daemon thread is abandoned. None waits forever (TRL)."""
     repetition_penalty: float = 1.0
     """Penalty on tokens already in the prompt or completion; > 1 discourages repeats, 1.0 disables it."""
+    min_p: float | None = None
+    """Minimum token probability, scaled by the most likely token's: tokens below min_p * p(top token) are not
+    sampled. In [0, 1]; typical values 0.01-0.2. None disables it."""
+    generation_kwargs: dict[str, Any] | None = None
+    """More sampling options, as transformers' GenerationConfig names them; they override the options above.
+    reasonrl's sampler (the lean decoder and the generic one alike) honours temperature, top_p, top_k, min_p,
+    repetition_penalty, suppress_tokens and do_sample (false: greedy); any other key (num_beams, ...) is a
+    ConfigError, where TRL would pass it to GenerationConfig."""
     generation_batch_size: int | None = None
     """Completions generated per generation round. None means per_device_train_batch_size * steps_per_generation.
     Set this or steps_per_generation, not both. (TRL fills it in at init; reasonrl keeps None, see
@@ -226,7 +249,8 @@ class GRPOConfig:
     """Optimizer steps to train for; -1 uses num_train_epochs."""
     optim: str = "adamw_torch_fused"
     """Optimizer: adamw_torch, adamw_torch_fused (TRL's default with torch >= 2.8; also runs on CPU), sgd, adafactor,
-    adamw_8bit or paged_adamw_8bit (these two need bitsandbytes)."""
+    adamw_8bit or paged_adamw_8bit (bitsandbytes' AdamW8bit and PagedAdamW8bit, as transformers builds them; both
+    need bitsandbytes)."""
     lr_scheduler_type: str = "linear"
     """Learning-rate schedule: linear, cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup,
     inverse_sqrt or cosine_with_min_lr (set min_lr or min_lr_rate in lr_scheduler_kwargs)."""
@@ -260,6 +284,12 @@ class GRPOConfig:
     tokens: 2 rows in bf16, 1 in fp32; docs/PERFORMANCE.md has what each costs); on GPU the whole micro-batch, as
     small matmuls waste the device. Used by a single process with top_entropy_quantile 1.0 (DDP and entropy masking
     run a micro-batch at once)."""
+    skip_memory_check: bool = False
+    """reasonrl: skip the pre-flight memory check. By default, before the first step, the trainer runs one forward
+    and backward of a micro-batch at the worst case (per_device_train_batch_size rows of max_prompt_length +
+    max_completion_length tokens, as the run's forward is planned) and restores every weight, gradient and random
+    state after it, so that a run that would run out of memory on its longest round fails at once with one line
+    naming what to lower, not at step 120. It costs about one micro-step."""
     cast_frozen_weights_to_bf16: bool = True
     """reasonrl: under bf16 with LoRA, the frozen base weights of a model object given in float32 are cast to
     bfloat16 once at start, as a model loaded by name is loaded (the adapter stays float32): half their memory and
@@ -284,17 +314,22 @@ class GRPOConfig:
     resume_from_checkpoint: str | None = None
     """Checkpoint folder to resume training from (TrainingArguments has it; TRL reads it via train())."""
     logging_steps: int | float = 10
-    """Log every this many optimizer steps; a float in (0, 1) is a fraction of all steps."""
+    """Log every this many optimizer steps; a float in (0, 1) is a fraction of all steps. The console prints that
+    step's row; the trackers (report_to) get each metric's mean over the steps since the last log, as TRL's; every
+    step's row is in metrics.jsonl."""
     save_steps: int | float = 500
     """Save a checkpoint every this many optimizer steps; a float in (0, 1) is a fraction of all steps."""
     save_total_limit: int | None = None
     """Keep at most this many checkpoints, deleting the oldest; None keeps all."""
     report_to: str | list[str] = "none"
-    """Where metrics go besides the console and metrics.jsonl: none, tensorboard, wandb, or a list of them."""
+    """Where metrics go besides the console and metrics.jsonl: none, tensorboard, wandb, trackio, or a list of them.
+    wandb's project is $WANDB_PROJECT and trackio's $TRACKIO_PROJECT (default reasonrl for both)."""
     log_completions: bool = False
-    """Log a sample of (prompt, completion, reward) every logging_steps."""
+    """Every logging_steps, print the last round's logged completions (the first of each prompt, with rewards,
+    advantage and the rewards' log_extra columns) and send the trackers a table of all its completions (wandb and
+    trackio: a Table named completions; TensorBoard: a Markdown table as text)."""
     num_completions_to_print: int | None = None
-    """How many logged completions to print; None prints all of them."""
+    """How many of the logged completions to print with log_completions; None prints all of them (TRL)."""
 
     def __post_init__(self) -> None:
         self.validate()

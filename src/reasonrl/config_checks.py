@@ -23,7 +23,8 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
                  "inverse_sqrt", "cosine_with_min_lr")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "adamw_8bit", "paged_adamw_8bit")
 BITSANDBYTES_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
-LOGGERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb"}  # report_to value -> package it needs
+# report_to value -> the package it needs
+LOGGERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -105,6 +106,11 @@ def check(config) -> None:
     if config.optim in BITSANDBYTES_OPTIMIZERS and not _module_available("bitsandbytes"):
         raise ConfigError(f"optim={config.optim!r} needs bitsandbytes (pip install bitsandbytes), which is not "
                           "installed; use optim=adamw_torch", "optim")
+    _require(config, "min_p", config.min_p is None or 0 <= config.min_p <= 1, "must be in [0, 1] or None")
+    if config.prompt_template is not None and "{prompt}" not in config.prompt_template:
+        raise ConfigError(f"prompt_template must contain {{prompt}} where the prompt goes (got "
+                          f"{config.prompt_template!r:.80})", "prompt_template")
+    _check_generation_kwargs(config.generation_kwargs or {})
     _check_report_to(config)
     _check_generation_batch(config)
     _check_rewards(config)
@@ -127,6 +133,33 @@ def _warn_about_loss_pairings(config) -> None:
         warnings.warn(f"loss_type='cispo' caps the importance weight at epsilon_high, here "
                       f"{config.effective_epsilon_high:g} (epsilon_high unset uses epsilon), which scales every "
                       "token down; the ScaleRL paper uses epsilon_high=5.0", stacklevel=6)
+
+
+# generation_kwargs key -> (rule on its value, the rule in words); rollout.SAMPLING_KEYS lists the same keys
+_SAMPLING_RULES = {
+    "temperature": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "top_p": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "top_k": (lambda v: v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    "min_p": (lambda v: v is None or _is_number(v) and 0 <= v <= 1, "a number in [0, 1] or null"),
+    "repetition_penalty": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "suppress_tokens": (lambda v: isinstance(v, list) and all(isinstance(t, int) and t >= 0 for t in v),
+                        "a list of token ids"),
+    "do_sample": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_generation_kwargs(kwargs: dict) -> None:
+    for key, value in kwargs.items():
+        if key not in _SAMPLING_RULES:
+            raise ConfigError(f"generation_kwargs has {key!r}, which reasonrl's sampler does not support (it "
+                              f"honours: {', '.join(_SAMPLING_RULES)}); remove it", "generation_kwargs")
+        rule, words = _SAMPLING_RULES[key]
+        if not rule(value):
+            raise ConfigError(f"generation_kwargs[{key!r}] must be {words} (got {value!r})", "generation_kwargs")
 
 
 def _check_report_to(config) -> None:

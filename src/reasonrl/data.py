@@ -225,9 +225,9 @@ def check_prompts(dataset, column: str = "prompt") -> None:
         raise DataError("the prompt column mixes plain-text prompts and chat messages; use one kind for every row")
 
 
-def render_prompt(prompt, tokenizer, tools: list[dict] | None = None) -> str:
+def render_prompt(prompt, tokenizer, tools: list[dict] | None = None, chat_template_kwargs: dict | None = None) -> str:
     """The text the model sees: a string as is, a conversation through the chat template (with the JSON schemas
-    of `tools`, if any)."""
+    of `tools`, if any, and `chat_template_kwargs`)."""
     problem = prompt_problem(prompt)
     if problem:
         raise DataError(f"a prompt {problem}; fix that row of the dataset's prompt column")
@@ -237,7 +237,7 @@ def render_prompt(prompt, tokenizer, tools: list[dict] | None = None) -> str:
                             "model or plain-text prompts")
         try:
             return tokenizer.apply_chat_template(prompt, tools=tools or None, tokenize=False,
-                                                 add_generation_prompt=True)
+                                                 add_generation_prompt=True, **(chat_template_kwargs or {}))
         except Exception as error:  # noqa: BLE001 - jinja2's TemplateError and what the template itself raises
             raise DataError(f"the tokenizer's chat template fails on a prompt ({type(error).__name__}: "
                             f"{reason_of(error, 150)}); check the prompt's messages ({prompt!r:.80})") from None
@@ -247,9 +247,11 @@ def render_prompt(prompt, tokenizer, tools: list[dict] | None = None) -> str:
 class PromptTokenizer:
     """Left-pads and left-truncates prompts to max_prompt_length; warns once and counts what it cut."""
 
-    def __init__(self, tokenizer, max_prompt_length: int | None, tools: list[dict] | None = None):
+    def __init__(self, tokenizer, max_prompt_length: int | None, tools: list[dict] | None = None,
+                 chat_template_kwargs: dict | None = None):
         self.tokenizer = tokenizer
         self.tools = tools  # JSON schemas the chat template renders into every prompt
+        self.chat_template_kwargs = chat_template_kwargs
         self.max_prompt_length = max_prompt_length
         self.truncated = 0
 
@@ -259,7 +261,7 @@ class PromptTokenizer:
         longest = 0
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start: start + batch_size]
-            texts = [render_prompt(prompt, self.tokenizer, self.tools) for prompt in batch]
+            texts = [render_prompt(prompt, self.tokenizer, self.tools, self.chat_template_kwargs) for prompt in batch]
             encoded = self.tokenizer(texts, add_special_tokens=not is_conversational(batch[0]))["input_ids"]
             longest = max(longest, *(len(ids) for ids in encoded))
         return min(longest, self.max_prompt_length) if self.max_prompt_length else longest
@@ -267,7 +269,7 @@ class PromptTokenizer:
     def __call__(self, prompts: list, device="cpu"):
         import torch
 
-        texts = [render_prompt(p, self.tokenizer, self.tools) for p in prompts]
+        texts = [render_prompt(p, self.tokenizer, self.tools, self.chat_template_kwargs) for p in prompts]
         conversational = is_conversational(prompts[0])
         encoded = self.tokenizer(texts, add_special_tokens=not conversational)["input_ids"]
         if self.max_prompt_length is not None:
@@ -301,4 +303,32 @@ def load_train_dataset(train_dataset, args):
     if args.remove_unused_columns:
         dataset = dataset.select_columns(["prompt"])
     check_prompts(dataset)
-    return dataset
+    return with_prompt_format(dataset, args.prompt_template, args.system_prompt)
+
+
+def format_prompt(prompt, template: str | None = None, system_prompt: str | None = None):
+    """One prompt with `template` applied ({prompt} replaced by the text; for a conversation, in its last user
+    message) and `system_prompt` added: a plain-text prompt becomes [system, user]; a conversation gets a first
+    system message unless it has one."""
+    if template is not None:
+        if is_conversational(prompt):
+            last_user = max((i for i, m in enumerate(prompt) if m["role"] == "user"), default=None)
+            if last_user is not None:
+                prompt = [dict(m, content=template.replace("{prompt}", m["content"])) if i == last_user else m
+                          for i, m in enumerate(prompt)]
+        else:
+            prompt = template.replace("{prompt}", prompt)
+    if system_prompt is not None:
+        if not is_conversational(prompt):
+            prompt = [{"role": "user", "content": prompt}]
+        if prompt[0]["role"] != "system":
+            prompt = [{"role": "system", "content": system_prompt}, *prompt]
+    return prompt
+
+
+def with_prompt_format(dataset, template: str | None, system_prompt: str | None):
+    """The dataset with every prompt through format_prompt (the prompt_template and system_prompt options)."""
+    if template is None and system_prompt is None:
+        return dataset
+    return dataset.map(lambda row: {"prompt": format_prompt(row["prompt"], template, system_prompt)},
+                       desc="prompt_template / system_prompt")

@@ -145,8 +145,19 @@ def gather_scores(scores, state: DistributedState):
     names = list(scores.errors)
     errors = torch.tensor([float(scores.errors[name]) for name in names], dtype=torch.float64, device=state.device)
     all_reduce_sum(errors, state)
+    # what the rewards logged: metrics summed (sum, count) over processes; columns in rank order, None-filled on
+    # a process whose rewards did not log that column (as TRL)
+    logged = gather_objects((scores.logged_metrics, scores.logged_columns, scores.rewards_per_func.size(0)), state)
+    metrics, columns = {}, {}
+    for part_metrics, _, _ in logged:
+        for name, (total, count) in part_metrics.items():
+            metrics[name] = (metrics.get(name, (0.0, 0))[0] + total, metrics.get(name, (0.0, 0))[1] + count)
+    for column in sorted({column for _, part_columns, _ in logged for column in part_columns}):
+        columns[column] = [value for _, part_columns, rows in logged
+                           for value in part_columns.get(column, [None] * rows)]
     return dataclasses.replace(scores, rewards_per_func=all_gather_rows(scores.rewards_per_func, state),
-                               errors={name: int(count) for name, count in zip(names, errors.tolist())})
+                               errors={name: int(count) for name, count in zip(names, errors.tolist())},
+                               logged_metrics=metrics, logged_columns=columns)
 
 
 def gather_objects(value, state: DistributedState) -> list:

@@ -72,6 +72,10 @@ class TrainingDiverged(ReasonRLError, RuntimeError):
     """Training cannot go on: steps in a row were not finite, or a step left non-finite weights."""
 
 
+class OutOfMemory(ReasonRLError, MemoryError):
+    """The settings need more memory than the machine has (the pre-flight worst-case check, preflight.py)."""
+
+
 def one_line(message: str) -> str:
     """`message` with its whitespace (newlines included) collapsed: a library's multi-line text stays one line."""
     return " ".join(str(message).split())

@@ -109,18 +109,25 @@ class StopSignals:
 
 
 class LearningSignal:
-    """Says so when a round cannot teach the model anything, instead of letting the loss sit at 0 in silence.
+    """Says so when a round cannot teach the model anything, instead of letting the loss sit at 0 in silence ("loss
+    is 0, is it training?", trl#2703, #3452, #3857).
 
-    A round has no learning signal when no completion could be scored (every reward returned None), or when the
-    G completions of every prompt got the same reward: every advantage is then 0, and so are the loss and the
-    gradient (apart from a KL term). Warned about at the 1st, 10th, 100th, ... such round in a row, not every time.
+    GRPO learns from differences within a group: a completion's advantage is its reward minus its group's mean.
+    When the G completions of every prompt got the same reward (or none could be scored), every advantage is 0, so
+    are the loss and the policy gradient, and the round changes no weight (but for the KL term when beta > 0, and
+    weight decay). The warning says which case it is and what to change: the prompts are all solved or all failed
+    (every completion scored the same), the completions of each prompt are identical (sampling gives no variety),
+    or the reward is too coarse to tell a prompt's completions apart. Warned about at the 1st, 10th, 100th, ...
+    such round in a row, not every time.
     """
 
     def __init__(self):
         self.streak = 0
 
-    def check(self, rewards, num_generations: int, step: int) -> None:
-        """rewards: the round's combined rewards [B] (NaN = unscorable), grouped consecutively by prompt."""
+    def check(self, rewards, num_generations: int, step: int, texts: list[str] | None = None,
+              beta: float = 0.0) -> str | None:
+        """rewards: the round's combined rewards [B] (NaN = unscorable), grouped consecutively by prompt; texts:
+        its completions, in the same order. The reason when the round has no learning signal, else None."""
         import torch
 
         grouped = rewards.view(-1, num_generations)  # [B/G, G]
@@ -132,16 +139,38 @@ class LearningSignal:
             spread = torch.where(scorable, grouped, grouped.nanmean(1, keepdim=True).expand_as(grouped))
             if (spread.amax(1) - spread.amin(1) > 1e-6 * (1 + spread.abs().amax(1))).any():
                 self.streak = 0
-                return
-            reason = (f"the {num_generations} completions of every prompt got the same reward (all "
-                      f"{grouped[scorable][0].item():.4g} in the first group), so every advantage is 0 and the "
-                      f"policy gradient is 0; the task may be too hard or too easy for the model, or the reward too "
-                      f"coarse: try more num_generations, a higher temperature, other prompts or a partial-credit "
-                      f"reward (metric frac_reward_zero_std)")
+                return None
+            reason = self._why_equal(grouped[scorable], num_generations, len(grouped), texts)
+        moves = (f"the loss and the policy gradient are 0 and only the KL term (beta={beta:g}) moves the weights"
+                 if beta else "the loss and the gradient are 0 and the weights do not change")
+        message = f"{reason}: every advantage is 0, so {moves}"
         self.streak += 1
         if math.log10(self.streak).is_integer():
             logger.warning("no learning signal in the round of step %d (%d such round%s in a row): %s", step,
-                           self.streak, "" if self.streak == 1 else "s", reason)
+                           self.streak, "" if self.streak == 1 else "s", message)
+        return message
+
+    @staticmethod
+    def _why_equal(values, num_generations: int, num_groups: int, texts: list[str] | None) -> str:
+        """Why every group's scorable rewards agree, and what to change (values: the scorable rewards)."""
+        lowest, highest = values.min().item(), values.max().item()
+        if texts is not None and all(len(set(texts[i:i + num_generations])) == 1
+                                     for i in range(0, len(texts), num_generations)):
+            return (f"the {num_generations} completions of each of the {num_groups} prompts are identical, so their "
+                    f"rewards agree; sampling gives no variety: raise temperature (and top_p, top_k, min_p), and "
+                    f"check generation_kwargs (do_sample=false samples greedily)")
+        if highest - lowest <= 1e-6 * (1 + abs(highest)):
+            return (f"every completion of the round got the reward {lowest:.4g}, so the {num_generations} "
+                    f"completions of each of the {num_groups} prompts agree; if that is the reward's lowest value the "
+                    f"prompts are too hard for the model (easier prompts, a supervised warm start, or a partial-credit "
+                    f"reward such as format or tag_count beside accuracy), if its highest they are already solved "
+                    f"(harder prompts); dynamic_sampling=true replaces such groups with other prompts' (metric "
+                    f"frac_reward_zero_std)")
+        return (f"the {num_generations} completions of each of the {num_groups} prompts got the same reward (they "
+                f"differ only between prompts, from {lowest:.4g} to {highest:.4g}); the reward is too coarse to tell "
+                f"a prompt's completions apart, or each prompt is either always solved or never: try more "
+                f"num_generations, a higher temperature, a partial-credit reward, or dynamic_sampling=true (metric "
+                f"frac_reward_zero_std)")
 
 
 def check_finite_weights(model, consequence: str) -> None:

@@ -17,10 +17,13 @@ def make_optimizer(model, args: GRPOConfig):
     if args.optim == "sgd":
         return torch.optim.SGD(params, lr=args.learning_rate, weight_decay=args.weight_decay)
     if args.optim in ("adamw_8bit", "paged_adamw_8bit"):
+        # as transformers builds them: bitsandbytes' AdamW with 8-bit states, paged (its states in memory the GPU
+        # driver can page out to the CPU under pressure) for paged_adamw_8bit
         import bitsandbytes
 
-        return bitsandbytes.optim.AdamW8bit(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                            eps=args.adam_epsilon, weight_decay=args.weight_decay)
+        return bitsandbytes.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                        eps=args.adam_epsilon, weight_decay=args.weight_decay, optim_bits=8,
+                                        is_paged=args.optim == "paged_adamw_8bit")
     return torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                              eps=args.adam_epsilon, weight_decay=args.weight_decay,
                              fused=args.optim == "adamw_torch_fused" or None)

@@ -37,8 +37,28 @@ class Rollout:
         return self.completion_mask.sum(-1)
 
 
-def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Top-k then nucleus filtering of [B, V] logits (removed entries become -inf), as HF's warpers do."""
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "suppress_tokens", "do_sample")
+"""The generation_kwargs keys reasonrl's sampler honours (on the lean decoder and the generic one alike: it
+filters the logits either gives). Each means what it means in transformers' GenerationConfig."""
+
+
+def sampling_options(args) -> dict:
+    """`generate`'s sampling keywords from a config: its temperature, top_p, top_k, min_p and repetition_penalty,
+    then generation_kwargs over them (TRL: "keys that conflict with the other generation parameters override
+    them"); do_sample=False samples greedily. config_checks refuses keys outside SAMPLING_KEYS."""
+    options = {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "min_p": args.min_p,
+               "repetition_penalty": args.repetition_penalty}
+    extra = dict(args.generation_kwargs or {})
+    if extra.pop("do_sample", True) is False:
+        options["greedy"] = True
+    options.update({key: value for key, value in extra.items() if value is not None or key == "min_p"})
+    options["top_k"] = options["top_k"] or 0
+    return options
+
+
+def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float, min_p: float | None = None) -> torch.Tensor:
+    """Top-k, nucleus, then min-p filtering of [B, V] logits (removed entries become -inf), as HF's warpers do
+    (min-p: drop the tokens whose probability is below min_p times the most likely one's)."""
     if top_k and top_k > 0 and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -48,6 +68,9 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
         remove_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
         remove = remove_sorted.scatter(-1, order, remove_sorted)
         logits = logits.masked_fill(remove, float("-inf"))
+    if min_p:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), float("-inf"))  # keeps the top one
     return logits
 
 
@@ -101,7 +124,9 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     top_k: int = 0,
+    min_p: float | None = None,
     repetition_penalty: float = 1.0,
+    suppress_tokens: list[int] | None = None,
     greedy: bool = False,
     generator: torch.Generator | None = None,
     seeds: list[int] | None = None,
@@ -114,6 +139,10 @@ def generate(
     the batch, or on which process of a distributed run draws them. Otherwise the uniforms come from `generator`.
     The model runs through lean_decode.LeanDecoder (merged LoRA, fused projections, static cache) when it supports
     the architecture and `lean` is true, else through its own forward with transformers' cache (ModelDecoder).
+
+    Filtering is transformers': `suppress_tokens` are never sampled, then the repetition penalty, temperature,
+    top-k, top-p and min-p shape the sampling distribution; the log-probs recorded are the unfiltered ones at the
+    temperature (what the training forward recomputes).
 
     Returns completion_ids [N*G, C], completion_mask [N*G, C], sampling_logps [N*G, C], is_truncated [N*G].
     Rows are grouped by prompt: rows i*G .. i*G+G-1 belong to prompt i.
@@ -152,19 +181,23 @@ def generate(
     tokens, logps = [], []
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     # without a penalty or filter the sampling distribution is the one whose log-probs are recorded
-    unfiltered = repetition_penalty == 1.0 and not (top_k and 0 < top_k < logits.size(-1)) and top_p >= 1.0
+    unfiltered = (repetition_penalty == 1.0 and not (top_k and 0 < top_k < logits.size(-1)) and top_p >= 1.0
+                  and not min_p and not suppress_tokens)
+    suppressed = torch.tensor(suppress_tokens or [], dtype=torch.long, device=device)
     for step in range(max_new_tokens):
         scaled = logits / temperature if temperature > 0 and temperature != 1.0 else logits
         log_probs = torch.log_softmax(scaled, dim=-1)  # what training recomputes: no penalty, no filtering
+        # suppressed tokens are out of the sampling only: the recorded log-probs are the model's
+        sampling_logits = logits if not len(suppressed) else logits.index_fill(-1, suppressed, float("-inf"))
         if greedy:
-            token = logits.argmax(-1)
+            token = sampling_logits.argmax(-1)
         else:
             if unfiltered:
                 probs = log_probs.exp()  # = softmax(logits / temperature), one pass instead of three
             else:
-                sampling_logits = logits if seen is None else _apply_repetition_penalty(logits, seen,
-                                                                                        repetition_penalty)
-                probs = _filter_logits(sampling_logits / temperature, top_k, top_p).softmax(-1)  # [B, V]
+                if seen is not None:
+                    sampling_logits = _apply_repetition_penalty(sampling_logits, seen, repetition_penalty)
+                probs = _filter_logits(sampling_logits / temperature, top_k, top_p, min_p).softmax(-1)  # [B, V]
             # the first token whose cumulative probability passes u (a zero-probability token never does)
             cdf = torch.cumsum(probs, -1, dtype=torch.float64)  # [B, V]
             target = uniforms[:, step:step + 1] * cdf[:, -1:]

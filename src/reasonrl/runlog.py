@@ -43,14 +43,33 @@ def round_metrics(rewards: torch.Tensor, rewards_per_func: torch.Tensor, errors:
     return metrics
 
 
+def add_logged_metrics(metrics: dict, logged: dict[str, tuple[float, int]]) -> dict:
+    """The round's metrics plus what the rewards logged with log_metric: each name's mean over the round's calls
+    and processes (TRL's sum / count), under the name as given. A name that is one of the round's own metrics is
+    a RewardError (it would silently replace it)."""
+    from reasonrl.errors import RewardError
+
+    for name, (total, count) in logged.items():
+        if name in metrics:
+            raise RewardError(f"a reward function called log_metric({name!r}, ...), which is the name of one of the "
+                              f"run's own metrics; log it under another name")
+        metrics[name] = total / count
+    return metrics
+
+
 def completion_samples(prompts: list, texts: list[str], rewards_per_func: torch.Tensor, advantages: torch.Tensor,
-                       reward_names: list[str], num_generations: int, step: int) -> list[dict]:
-    """The first completion of each prompt, with its rewards (None where the call failed) and advantage."""
+                       reward_names: list[str], num_generations: int, step: int,
+                       extra_columns: dict[str, list] | None = None) -> list[dict]:
+    """The first completion of each prompt, with its rewards (None where the call failed), advantage and the
+    columns the rewards logged with log_extra (under "extra")."""
     samples = []
     for i in range(0, len(texts), num_generations):
         rewards = {name: (None if math.isnan(v) else v) for name, v in zip(reward_names, rewards_per_func[i].tolist())}
-        samples.append({"step": step, "prompt": prompts[i], "completion": texts[i], "rewards": rewards,
-                        "advantage": advantages[i].item()})
+        sample = {"step": step, "prompt": prompts[i], "completion": texts[i], "rewards": rewards,
+                  "advantage": advantages[i].item()}
+        if extra_columns:
+            sample["extra"] = {column: values[i] for column, values in extra_columns.items()}
+        samples.append(sample)
     return samples
 
 
@@ -65,9 +84,10 @@ def print_progress(row: dict, completions: list | None, num_completions: int | N
     from tqdm.auto import tqdm
 
     tqdm.write(f"step {row['step']}: " + "  ".join(f"{k}={row[k]:.4g}" for k in PROGRESS_KEYS if k in row))
-    for sample in (completions or [])[: num_completions or 2]:
+    for sample in (completions or [])[:num_completions]:  # None: all of them, as TRL
+        extra = "".join(f"\n  {column}: {value!r}" for column, value in sample.get("extra", {}).items())
         tqdm.write(f"  prompt: {str(sample['prompt'])[-200:]!r}\n  completion: {sample['completion']!r}"
-                   f"\n  rewards: {sample['rewards']}")
+                   f"\n  rewards: {sample['rewards']}{extra}")
 
 
 def start_logs(output_dir: str, global_step: int) -> None:

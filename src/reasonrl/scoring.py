@@ -47,6 +47,9 @@ class RoundScores:
     rewards_per_func: torch.Tensor  # [B, F]
     errors: dict[str, int]  # function name -> values of this round that failed (raised or timed out)
     failures: list[RewardCallFailed] = field(default_factory=list)
+    # what the rewards logged (TRL's log_metric / log_extra): name -> (sum, count); column -> one value per row
+    logged_metrics: dict[str, tuple[float, int]] = field(default_factory=dict)
+    logged_columns: dict[str, list] = field(default_factory=dict)
 
     @property
     def failed_fraction(self) -> float:
@@ -56,21 +59,69 @@ class RoundScores:
 FLOAT32_MAX = 3.4028234663852886e38
 
 
-def call_reward(fn, name: str, prompts: list, completions: list, completion_ids: list, columns: dict,
-                timeout: float | None = None) -> list:
-    """One reward function on a round; checks the count and types of what it returns.
+class RewardLog:
+    """TRL's `log_metric(name, value)` and `log_extra(column, values)`, given to every reward call by keyword.
 
-    The function gets its own copies of the round's lists (one that empties or edits `completions` cannot change
-    what the next function or the count check sees). Raises `RewardCallFailed` when the function raises, calls
-    sys.exit or os._exit, or takes longer than `timeout` seconds; `RewardError` when what it returns breaks the
-    contract (a wrong count, a non-number, NaN, an infinity or a value float32 cannot hold).
-    """
-    expected = len(completions)
+    A metric's values are averaged over the round (and its processes) and logged under `name` with the round's
+    other metrics; a column holds one value per completion and joins the logged completions (completions.jsonl,
+    the printed samples, the trackers' completion tables). One RewardLog per call: what a call that failed logged
+    is dropped with its values."""
+
+    def __init__(self, name: str, num_completions: int):
+        self.name, self.num_completions = name, num_completions
+        self.metrics: dict[str, list[float]] = {}
+        self.columns: dict[str, list] = {}
+
+    def log_metric(self, name: str, value: float) -> None:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"log_metric({name!r}, {value!r:.40}): the value must be one number") from None
+        self.metrics.setdefault(str(name), []).append(value)
+
+    def log_extra(self, column: str, values: list) -> None:
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) != self.num_completions:
+            raise ValueError(f"log_extra({column!r}, ...) needs one value per completion ({self.num_completions}), "
+                             f"got {values!r:.60}")
+        self.columns.setdefault(str(column), []).extend(list(values))
+
+    def merge_into(self, metrics: dict, columns: dict) -> None:
+        for name, values in self.metrics.items():
+            total, count = metrics.get(name, (0.0, 0))
+            metrics[name] = (total + sum(values), count + len(values))
+        for column, values in self.columns.items():  # logged twice in a call (or by two rewards): the last wins
+            columns[column] = values[-self.num_completions:]
+
+
+def reward_arguments(prompts: list, completions: list, completion_ids: list, columns: dict,
+                     log: RewardLog | None = None) -> dict:
+    """The keyword arguments of one reward call: its own copies of the round's lists (a function that empties or
+    edits `completions` cannot change what the next one or the count check sees), a copy of trainer_state (a
+    reward cannot move the run's step counter), and `log`'s log_metric and log_extra."""
     arguments = copy.deepcopy(dict(prompts=prompts, completions=completions, completion_ids=completion_ids,
                                    **{key: value for key, value in columns.items() if key != "trainer_state"}))
-    if "trainer_state" in columns:  # a copy too: a reward cannot move the run's step counter
+    if "trainer_state" in columns:
         arguments["trainer_state"] = copy.copy(columns["trainer_state"])
-    values = _as_list(_run(fn, name, arguments, timeout), name)
+    log = log or RewardLog("", len(completions))
+    arguments.update(log_metric=log.log_metric, log_extra=log.log_extra)
+    return arguments
+
+
+def call_reward(fn, name: str, prompts: list, completions: list, completion_ids: list, columns: dict,
+                timeout: float | None = None, log: RewardLog | None = None) -> list:
+    """One (synchronous) reward function on a round; checks the count and types of what it returns.
+
+    Raises `RewardCallFailed` when the function raises, calls sys.exit or os._exit, or takes longer than
+    `timeout` seconds; `RewardError` when what it returns breaks the contract (a wrong count, a non-number, NaN, an
+    infinity or a value float32 cannot hold).
+    """
+    arguments = reward_arguments(prompts, completions, completion_ids, columns, log)
+    return checked_values(_run(fn, name, arguments, timeout), name, len(completions))
+
+
+def checked_values(values, name: str, expected: int) -> list[float]:
+    """A reward's return value as one float per completion (None -> NaN), or RewardError."""
+    values = _as_list(values, name)
     if len(values) != expected:
         raise RewardError(f"reward function '{name}' returned {len(values)} values for {expected} "
                           f"completions; it must return exactly one per completion")
@@ -144,18 +195,37 @@ def _as_list(values, name: str) -> list:
 
 def score_round(reward_funcs: list, names: list[str], prompts: list, completions: list, completion_ids: list,
                 columns: dict, timeout: float | None = None) -> RoundScores:
-    """Rewards per function [B, F], NaN where a function returned None or its call failed."""
-    per_func, errors, failures = [], {}, []
-    for fn, name in zip(reward_funcs, names):
-        try:
-            per_func.append(call_reward(fn, name, prompts, completions, completion_ids, columns, timeout))
-            errors[name] = 0
-        except RewardCallFailed as failure:
-            per_func.append([math.nan] * len(completions))
-            errors[name] = len(completions)
-            failures.append(failure)
-    rewards_per_func = torch.tensor(per_func, dtype=torch.float32).T.reshape(len(completions), len(reward_funcs))
-    return RoundScores(rewards_per_func, errors, failures)
+    """Rewards per function [B, F], NaN where a function returned None or its call failed, and what the rewards
+    logged. Synchronous functions run one after the other, then the `async def` ones concurrently on one event loop
+    (as TRL: asyncio.gather), each under the same timeout (async_rewards.py)."""
+    from reasonrl.async_rewards import call_async_rewards, is_async_callable
+
+    count = len(completions)
+    per_func: list = [None] * len(reward_funcs)
+    errors, failures, metrics, logged_columns = {}, [], {}, {}
+    logs = [RewardLog(name, count) for name in names]
+    asynchronous = [i for i, fn in enumerate(reward_funcs) if is_async_callable(fn)]
+    for i, (fn, name) in enumerate(zip(reward_funcs, names)):
+        if i not in asynchronous:
+            try:
+                per_func[i] = call_reward(fn, name, prompts, completions, completion_ids, columns, timeout, logs[i])
+            except RewardCallFailed as failure:
+                per_func[i] = failure
+    if asynchronous:
+        calls = [(reward_funcs[i], names[i], reward_arguments(prompts, completions, completion_ids, columns, logs[i]))
+                 for i in asynchronous]
+        for i, result in zip(asynchronous, call_async_rewards(calls, timeout)):
+            per_func[i] = result if isinstance(result, RewardCallFailed) else checked_values(result, names[i], count)
+    for i, name in enumerate(names):
+        errors[name] = 0
+        if isinstance(per_func[i], RewardCallFailed):
+            failures.append(per_func[i])
+            per_func[i] = [math.nan] * count
+            errors[name] = count
+        else:
+            logs[i].merge_into(metrics, logged_columns)
+    rewards_per_func = torch.tensor(per_func, dtype=torch.float32).T.reshape(count, len(reward_funcs))
+    return RoundScores(rewards_per_func, errors, failures, metrics, logged_columns)
 
 
 def log_failures_once(scores: RoundScores, seen: set) -> None:
@@ -211,7 +281,7 @@ class ProcessExitGuard:
         os._exit = self._exit
 
 
-CALL_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state")
+CALL_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
 """What every reward call passes by keyword, besides the dataset's columns (TRL's convention)."""
 
 
@@ -244,14 +314,28 @@ def check_reward_columns(reward_funcs: list, names: list[str], columns: list[str
                                   f"remove_unused_columns=false)")
 
 
-def build_rewards(reward_funcs, args) -> tuple[list, list[str], torch.Tensor]:
-    """(functions, names, weights [F]) of a trainer's reward_funcs: callables, built-in names or "module:function"
-    specs, alone or in a list; a name's options from reward_kwargs, the weights from reward_weights (default 1)."""
+def build_rewards(reward_funcs, args, processing_classes=None, device=None) -> tuple[list, list[str], torch.Tensor]:
+    """(functions, names, weights [F]) of a trainer's reward_funcs: callables, built-in names, "module:function"
+    specs, reward models (a PreTrainedModel, or a hub id or folder: reward_models.py), alone or in a list; a name's
+    options from reward_kwargs, the weights from reward_weights (default 1). `processing_classes`: TRL's
+    reward_processing_classes, one tokenizer (or None) per reward, used by the reward models."""
+    from reasonrl.reward_models import is_model, looks_like_reward_model, reward_model
     from reasonrl.rewards import get_reward, reward_name
 
-    funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+    funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+    if processing_classes is None:
+        processing_classes = [None] * len(funcs)
+    elif not isinstance(processing_classes, (list, tuple)):
+        processing_classes = [processing_classes]
+    if len(processing_classes) != len(funcs):
+        raise RewardSpecError(f"reward_processing_classes has {len(processing_classes)} entries for {len(funcs)} "
+                              f"reward functions; give one per reward function (None for the functions)")
     reward_kwargs = args.reward_kwargs or {}
-    funcs = [get_reward(f, **reward_kwargs.get(f, {})) if isinstance(f, str) else f for f in funcs]
+    for i, (f, tokenizer) in enumerate(zip(funcs, processing_classes)):
+        if is_model(f) or isinstance(f, str) and looks_like_reward_model(f):
+            funcs[i] = reward_model(f, tokenizer, args, device)
+        elif isinstance(f, str):
+            funcs[i] = get_reward(f, **reward_kwargs.get(f, {}))
     names = [reward_name(f) for f in funcs]
     args.check_reward_weights(len(funcs))
     weights = args.reward_weights or [1.0] * len(funcs)

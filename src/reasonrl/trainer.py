@@ -43,13 +43,13 @@ import numpy as np
 import torch
 
 from reasonrl import checkpoint as ckpt
-from reasonrl import distributed, rundir, runlog
+from reasonrl import distributed, preflight, rundir, runlog
 from reasonrl.config import GRPOConfig
 from reasonrl.core import StepNormaliser, group_advantages
 from reasonrl.cpu import ThreadGovernor, release_freed_memory
 from reasonrl.data import PromptTokenizer, is_conversational, load_train_dataset
 from reasonrl.dynamic_sampling import DynamicSampler
-from reasonrl.errors import CheckpointError, ReasonRLError, reason_of
+from reasonrl.errors import CheckpointError, ConfigError, ReasonRLError, reason_of
 from reasonrl.guards import (
     LearningSignal,
     StepGuard,
@@ -72,7 +72,7 @@ from reasonrl.models import (
 )
 from reasonrl.optim import make_optimizer, make_scheduler
 from reasonrl.policy import configure_forward
-from reasonrl.rollout import Rollout, sample_rollout
+from reasonrl.rollout import Rollout, sample_rollout, sampling_options
 from reasonrl.rounds import Batch, PromptSampler, RoundProgress, TrainerState, Window, is_every
 from reasonrl.scoring import (
     ProcessExitGuard,
@@ -94,11 +94,13 @@ class GRPOTrainer:
     """TRL's GRPOTrainer interface on reasonrl's loop.
 
     model: a hub id, a local path or a model object (a peft model too). reward_funcs: callables with TRL's
-    signature, built-in names or "module:function" specs, alone or in a list.
+    signature (`async def` ones too), built-in names, "module:function" specs or reward models (a
+    sequence-classification PreTrainedModel, a hub id or a folder; their tokenizers in reward_processing_classes),
+    alone or in a list.
     """
 
     def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, peft_config=None, tools=None):
+                 processing_class=None, reward_processing_classes=None, peft_config=None, tools=None):
         self.args = args = GRPOConfig.coerce(args)
         # mistakes that need no model show before it loads: the output folder, the data, the reward columns
         rundir.check_output_dir(args.output_dir)
@@ -107,7 +109,9 @@ class GRPOTrainer:
         self.device = self.dist.device
         self.bf16 = args.use_bf16()
         _seed_everything(args.seed)
-        self.reward_funcs, self.reward_names, self.reward_weights = build_rewards(reward_funcs, args)
+        # functions, names and reward models (TRL's model ids and PreTrainedModels, with reward_processing_classes)
+        self.reward_funcs, self.reward_names, self.reward_weights = build_rewards(
+            reward_funcs, args, reward_processing_classes, self.device)
         self.train_dataset = load_train_dataset(train_dataset, args)
         check_reward_columns(self.reward_funcs, self.reward_names, self.train_dataset.column_names)
 
@@ -115,15 +119,19 @@ class GRPOTrainer:
         model, self.tokenizer, self.model_name = load_policy(
             model, args, processing_class, bf16=self.bf16, wants_lora=peft_config is not None or args.use_peft)
         self.processing_class = self.tokenizer
+        if args.system_prompt is not None and self.tokenizer.chat_template is None:
+            raise ConfigError(f"system_prompt needs a chat template, and the tokenizer of {self.model_name} has none; "
+                              f"put the instruction in prompt_template instead", "system_prompt")
         # every prompt rendered (chat template) and tokenized once: a template error or a prompt that, with a
         # completion, would not fit the model's positions shows now, not at the round that draws it
         # tools (TRL's tools=, else the `tools` option): rendered into every prompt, called during rollouts (tools.py)
         self.tool_calling = ToolCalling.build(args.tools if tools is None else tools, self.tokenizer,
                                               self.train_dataset[:1]["prompt"], args)
         self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length,
-                                                self.tool_calling.schemas if self.tool_calling else None)
-        check_lengths(model.config, args.max_completion_length,
-                      self.prompt_tokenizer.longest(self.train_dataset["prompt"]))
+                                                self.tool_calling.schemas if self.tool_calling else None,
+                                                args.chat_template_kwargs)
+        self.longest_prompt = self.prompt_tokenizer.longest(self.train_dataset["prompt"])  # tokens, as rendered
+        check_lengths(model.config, args.max_completion_length, self.longest_prompt)
         model = prepare_for_training(model, args, peft_config, bf16=self.bf16)  # LoRA, dropout, frozen weights
         check_causal(model, self.tokenizer, bf16=self.bf16)
         # how every micro-batch's forward and backward run: decided here, once (the model's layer checkpointing set)
@@ -149,6 +157,7 @@ class GRPOTrainer:
         self._saved_step: int | None = None  # the step of the last checkpoint this run saved or resumed from
         self._round: RoundProgress | None = None  # the round being optimized (or resumed in its middle)
         self._last_completions: list | None = None  # the last round's samples, for log_completions
+        self._last_table: list = []  # its every completion, for the trackers' tables (log_completions)
         self._logged_reward_failures: set = set()  # (function, exception type) whose traceback was logged
         self.make_round = DynamicSampler(args, self.tokenizer.pad_token_id)  # DAPO's refill when dynamic_sampling
 
@@ -161,6 +170,9 @@ class GRPOTrainer:
 
     def train(self, resume_from_checkpoint: str | bool | None = None):
         args = self.args
+        if not args.skip_memory_check:  # one micro-step at the longest prompt + max_completion_length (preflight.py)
+            preflight.check_worst_case_memory(self.micro_step, self.model, self.train_model, args, self.longest_prompt,
+                                              self.model.get_input_embeddings().num_embeddings, self.dist)
         resume = self._claim_output_dir(resume_from_checkpoint)  # the checkpoint to resume from, or None
         # max_steps, or the optimizer steps of num_train_epochs passes over the dataset
         self.state.max_steps = total_steps = args.total_steps(len(self.train_dataset))
@@ -282,8 +294,7 @@ class GRPOTrainer:
         self.model.eval()
         sampling = {"num_generations": g, "max_new_tokens": args.max_completion_length,
                     "eos_token_id": self.tokenizer.eos_token_id, "pad_token_id": self.tokenizer.pad_token_id,
-                    "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
-                    "repetition_penalty": args.repetition_penalty, "generator": self.generator, "seeds": seeds}
+                    **sampling_options(args), "generator": self.generator, "seeds": seeds}  # + generation_kwargs
         with self._autocast():  # multi-turn with tools: their calls run and their results join the completions
             rollout = sample_rollout(self.model, self.tokenizer, prompt_ids, prompt_mask, self.tool_calling, **sampling)
         if self.device.type == "cpu":
@@ -324,7 +335,8 @@ class GRPOTrainer:
         mine = distributed.shard(rewards.size(0), self.dist)  # this process's rows
         advantages = group_advantages(rewards, args.num_generations, scale=args.scale_rewards)[mine]  # [B]
         if self.dist.is_main:  # warns when every group's rewards agree (nothing to learn from this round)
-            self.learning_signal.check(rewards, args.num_generations, self.state.global_step + 1)
+            self.learning_signal.check(rewards, args.num_generations, self.state.global_step + 1,
+                                       rollout.texts if not self.dist.enabled else None, args.beta)
         loss_mask = rollout.completion_mask
         if rollout.tool_mask is not None:  # tool results are context, not the model's actions: out of the loss
             loss_mask = loss_mask * rollout.tool_mask
@@ -350,15 +362,23 @@ class GRPOTrainer:
         metrics = runlog.round_metrics(rewards, scores.rewards_per_func, scores.errors, self.reward_names, lengths,
                                        is_truncated, args.num_generations, args.scale_rewards,
                                        self.prompt_tokenizer.truncated)
+        runlog.add_logged_metrics(metrics, scores.logged_metrics)  # the rewards' log_metric values
         if rollout.tool_counts is not None:  # tools/*: calls, failures, timeouts and turns over all processes
             metrics.update(tool_metrics(distributed.all_reduce_sum(rollout.tool_counts.clone(), self.dist)))
         # the first completion of each prompt, every process's in rank (= draw) order; rank 0 writes them
         mine = distributed.shard(rewards.size(0), self.dist)
         prompts = [row["prompt"] for row in rows for _ in range(args.num_generations)]
-        samples = runlog.completion_samples(prompts, rollout.texts, scores.rewards_per_func[mine], batch.advantages,
-                                            self.reward_names, args.num_generations, self.state.global_step + 1)
-        samples = [sample for part in distributed.gather_objects(samples, self.dist) for sample in part]
-        self._last_completions = samples
+        extra = {column: values[mine] for column, values in scores.logged_columns.items()}  # the rewards' log_extra
+
+        def gathered_samples(stride: int) -> list[dict]:  # every stride-th completion of every process, in rank order
+            samples = runlog.completion_samples(prompts, rollout.texts, scores.rewards_per_func[mine],
+                                                batch.advantages, self.reward_names, stride,
+                                                self.state.global_step + 1, extra)
+            return [sample for part in distributed.gather_objects(samples, self.dist) for sample in part]
+
+        self._last_completions = samples = gathered_samples(args.num_generations)
+        if args.log_completions and args.loggers:  # the trackers' table holds every completion, as TRL's
+            self._last_table = gathered_samples(1)
         if self.dist.is_main:
             runlog.append_jsonl(os.path.join(args.output_dir, "completions.jsonl"), samples, default=str)
         return metrics
@@ -418,10 +438,14 @@ class GRPOTrainer:
         if not self.dist.is_main:  # the row's metrics are global already (all-reduced); rank 0 writes them
             return
         runlog.append_jsonl(os.path.join(self.args.output_dir, "metrics.jsonl"), [row])
-        self.trackers.log(row, self.state.global_step)
-        if is_every(self.state.global_step, self.args.logging_steps, self.state.max_steps):
+        # the console and the trackers every logging_steps (the trackers get the interval's means, as TRL's)
+        due = is_every(self.state.global_step, self.args.logging_steps, self.state.max_steps)
+        self.trackers.log(row, self.state.global_step, due)
+        if due:
             runlog.print_progress(row, self._last_completions if self.args.log_completions else None,
                                   self.args.num_completions_to_print)
+            if self.args.log_completions:
+                self.trackers.log_completions(self._last_table, self.state.global_step)
 
     # ------------------------------------------------------------------ checkpoints
 
