@@ -188,7 +188,9 @@ def _weights_after_each_step(trainer):
 
 def test_a_nan_loss_skips_that_step_only(tmp_path, char_tokenizer, monkeypatch, caplog):
     _nan_loss_on(monkeypatch, {2})  # one micro-batch in one chunk per step: the 2nd call is step 2
-    trainer = _trainer(tmp_path, char_tokenizer, [length_reward], max_steps=3, backward_chunk_rows=0)
+    # (the pre-flight memory check's micro-step would be call 1)
+    trainer = _trainer(tmp_path, char_tokenizer, [length_reward], max_steps=3, backward_chunk_rows=0,
+                       skip_memory_check=True)
     snapshots = _weights_after_each_step(trainer)
     with caplog.at_level(logging.WARNING, logger="reasonrl"):
         history = trainer.train()
@@ -207,7 +209,8 @@ def test_consecutive_nan_steps_stop_with_a_checkpoint_of_the_last_good_weights(t
                                                                                monkeypatch):
     assert MAX_CONSECUTIVE_SKIPS == 3
     _nan_loss_on(monkeypatch, {2, 3, 4})
-    trainer = _trainer(tmp_path, char_tokenizer, [length_reward], max_steps=10, backward_chunk_rows=0)
+    trainer = _trainer(tmp_path, char_tokenizer, [length_reward], max_steps=10, backward_chunk_rows=0,
+                       skip_memory_check=True)
     snapshots = _weights_after_each_step(trainer)
     with pytest.raises(TrainingDiverged) as failure:
         trainer.train()
