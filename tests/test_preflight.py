@@ -14,7 +14,7 @@ from datasets import Dataset
 from reasonrl import GRPOConfig, GRPOTrainer
 from reasonrl.errors import OutOfMemory
 from reasonrl.micro_step import MicroStep
-from reasonrl.preflight import is_out_of_memory, optimizer_state_standin
+from reasonrl.preflight import is_out_of_memory, optimizer_state_standin, worst_case_prompt_rows
 from reasonrl.tiny import build_tiny_model
 
 PROMPTS = ["a", "bb", "c" * 9, "dddd"]  # the longest is 9 tokens (one per character)
@@ -149,3 +149,15 @@ def test_optimizer_state_standin_is_the_size_of_the_optimizers_state():
     optimizer.step()
     real = sum(t.numel() * t.element_size() for s in optimizer.state.values() for k, t in s.items() if k != "step")
     assert real == numel("adamw_torch")
+
+
+@pytest.mark.parametrize("rows, group_size, expected", [
+    (4, 4, [0, 0, 0, 0]),  # a micro-batch is one group: one prompt, computed once
+    (4, 3, [0, 0, 0, 1]),  # offsets 0, 4, 8 of groups of 3: every one straddles two groups
+    (2, 1, [0, 1]),  # G=1: a prompt per row
+    (8, 4, [0, 0, 0, 0, 1, 1, 1, 1]),
+    (3, 8, [0, 0, 1]),  # rows 6-8 of 0..23 cross a group boundary
+    (5, 2, [0, 0, 1, 1, 2]),
+])
+def test_the_worst_case_micro_batch_shares_prompts_as_a_rounds_does(rows, group_size, expected):
+    assert worst_case_prompt_rows(rows, group_size).tolist() == expected

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 
 import torch
@@ -60,9 +61,14 @@ def optimizer_state_standin(params: list[torch.Tensor], optim: str) -> list[torc
 def worst_case_batch(rows: int, prompt_length: int, completion_length: int, vocab_size: int, args,
                      device) -> Batch:
     """`rows` completions of `completion_length` tokens after prompts of `prompt_length`, every token counted;
-    random token ids from a generator of their own (the run's random state is not drawn from)."""
+    random token ids from a generator of their own (the run's random state is not drawn from). The rows share
+    prompts as a round's micro-batch at its worst does (a group's G rows are kept together, so a micro-batch holds
+    the prompts of the groups it overlaps, each computed once), not one prompt per row, which would overstate the
+    prompts' share of the memory G-fold."""
     generator = torch.Generator().manual_seed(0)
-    prompt_ids = torch.randint(vocab_size, (rows, prompt_length), generator=generator).to(device)
+    prompt_of_row = worst_case_prompt_rows(rows, args.num_generations)
+    distinct = torch.randint(vocab_size, (int(prompt_of_row.max()) + 1, prompt_length), generator=generator)
+    prompt_ids = distinct[prompt_of_row].to(device)
     completion_ids = torch.randint(vocab_size, (rows, completion_length), generator=generator).to(device)
     ones = torch.ones(rows, completion_length, dtype=torch.long, device=device)
     rollout = Rollout(prompt_ids, torch.ones_like(prompt_ids), completion_ids, ones, None,
@@ -71,6 +77,20 @@ def worst_case_batch(rows: int, prompt_length: int, completion_length: int, voca
     reuses_round = args.num_iterations > 1 or args.effective_steps_per_generation > args.gradient_accumulation_steps
     zeros = torch.zeros(rows, completion_length, device=device)
     return Batch(rollout, advantages, ones, zeros if reuses_round else None, zeros if args.beta != 0.0 else None)
+
+
+def worst_case_prompt_rows(rows: int, group_size: int) -> torch.Tensor:
+    """Which prompt each of a micro-batch's `rows` rows has, for the micro-batch that overlaps the most groups of
+    `group_size` rows (micro-batches are consecutive slices of group-ordered rows): e.g. 4 rows, G=4: [0, 0, 0, 0];
+    4 rows, G=3: [0, 0, 0, 1] (a slice straddling two groups); 2 rows, G=1: [0, 1]."""
+    period = math.lcm(rows, group_size) // rows  # micro-batch offsets repeat after this many
+    best = None
+    for k in range(period):
+        groups = (torch.arange(rows) + k * rows) // group_size
+        groups = groups - groups[0]
+        if best is None or groups[-1] > best[-1]:
+            best = groups
+    return best
 
 
 def check_worst_case_memory(micro_step, model, train_model, args, prompt_length: int, vocab_size: int,
