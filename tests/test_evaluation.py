@@ -284,3 +284,16 @@ def test_eval_options_from_yaml_and_the_cli(tmp_path, tiny_model_dir):
     assert failed.returncode == 2 and failed.stderr.strip().splitlines()[-1] == (
         "reasonrl train: error: override 'eval_steps=1.5': eval_steps must be a whole number of steps when above 1, "
         "or a fraction of all steps in (0, 1) (got 1.5); try eval_steps=2")
+
+
+def test_cli_eval_strategy_without_an_eval_split_is_one_error_line(tmp_path, capsys, tiny_model_dir):
+    from cli_helpers import assert_one_line_error, run_main
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(4)))
+    code, err = run_main(capsys, ["train", f"model_name_or_path={tiny_model_dir}", f"dataset_name={data}",
+                                  "reward_funcs=[length]", "eval_strategy=steps", f"output_dir={tmp_path / 'run'}",
+                                  "per_device_train_batch_size=4", "num_generations=2"])
+    assert_one_line_error(code, err, "train", ["eval_strategy='steps' evaluates on dataset_test_split='test'",
+                                               "has one split, 'train'", "dataset_test_split='train[90%:]'"])
+    assert not (tmp_path / "run").exists()

@@ -75,7 +75,8 @@ def test_callbacks_see_transformers_events_in_order_with_the_state_they_read(tmp
         expected += [("on_step_begin", s - 1), ("on_pre_optimizer_step", s - 1), ("on_optimizer_step", s - 1),
                      ("on_step_end", s)]
         if s in (2, 4):
-            expected += [("on_log", s), ("on_log", s), ("on_evaluate", s)]  # the step's row, the evaluation's row
+            # the step's row; the evaluation's one batch, its row and on_evaluate
+            expected += [("on_log", s), ("on_prediction_step", s), ("on_log", s), ("on_evaluate", s)]
         if s in (3, 4):
             expected.append(("on_save", s))
         if s == 3:  # 6 prompts, 2 per one-step round: a pass ends every 3 steps
@@ -92,6 +93,66 @@ def test_callbacks_see_transformers_events_in_order_with_the_state_they_read(tmp
     assert state.is_world_process_zero and state.is_local_process_zero and state.epoch == pytest.approx(4 / 3)
     assert state.log_history is trainer.log_history and len(state.log_history) == 4 + 2
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "run"))] == ["checkpoint-3", "checkpoint-4"]
+
+
+class KindRecorder(TrainerCallback):
+    """Every event with its step, and for on_log which kind of row (a step's or an evaluation's)."""
+
+    def __init__(self):
+        self.events = []
+
+    def __getattribute__(self, name):
+        if name.startswith("on_"):
+            def record(args, state, control, **kwargs):
+                kind = ""
+                if name == "on_log":
+                    kind = "eval" if any(key.startswith("eval_") for key in kwargs["logs"]) else "train"
+                self.events.append((name, state.global_step, kind))
+            return record
+        return super().__getattribute__(name)
+
+
+def test_the_events_come_in_the_order_trls_own_trainer_fires_them(tmp_path, char_tokenizer):
+    """The same run (8 prompts, 2 per step in 2 micro-batches, eval and save schedules) under TRL 1.16's
+    GRPOTrainer and reasonrl's: the same events at the same steps; TRL alone ends with its train-summary log."""
+    trl = pytest.importorskip("trl")
+    rows = [{"prompt": f"p{i}"} for i in range(8)]
+    options = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, num_generations=2,
+                   max_completion_length=5, max_steps=4, logging_steps=2, save_steps=3, eval_strategy="steps",
+                   eval_steps=2, per_device_eval_batch_size=2, num_generations_eval=2, learning_rate=1e-2,
+                   report_to="none")
+    events = {}
+    for name, config, trainer_class in (
+            ("trl", trl.GRPOConfig(output_dir=str(tmp_path / "trl"), bf16=False, use_cpu=True, **options),
+             trl.GRPOTrainer),
+            ("reasonrl", GRPOConfig(output_dir=str(tmp_path / "ours"), **options), GRPOTrainer)):
+        recorder = KindRecorder()
+        trainer_class(model=build_tiny_model(char_tokenizer, hidden_size=32, intermediate_size=64, seed=0),
+                      reward_funcs=[distinct_chars], args=config, train_dataset=Dataset.from_list(rows),
+                      eval_dataset=Dataset.from_list([{"prompt": "q"}]), processing_class=char_tokenizer,
+                      callbacks=[recorder]).train()
+        events[name] = recorder.events
+    assert events["trl"][-2:] == [("on_log", 4, "train"), ("on_train_end", 4, "")]  # its train_runtime/... row
+    assert events["reasonrl"] == events["trl"][:-2] + [("on_train_end", 4, "")]
+    assert ("on_substep_end", 0, "") in events["reasonrl"] and ("on_prediction_step", 2, "") in events["reasonrl"]
+
+
+class ForceAt(TrainerCallback):
+    """Asks for a log and an evaluation at step 1, which logging_steps and eval_strategy=no would not give."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            control.should_log = control.should_evaluate = True
+
+
+def test_a_callback_asks_for_a_log_and_an_evaluation(tmp_path, char_tokenizer):
+    recorder = Recorder()
+    trainer = _trainer(tmp_path / "run", char_tokenizer, callbacks=[ForceAt(), recorder], max_steps=2,
+                       num_generations_eval=2, eval_dataset=[{"prompt": "q"}])
+    trainer.train()
+    assert [e for e in recorder.events if e[0] in ("on_log", "on_evaluate")] == [
+        ("on_log", 1), ("on_log", 1), ("on_evaluate", 1)]
+    assert [row["step"] for row in trainer.log_history if "eval_reward" in row] == [1]
 
 
 class StopAt(TrainerCallback):

@@ -6,9 +6,10 @@ transformers' order:
 
   on_init_end                      at the end of GRPOTrainer(...)
   on_train_begin, on_epoch_begin   when train() starts (eval_on_start's evaluation comes right after)
-  per optimizer step               on_step_begin, on_pre_optimizer_step, on_optimizer_step (not for a skipped
-                                   non-finite step), on_step_end, then on_log (when control.should_log), on_evaluate
-                                   (after an evaluation), on_save (after a checkpoint)
+  per optimizer step               on_step_begin, on_substep_end (after each micro-batch but the step's last),
+                                   on_pre_optimizer_step, on_optimizer_step (not for a skipped non-finite step),
+                                   on_step_end, then on_log (when control.should_log), on_prediction_step (after each
+                                   eval batch) and on_evaluate (after an evaluation), on_save (after a checkpoint)
   on_epoch_end                     after the step that finishes a pass over the training prompts, then its
                                    evaluation and checkpoint (eval_strategy / save_strategy 'epoch')
   on_train_end                     when train() ends

@@ -73,8 +73,9 @@ class Evaluator:
     reference_model: torch.nn.Module | None = None
     logged_failures: set = field(default_factory=set)
 
-    def __call__(self, rows: list[dict], trainer_state, prefix: str = "eval") -> dict:
-        """The metrics of one eval set, keys prefixed `prefix`_ (as TRL's metric_key_prefix)."""
+    def __call__(self, rows: list[dict], trainer_state, prefix: str = "eval", after_batch=None) -> dict:
+        """The metrics of one eval set, keys prefixed `prefix`_ (as TRL's metric_key_prefix); `after_batch()` runs
+        after each eval batch (the trainer's on_prediction_step)."""
         args, g = self.args, self.args.num_generations_eval or self.args.num_generations
         start = time.perf_counter()
         judge = self._judge(rows[0])
@@ -111,6 +112,8 @@ class Evaluator:
                 if judge is not None:
                     correct = self._correct(judge, scores, batch_rows, rollout, g)  # [b*G] bool
                     correct_counts += correct.view(-1, g).sum(-1).tolist()
+                if after_batch is not None:
+                    after_batch()
         self.model.train(was_training)
         # one collective for the whole evaluation: every process's batches and counts
         parts = distributed.gather_objects((batches, correct_counts, errors), self.dist)

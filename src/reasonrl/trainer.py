@@ -475,6 +475,8 @@ class GRPOTrainer:
             syncs = index == len(micro_batches) - 1 or not self.dist.enabled
             with contextlib.nullcontext() if syncs else self.train_model.no_sync():
                 loss_value, metrics = self.micro_step(batch, rows, normaliser, index)
+            if index < len(micro_batches) - 1:  # transformers' event between the micro-batches of a step
+                self.control = self.callback_handler.on_substep_end(self.args, self.state, self.control)
             loss_sum += loss_value
             for key, value in metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + value
@@ -543,9 +545,12 @@ class GRPOTrainer:
             check_lengths(self.model.config, self.args.max_completion_length,
                           self.prompt_tokenizer.longest(data["prompt"]))
 
+        def after_batch():
+            self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
+
         metrics = {}
         for prefix, data in chosen_eval_sets(eval_dataset, self.eval_dataset, self.args, metric_key_prefix, check):
-            result = self.evaluator([dict(row) for row in data], self.state, prefix)
+            result = self.evaluator([dict(row) for row in data], self.state, prefix, after_batch)
             result["epoch"] = self.state.epoch
             self._log(result, evaluation=True)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=result)
