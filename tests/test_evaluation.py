@@ -216,6 +216,15 @@ def test_dataset_test_split_slices_a_local_file_for_evaluation(tmp_path, char_to
     assert trainer.eval_dataset["prompt"] == ["p6", "p7"]
     trainer.train()
     assert [row["step"] for row in trainer.log_history if "eval_reward" in row] == [1, 2]
+    # the last checkpoint keeps the last step's row and the last evaluation's; a model card shows both
+    from reasonrl.export import checkpoint_model_card
+
+    with open(tmp_path / "run" / "checkpoint-2" / "trainer_state.json") as handle:
+        kept = json.load(handle)["log_history"]
+    assert kept == [row for row in trainer.log_history if row["step"] == 2]
+    assert [("loss" in row, "eval_reward" in row) for row in kept] == [(True, False), (False, True)]
+    card = checkpoint_model_card(str(tmp_path / "run" / "checkpoint-2"), merged=False)
+    assert "| loss |" in card and "| eval_reward |" in card
     # a split the file does not have
     with pytest.raises(DataError, match=r"dataset_test_split='test': .* has one split, 'train' \(a file or a task; "
                                         r"asked for 'test'\); .*dataset_test_split='train\[90%:\]'"):

@@ -111,13 +111,14 @@ def load_dataset_any(name_or_path: str, *, config: str | None = None, split: str
         if extension == ".jsonl" and not streaming:
             return _one_split(_read_jsonl(name_or_path), split, name_or_path)
         _one_split(None, split, name_or_path)  # a split name a file does not have: said before reading it
+        stream = {"streaming": True} if streaming else {}
         return _checked(lambda: datasets.load_dataset(LOCAL_BUILDERS[extension], data_files=name_or_path,
-                                                      split=split, streaming=streaming), name_or_path)
+                                                      split=split, **stream), name_or_path)
     looks_local = name_or_path.startswith((".", "/", "~")) or os.path.splitext(name_or_path)[1] in LOCAL_BUILDERS
     if looks_local and not os.path.exists(name_or_path):
         raise DataError(f"dataset file {name_or_path} does not exist; check the path")
-    return _checked(lambda: datasets.load_dataset(name_or_path, config, split=split, streaming=streaming),
-                    name_or_path, split)
+    stream = {"streaming": True} if streaming else {}
+    return _checked(lambda: datasets.load_dataset(name_or_path, config, split=split, **stream), name_or_path, split)
 
 
 def _one_split(dataset, split: str, name: str):

@@ -76,8 +76,8 @@ def checkpoint_model_card(checkpoint: str, merged: bool) -> str:
     if os.path.isfile(os.path.join(checkpoint, "trainer_state.json")):
         with open(os.path.join(checkpoint, "trainer_state.json")) as handle:
             state = json.load(handle)
-    return model_card(state.get("model_name", "unknown"), state.get("global_step", "?"),
-                      (state.get("log_history") or [{}])[-1], config_text, merged,
+    last = {key: value for row in state.get("log_history") or [] for key, value in row.items()}  # step + eval
+    return model_card(state.get("model_name", "unknown"), state.get("global_step", "?"), last, config_text, merged,
                       title=os.path.basename(os.path.abspath(checkpoint)))
 
 

@@ -565,7 +565,8 @@ class GRPOTrainer:
         check_finite_weights(self.model, f"the checkpoint of step {self.state.global_step} was not saved")
         state = {"global_step": self.state.global_step, "max_steps": self.state.max_steps,
                  "epoch": self.state.epoch, "sampler": self.sampler.state_dict(),
-                 "truncated_prompts": self.prompt_tokenizer.truncated, "log_history": self.log_history[-1:],
+                 "truncated_prompts": self.prompt_tokenizer.truncated,
+                 "log_history": runlog.last_rows(self.log_history),  # the last step's row, the last evaluation's
                  "model_name": self.model_name, "skipped_steps": self.step_guard.skipped_steps,
                  "consecutive_skips": self.step_guard.consecutive, "world_size": self.dist.world_size,
                  "epochs_ended": self._epochs_ended}
@@ -675,7 +676,7 @@ class GRPOTrainer:
         self.save_model()
         if not self.dist.is_main:
             return None
-        last = next((row for row in reversed(self.log_history) if "loss" in row), {})  # the last step's metrics
+        last = {key: value for row in runlog.last_rows(self.log_history) for key, value in row.items()}
         return push_run_folder(self.args, self.model_name, self.state.global_step, last, private=private, token=token,
                                commit_message=commit_message, revision=revision, blocking=blocking,
                                tags=kwargs.get("tags"))
