@@ -201,6 +201,21 @@ def test_evaluation_with_tools_counts_calls_and_judges_the_final_answer(tmp_path
     assert metrics["eval_pass_at_2"] == pytest.approx(1 - 1 / 6) and metrics["eval_pass_at_4"] == 1.0
 
 
+def test_eval_prompts_are_formatted_as_training_prompts_and_log_metric_is_an_eval_metric(tmp_path, char_tokenizer):
+    seen = []
+
+    def watcher(prompts, completions, log_metric, **kwargs):
+        seen.append(prompts[0])
+        log_metric("messages_in_prompt", float(len(prompts[0])))
+        return [0.0] * len(completions)
+
+    trainer = _trainer(tmp_path / "run", char_tokenizer, [watcher], eval_rows=[{"prompt": "q"}],
+                       system_prompt="Think first.", num_generations_eval=2)
+    metrics = trainer.evaluate()
+    assert seen == [[{"role": "system", "content": "Think first."}, {"role": "user", "content": "q"}]]
+    assert metrics["eval_messages_in_prompt"] == 2.0
+
+
 # ------------------------------------------------------------------------------------------ the eval split, errors
 
 

@@ -1,12 +1,13 @@
 """Evaluation during training (TRL's `trainer.evaluate()` and `eval_strategy`): sample, score, report; no step.
 
 What TRL 1.16's GRPOTrainer does in eval mode: each eval prompt gets num_generations_eval completions sampled as in
-training (temperature, top_p, top_k, repetition_penalty, tools), every reward function scores them, and its
-metrics are logged with the prefix eval_: reward, reward_std, frac_reward_zero_std, rewards/<fn>/mean and /std,
-completions/mean_length, /min_length, /max_length, /clipped_ratio, tools/*, and the loss of the batch with its
-entropy, kl and clip ratios (on-policy, so its importance ratio is 1), plus eval_runtime, eval_samples_per_second and
-eval_steps_per_second. As in TRL, each of these is computed per eval batch (per_device_eval_batch_size completions,
-whole prompts) and averaged over the batches, NaN values left out.
+training (the sampling options and generation_kwargs, the chat template's kwargs, tools), every reward function
+scores them, and its metrics are logged with the prefix eval_: reward, reward_std, frac_reward_zero_std,
+rewards/<fn>/mean and /std, completions/mean_length, /min_length, /max_length, /clipped_ratio, tools/*, what the
+rewards log_metric, and the loss of the batch with its entropy, kl and clip ratios (on-policy, so its importance
+ratio is 1), plus eval_runtime, eval_samples_per_second and eval_steps_per_second. As in TRL, each of these is
+computed per eval batch (per_device_eval_batch_size completions, whole prompts) and averaged over the batches, NaN
+values left out.
 
 reasonrl adds eval_accuracy (the share of sampled completions that are correct: pass@1) and eval_pass_at_<k> for
 k = 2, 4, ... and num_generations_eval (evaluate.py's unbiased estimator, averaged over prompts) when it can tell a
@@ -37,7 +38,7 @@ from reasonrl.errors import DataError, RewardError
 from reasonrl.evaluate import mean_pass_at_k
 from reasonrl.models import reference_policy
 from reasonrl.policy import sequence_logprobs
-from reasonrl.rollout import Rollout, sample_rollout
+from reasonrl.rollout import Rollout, sample_rollout, sampling_options
 from reasonrl.scoring import call_reward, combine_rewards, log_failures_once, score_rollout
 from reasonrl.tools import tool_metrics
 
@@ -82,8 +83,9 @@ class Evaluator:
         # whole prompts per batch: per_device_eval_batch_size completions, at least one prompt
         prompts_per_batch = max(1, args.per_device_eval_batch_size // g)
         seeds = distributed.prompt_seeds(args.seed + EVAL_SEED_OFFSET, 0, len(rows))
-        prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length,
-                                           self.tool_calling.schemas if self.tool_calling else None)
+        prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length,  # its own truncation count
+                                           self.tool_calling.schemas if self.tool_calling else None,
+                                           args.chat_template_kwargs)
         mine = list(range(self.dist.rank, len(rows), self.dist.world_size))  # this process's prompts
         batches, correct_counts, errors = [], [], dict.fromkeys(self.reward_names, 0)
         was_training = self.model.training
@@ -98,9 +100,8 @@ class Evaluator:
                     rollout = sample_rollout(
                         self.model, self.tokenizer, prompt_ids, prompt_mask, self.tool_calling, num_generations=g,
                         max_new_tokens=args.max_completion_length, eos_token_id=self.tokenizer.eos_token_id,
-                        pad_token_id=self.tokenizer.pad_token_id, temperature=args.temperature, top_p=args.top_p,
-                        top_k=args.top_k, repetition_penalty=args.repetition_penalty,
-                        seeds=[seeds[i] for i in indices])
+                        pad_token_id=self.tokenizer.pad_token_id, seeds=[seeds[i] for i in indices],
+                        **sampling_options(args))  # the training rollouts' (generation_kwargs included)
                 scores = score_rollout(self.reward_funcs, self.reward_names, batch_rows, rollout, g, trainer_state,
                                        timeout=args.reward_timeout)
                 log_failures_once(scores, self.logged_failures)
@@ -152,6 +153,7 @@ class Evaluator:
             metrics.pop(key)  # counted over the whole evaluation instead
         if g == 1:  # TRL: a group of one has std 0
             metrics["frac_reward_zero_std"] = 1.0
+        runlog.add_logged_metrics(metrics, scores.logged_metrics)  # the rewards' log_metric values, as TRL's eval
         if rollout.tool_counts is not None:
             metrics.update(tool_metrics(rollout.tool_counts))
         return metrics
