@@ -233,13 +233,13 @@ def run_reasonrl(cfg: dict, timer: GenerationTimer) -> dict:
 
     rollout_module.generate = timed_generate  # what the trainer's rollout.sample_rollout calls
 
-    rows: list[dict] = []
+    from reasonrl.callbacks import TrainerCallback
+
     stamps: list[float] = []
 
-    def on_step(trainer, row):
-        stamps.append(time.perf_counter())
-        rows.append({k: row.get(k) for k in ("step_time", "rollout_time", "rollout_tokens", "tokens_per_second",
-                                              "completions/mean_length")})
+    class StepStamps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            stamps.append(time.perf_counter())
 
     options = config_options(cfg)
     options.update(cfg.get("batch", {}))  # bench_scaling.py's batch settings
@@ -247,12 +247,14 @@ def run_reasonrl(cfg: dict, timer: GenerationTimer) -> dict:
     dataset = Dataset.from_dict({"prompt": make_prompts(cfg["workload"])})
     load_start = time.perf_counter()
     model = seed_model(cfg["model"])
-    trainer = rt.GRPOTrainer(model=model, reward_funcs=[digit_reward], args=args, train_dataset=dataset)
+    trainer = rt.GRPOTrainer(model=model, reward_funcs=[digit_reward], args=args, train_dataset=dataset,
+                             callbacks=[StepStamps()])
     init_seconds = time.perf_counter() - load_start
     model_dtype = str(next(p for p in trainer.model.parameters() if not p.requires_grad).dtype)
-    trainer.add_callback(on_step)
     train_start = time.perf_counter()
     trainer.train()
+    rows = [{k: row.get(k) for k in ("step_time", "rollout_time", "rollout_tokens", "tokens_per_second",
+                                     "completions/mean_length")} for row in trainer.log_history if "step_time" in row]
     # callback-to-callback wall time: a cross-check of step_time that also counts logging between steps
     edges = [train_start] + stamps
     return {"step_times": [r["step_time"] for r in rows], "rollout_times": [r["rollout_time"] for r in rows],

@@ -16,6 +16,7 @@ from datasets import Dataset
 import reasonrl.micro_step as micro_step_module
 import reasonrl.models as models_module
 from reasonrl import GRPOConfig, GRPOTrainer
+from reasonrl.callbacks import TrainerCallback
 from reasonrl.guards import MAX_CONSECUTIVE_SKIPS, TrainingDiverged
 from reasonrl.scoring import RewardError
 from reasonrl.tiny import build_tiny_model
@@ -35,6 +36,16 @@ def _trainer(tmp_path, char_tokenizer, reward_funcs, **overrides):
     return GRPOTrainer(build_tiny_model(char_tokenizer, hidden_size=32, intermediate_size=64, seed=0),
                        reward_funcs, args=GRPOConfig(**settings), train_dataset=dataset,
                        processing_class=char_tokenizer)
+
+
+class _AfterEachStep(TrainerCallback):
+    """Calls `fn()` at every on_step_end (after the optimizer step, before the step's row is logged)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.fn()
 
 
 def _checkpoint_files(run_dir):
@@ -62,7 +73,7 @@ def test_a_reward_that_raises_on_some_calls_is_counted_and_logged_once(tmp_path,
 
     seen_rewards = []
     trainer = _trainer(tmp_path, char_tokenizer, [flaky, length_reward], reward_weights=[1.0, 0.0])
-    trainer.add_callback(lambda t, row: seen_rewards.append(t._last_completions[0]["rewards"]["flaky"]))
+    trainer.add_callback(_AfterEachStep(lambda: seen_rewards.append(trainer._last_completions[0]["rewards"]["flaky"])))
     with caplog.at_level(logging.WARNING, logger="reasonrl"):
         history = trainer.train()
     assert [row["step"] for row in history] == [1, 2, 3]  # training went on
@@ -112,7 +123,7 @@ def test_a_reward_that_always_raises_stops_the_run_and_keeps_the_checkpoints(tmp
         return [float(len(c)) for c in completions]
 
     trainer = _trainer(tmp_path, char_tokenizer, [breaks_later], save_steps=1, max_steps=4)
-    trainer.add_callback(lambda t, row: state.update(broken=True))  # fails from round 2 on
+    trainer.add_callback(_AfterEachStep(lambda: state.update(broken=True)))  # fails from round 2 on
     with pytest.raises(RewardError) as failure:
         trainer.train()
     message = str(failure.value)
@@ -182,7 +193,8 @@ def _nan_loss_on(monkeypatch, calls_to_poison):
 
 def _weights_after_each_step(trainer):
     snapshots = []
-    trainer.add_callback(lambda t, row: snapshots.append([p.detach().clone() for p in t.model.parameters()]))
+    trainer.add_callback(_AfterEachStep(lambda: snapshots.append([p.detach().clone()
+                                                                  for p in trainer.model.parameters()])))
     return snapshots
 
 

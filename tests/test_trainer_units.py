@@ -9,14 +9,27 @@ from datasets import Dataset
 from reasonrl import GRPOConfig, GRPOTrainer
 from reasonrl.core import StepNormaliser
 from reasonrl.rounds import PromptSampler
-from reasonrl.rounds import is_every as _is_every
 from reasonrl.tiny import build_tiny_model
 
 
-def test_is_every_steps_and_fractions():
-    assert [s for s in range(1, 11) if _is_every(s, 3, 10)] == [3, 6, 9]
-    assert [s for s in range(1, 11) if _is_every(s, 0.25, 10)] == [2, 4, 6, 8, 10]  # round(2.5) = 2
-    assert not any(_is_every(s, 0, 10) for s in range(1, 11))
+@pytest.mark.parametrize("every, total, expected", [(3, 10, 3), (0.25, 10, 3), (0.5, 7, 4), (0.01, 10, 1),
+                                                    (12, 10, 12)])
+def test_step_intervals_resolve_as_transformers(every, total, expected):
+    from transformers import TrainerState
+
+    from reasonrl.callbacks import set_intervals
+
+    args = GRPOConfig(logging_steps=every, save_steps=every, eval_steps=every, eval_strategy="steps",
+                      per_device_eval_batch_size=8, max_steps=total)
+    assert args.step_interval("logging_steps", total) == expected  # ceil(0.25 * 10) = 3, as transformers
+    theirs = TrainerState()
+    theirs.compute_steps(args, total)  # transformers' own resolution of the same options
+    ours = TrainerState()
+    set_intervals(ours, args, total)
+    assert (ours.logging_steps, ours.eval_steps, ours.save_steps) == (theirs.logging_steps, theirs.eval_steps,
+                                                                      theirs.save_steps) == (expected,) * 3
+    # eval_steps None falls back to logging_steps, as TrainingArguments does
+    assert GRPOConfig(logging_steps=every, eval_steps=None).step_interval("eval_steps", total) == expected
 
 
 def test_prompt_sampler_is_a_seeded_resumable_permutation():

@@ -84,7 +84,13 @@ class GRPOConfig:
     dataset_train_split: str = "train"
     """reasonrl: split to train on."""
     dataset_test_split: str = "test"
-    """reasonrl: split to evaluate on."""
+    """reasonrl: split of dataset_name to evaluate on during training when eval_strategy is not 'no' (as TRL's
+    script: its `eval_dataset`). A local file or an rg:NAME task has one split, 'train': split one off with
+    datasets' slice syntax, e.g. dataset_train_split='train[:90%]' and dataset_test_split='train[90%:]'."""
+    dataset_streaming: bool = False
+    """reasonrl (TRL's script has it): stream dataset_name instead of loading it whole: the training prompts are read
+    round by round from a datasets.IterableDataset (as a train_dataset given as one is). Needs max_steps (a stream
+    has no length); shuffle_dataset shuffles within a buffer of 1000 rows, reseeded each pass."""
     prompt_column: str = "prompt"
     """reasonrl: dataset column holding the prompt (plain text or a list of chat messages)."""
     shuffle_dataset: bool = True
@@ -169,7 +175,8 @@ class GRPOConfig:
     steps_per_generation: int | None = None
     """Optimizer micro-steps that share one generation round. None means gradient_accumulation_steps."""
     num_generations_eval: int | None = None
-    """Completions per prompt during evaluation; None uses num_generations."""
+    """Completions sampled per prompt during evaluation (eval_reward and pass@k are computed over them); fewer than
+    num_generations saves time. None uses num_generations."""
 
     # ---- the GRPO objective
     beta: float = 0.0
@@ -314,11 +321,16 @@ class GRPOConfig:
     resume_from_checkpoint: str | None = None
     """Checkpoint folder to resume training from (TrainingArguments has it; TRL reads it via train())."""
     logging_steps: int | float = 10
-    """Log every this many optimizer steps; a float in (0, 1) is a fraction of all steps. The console prints that
-    step's row; the trackers (report_to) get each metric's mean over the steps since the last log, as TRL's; every
-    step's row is in metrics.jsonl."""
+    """Log every this many optimizer steps; a float in (0, 1) is a fraction of all steps, rounded up as transformers
+    does. The console prints that step's row and the callbacks' on_log get it; the trackers (report_to) get each
+    metric's mean over the steps since the last log, as TRL's; every step's row is in metrics.jsonl."""
     save_steps: int | float = 500
-    """Save a checkpoint every this many optimizer steps; a float in (0, 1) is a fraction of all steps."""
+    """With save_strategy='steps': save a checkpoint every this many optimizer steps; a float in (0, 1) is a
+    fraction of all steps, rounded up."""
+    save_strategy: str = "steps"
+    """When to save a checkpoint: 'steps' (every save_steps, and at the last step), 'epoch' (at the end of each pass
+    over the training prompts) or 'no'. Whatever it says, Ctrl-C, SIGTERM and a diverged run still save one, so
+    that the run can be resumed."""
     save_total_limit: int | None = None
     """Keep at most this many checkpoints, deleting the oldest; None keeps all."""
     report_to: str | list[str] = "none"
@@ -331,6 +343,32 @@ class GRPOConfig:
     num_completions_to_print: int | None = None
     """How many of the logged completions to print with log_completions; None prints all of them (TRL)."""
 
+    # ---- evaluation during training (TrainingArguments' names and defaults)
+    eval_strategy: str = "no"
+    """When to evaluate during training: 'no', 'steps' (every eval_steps, and at the last step, as transformers) or
+    'epoch' (at the end of each pass over the training prompts). It needs an eval dataset: the trainer's
+    eval_dataset or, for data named by dataset_name, its dataset_test_split. Each evaluation samples
+    num_generations_eval completions per eval prompt as training samples (no optimizer step) and logs TRL's metrics
+    prefixed eval_ (eval_reward, eval_rewards/<fn>/mean, eval_completions/mean_length, eval_loss, ...) plus, where a
+    reward is a verifier or the rows have an answer column, eval_accuracy and eval_pass_at_<k>."""
+    eval_steps: int | float | None = None
+    """With eval_strategy='steps': evaluate every this many optimizer steps; a float in (0, 1) is a fraction of all
+    steps (rounded up, as transformers). None uses logging_steps."""
+    eval_on_start: bool = False
+    """Evaluate once before the first optimizer step, as a sanity check. reasonrl: not again when a run resumes (its
+    metrics.jsonl then matches an uninterrupted run's)."""
+    per_device_eval_batch_size: int = 8
+    """Completions (not prompts) generated together during evaluation, as in TRL; with eval_strategy other than
+    'no' it must be a multiple of num_generations_eval (over all processes)."""
+
+    # ---- the Hub (trainer.push_to_hub)
+    hub_model_id: str | None = None
+    """The Hub repository trainer.push_to_hub() uploads to, e.g. 'user/my-grpo-model'; None uses the name of
+    output_dir (under your account)."""
+    hub_private_repo: bool | None = None
+    """Create that repository as private; None leaves it to the Hub's default (public unless your organization sets
+    otherwise)."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -341,6 +379,9 @@ class GRPOConfig:
         if isinstance(self.scale_rewards, (bool, str)):  # TRL accepts true/false for group/none
             lowered = str(self.scale_rewards).strip().lower()
             self.scale_rewards = {"true": "group", "false": "none"}.get(lowered, self.scale_rewards)
+        for name in ("eval_strategy", "save_strategy"):  # YAML reads an unquoted `no` as false
+            if getattr(self, name) is False:
+                setattr(self, name, "no")
         hints = _type_hints()
         for f in dataclasses.fields(self):
             setattr(self, f.name, config_parse.coerce(f.name, getattr(self, f.name), hints[f.name], f.type))
@@ -394,6 +435,20 @@ class GRPOConfig:
         """Upper clip range actually used: epsilon_high, or epsilon when it is None."""
         return self.epsilon if self.epsilon_high is None else self.epsilon_high
 
+    # what transformers' DefaultFlowCallback reads besides the options above; fixed in reasonrl
+    @property
+    def logging_strategy(self) -> str:
+        """Logging is always every logging_steps (metrics.jsonl holds every step regardless)."""
+        return "steps"
+
+    @property
+    def logging_first_step(self) -> bool:
+        return False
+
+    @property
+    def eval_delay(self) -> float:
+        return 0
+
     @property
     def loggers(self) -> list[str]:
         """report_to as a list without 'none'."""
@@ -415,6 +470,15 @@ class GRPOConfig:
         steps_per_round = self.num_iterations * self.effective_steps_per_generation // self.gradient_accumulation_steps
         rounds_per_epoch = math.ceil(dataset_size / self.prompts_per_generation)
         return math.ceil(self.num_train_epochs * rounds_per_epoch) * steps_per_round
+
+    def step_interval(self, option: str, total_steps: int) -> int:
+        """logging_steps, eval_steps or save_steps as a whole number of steps, as transformers'
+        TrainerState.compute_steps (a fraction of total_steps rounded up); eval_steps None is logging_steps, as
+        TrainingArguments makes it."""
+        every = getattr(self, option)
+        if every is None and option == "eval_steps":
+            every = self.logging_steps
+        return math.ceil(total_steps * every) if every < 1 else int(every)
 
     def num_warmup_steps(self, total_steps: int) -> int:
         """Warmup steps for a run of `total_steps` optimizer steps (as transformers' get_warmup_steps)."""

@@ -26,6 +26,8 @@ BITSANDBYTES_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit")
 # report_to value -> the package it needs
 LOGGERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+EVAL_STRATEGIES = ("no", "steps", "epoch")
+SAVE_STRATEGIES = ("no", "steps", "epoch")
 
 
 def check(config) -> None:
@@ -47,16 +49,18 @@ def check(config) -> None:
     _check_choice("lr_scheduler_type", config.lr_scheduler_type, LR_SCHEDULERS)
     _check_choice("optim", config.optim, OPTIMIZERS)
     _check_choice("dtype", config.dtype, DTYPES)
+    _check_choice("eval_strategy", config.eval_strategy, EVAL_STRATEGIES)
+    _check_choice("save_strategy", config.save_strategy, SAVE_STRATEGIES)
 
     _require(config, "num_generations", config.num_generations >= 2,
              "must be >= 2 to compare completions within a group")
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_iterations",
-                 "max_completion_length", "max_prompt_length", "lora_r"):
+                 "max_completion_length", "max_prompt_length", "lora_r", "per_device_eval_batch_size"):
         _require(config, name, getattr(config, name) >= 1, "must be >= 1")
     for name in ("generation_batch_size", "steps_per_generation", "save_total_limit", "num_completions_to_print"):
         _require(config, name, getattr(config, name) is None or getattr(config, name) >= 1, "must be >= 1 or None")
-    _require(config, "num_generations_eval", config.num_generations_eval is None or config.num_generations_eval >= 2,
-             "must be >= 2 or None")
+    _require(config, "num_generations_eval", config.num_generations_eval is None or config.num_generations_eval >= 1,
+             "must be >= 1 or None (num_generations)")
     for name in ("learning_rate", "epsilon", "beta", "weight_decay", "max_grad_norm", "top_k", "warmup_steps"):
         _require(config, name, getattr(config, name) >= 0, "must be >= 0")
     for name in ("temperature", "repetition_penalty", "adam_epsilon", "lora_alpha", "logging_steps",
@@ -111,6 +115,10 @@ def check(config) -> None:
         raise ConfigError(f"prompt_template must contain {{prompt}} where the prompt goes (got "
                           f"{config.prompt_template!r:.80})", "prompt_template")
     _check_generation_kwargs(config.generation_kwargs or {})
+    if config.dataset_streaming and config.max_steps <= 0:
+        raise ConfigError("dataset_streaming=true reads a stream of unknown length, so num_train_epochs cannot say "
+                          "when to stop; set max_steps (e.g. max_steps=1000)", "max_steps")
+    _check_step_intervals(config)
     _check_report_to(config)
     _check_generation_batch(config)
     _check_rewards(config)
@@ -160,6 +168,25 @@ def _check_generation_kwargs(kwargs: dict) -> None:
         rule, words = _SAMPLING_RULES[key]
         if not rule(value):
             raise ConfigError(f"generation_kwargs[{key!r}] must be {words} (got {value!r})", "generation_kwargs")
+def _check_step_intervals(config) -> None:
+    """TrainingArguments' rules for logging_steps, eval_steps and save_steps, and the eval batch's groups."""
+    _require(config, "eval_steps", config.eval_steps is None or config.eval_steps > 0,
+             "must be > 0, or None to use logging_steps")
+    for name in ("logging_steps", "eval_steps", "save_steps"):
+        every = getattr(config, name)
+        if every is not None and every > 1 and every != int(every):
+            raise ConfigError(f"{name} must be a whole number of steps when above 1, or a fraction of all steps in "
+                              f"(0, 1) (got {every}); try {name}={math.ceil(every)}", name)
+    if config.eval_strategy != "no":
+        generations = config.num_generations_eval or config.num_generations
+        world = config.world_size
+        if (config.per_device_eval_batch_size * world) % generations:
+            processes = f" x {world} processes" if world > 1 else ""
+            fixed = _round_up(config.per_device_eval_batch_size, generations // math.gcd(generations, world))
+            raise ConfigError(f"per_device_eval_batch_size={config.per_device_eval_batch_size}{processes} is not a "
+                              f"multiple of num_generations_eval={generations} (the completions of an evaluation "
+                              f"prompt are generated together); set per_device_eval_batch_size={fixed}",
+                              "per_device_eval_batch_size")
 
 
 def _check_report_to(config) -> None:

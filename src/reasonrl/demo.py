@@ -76,6 +76,7 @@ def _problems(settings: DemoSettings):
 def run_demo(settings: DemoSettings | None = None) -> dict:
     from datasets import Dataset
 
+    from reasonrl.callbacks import TrainerCallback
     from reasonrl.config import GRPOConfig
     from reasonrl.evaluate import evaluate, format_report
     from reasonrl.plot import plot_run
@@ -151,16 +152,25 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
                           processing_class=tokenizer)
     validation_curve = [{"step": 0, "accuracy": sft_curve[-1]["validation_accuracy"]}] if sft_curve else []
 
-    def validation_accuracy(current_trainer, row):
-        if row["step"] % settings.eval_every == 0 or row["step"] in (1, settings.grpo_steps):
-            accuracy = evaluate(current_trainer.model, tokenizer, validation, task.reward,
-                                max_new_tokens=max_new_tokens, batch_size=500)["accuracy"]
-            row["eval/accuracy"] = accuracy
-            # completions generated so far: every drawn prompt was sampled G times (extra draws included)
-            validation_curve.append({"step": row["step"], "accuracy": accuracy,
-                                     "completions": current_trainer.sampler.draws * settings.num_generations})
+    class ValidationAccuracy(TrainerCallback):
+        """Greedy accuracy on the validation problems at steps 1, every eval_every and the last, logged in that
+        step's row (it asks for the row to be logged, and adds the accuracy to it in on_log)."""
 
-    trainer.add_callback(validation_accuracy)
+        def on_step_end(self, args, state, control, **kwargs):
+            step = state.global_step
+            if step % settings.eval_every == 0 or step in (1, settings.grpo_steps):
+                self.accuracy = evaluate(trainer.model, tokenizer, validation, task.reward,
+                                         max_new_tokens=max_new_tokens, batch_size=500)["accuracy"]
+                # completions generated so far: every drawn prompt was sampled G times (extra draws included)
+                validation_curve.append({"step": step, "accuracy": self.accuracy,
+                                         "completions": trainer.sampler.draws * settings.num_generations})
+                control.should_log = True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if validation_curve and validation_curve[-1]["step"] == state.global_step and "loss" in logs:
+                logs["eval/accuracy"] = validation_curve[-1]["accuracy"]
+
+    trainer.add_callback(ValidationAccuracy())
     t0 = time.perf_counter()
     trainer.train()
     timings["grpo_seconds"] = time.perf_counter() - t0

@@ -29,6 +29,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - fail
 
 
+def mean_pass_at_k(correct_counts: list[int], n: int, ks) -> dict[int, float]:
+    """{k: pass@k averaged over prompts} from each prompt's count of correct completions among its n samples."""
+    return {k: sum(pass_at_k(n, c, k) for c in correct_counts) / len(correct_counts) for k in ks}
+
+
 def _score(reward_fn, rows: list[dict], texts: list[str], repeat: int) -> list[float]:
     prompts = [row["prompt"] for row in rows for _ in range(repeat)]
     columns = {key: [row[key] for row in rows for _ in range(repeat)] for key in rows[0] if key != "prompt"}
@@ -91,8 +96,8 @@ def evaluate(model, tokenizer, rows: list[dict], reward_fn, *, k: int = 1, num_s
                                   generator=generator)
         sampled_correct = _score(reward_fn, rows, sampled, samples)
         per_prompt = [sum(v > 0.5 for v in sampled_correct[i * samples:(i + 1) * samples]) for i in range(len(rows))]
-        report["pass_at_k"] = {str(j): sum(pass_at_k(samples, c, j) for c in per_prompt) / len(rows)
-                               for j in range(1, k + 1)}
+        report["pass_at_k"] = {str(j): value for j, value in mean_pass_at_k(per_prompt, samples,
+                                                                              range(1, k + 1)).items()}
         report["samples_per_prompt"] = samples
         report["temperature"] = temperature
     report["examples"] = [{"prompt": p, "completion": t, "correct": c > 0.5}

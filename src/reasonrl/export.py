@@ -38,27 +38,20 @@ def load_for_inference(path: str, *, base: str | None = None, trust_remote_code:
     return PeftModel.from_pretrained(model, path), load_tokenizer(tokenizer_source, trust_remote_code=trust_remote_code)
 
 
-def model_card(checkpoint: str, merged: bool) -> str:
-    """A README.md with the training config and the final metrics of the checkpoint."""
-    config_text, metrics = "", {}
-    if os.path.isfile(os.path.join(checkpoint, "config.yaml")):
-        with open(os.path.join(checkpoint, "config.yaml")) as handle:
-            config_text = handle.read()
-    state = {}
-    if os.path.isfile(os.path.join(checkpoint, "trainer_state.json")):
-        with open(os.path.join(checkpoint, "trainer_state.json")) as handle:
-            state = json.load(handle)
-        metrics = (state.get("log_history") or [{}])[-1]
+def model_card(base_model: str, steps, metrics: dict, config_yaml: str, merged: bool, title: str = "",
+               tags: list[str] | None = None) -> str:
+    """A README.md: the base model, the training config and the last logged metrics."""
     rows = "\n".join(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
                      for key, value in metrics.items())
+    tags = ", ".join(["reasonrl", "grpo", "reinforcement-learning", *(tags or [])])
     return f"""---
 library_name: transformers
-tags: [reasonrl, grpo, reinforcement-learning]
+tags: [{tags}]
 ---
-# {os.path.basename(os.path.abspath(checkpoint))} — trained with reasonrl (GRPO)
+# {title or base_model} — trained with reasonrl (GRPO)
 
-Base model: `{state.get('model_name', 'unknown')}`. {'LoRA adapter merged into the base weights.' if merged else ''}
-Trained for {state.get('global_step', '?')} optimizer steps with [reasonrl](https://pypi.org/project/reasonrl/).
+Base model: `{base_model}`. {'LoRA adapter merged into the base weights.' if merged else ''}
+Trained for {steps} optimizer steps with [reasonrl](https://pypi.org/project/reasonrl/).
 
 ## Final metrics
 
@@ -69,9 +62,23 @@ Trained for {state.get('global_step', '?')} optimizer steps with [reasonrl](http
 ## Training configuration
 
 ```yaml
-{config_text.strip()}
+{config_yaml.strip()}
 ```
 """
+
+
+def checkpoint_model_card(checkpoint: str, merged: bool) -> str:
+    """model_card of a checkpoint folder, from its config.yaml and trainer_state.json."""
+    config_text, state = "", {}
+    if os.path.isfile(os.path.join(checkpoint, "config.yaml")):
+        with open(os.path.join(checkpoint, "config.yaml")) as handle:
+            config_text = handle.read()
+    if os.path.isfile(os.path.join(checkpoint, "trainer_state.json")):
+        with open(os.path.join(checkpoint, "trainer_state.json")) as handle:
+            state = json.load(handle)
+    last = {key: value for row in state.get("log_history") or [] for key, value in row.items()}  # step + eval
+    return model_card(state.get("model_name", "unknown"), state.get("global_step", "?"), last, config_text, merged,
+                      title=os.path.basename(os.path.abspath(checkpoint)))
 
 
 def check_model_folder(out: str, *, overwrite: bool = False, option: str = "--out") -> None:
@@ -151,7 +158,8 @@ def export(checkpoint: str, out: str, *, merge: bool = True, base: str | None = 
     def write(folder: str) -> None:
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
-        card = gguf_model_card(checkpoint) if is_gguf else model_card(checkpoint, merged=merge and is_adapter)
+        merged = merge and is_adapter
+        card = gguf_model_card(checkpoint) if is_gguf else checkpoint_model_card(checkpoint, merged=merged)
         with open(os.path.join(folder, "README.md"), "w") as handle:
             handle.write(card)
 
@@ -159,19 +167,49 @@ def export(checkpoint: str, out: str, *, merge: bool = True, base: str | None = 
 
 
 def push_to_hub(folder: str, repo_id: str, *, private: bool = False) -> str:
-    """Upload `folder` to the Hub; one-line errors when offline or without a token."""
+    """Upload `folder` to the Hub (`reasonrl export --push-to-hub`); its URL."""
+    upload_to_hub(folder, repo_id, private=private)
+    return f"https://huggingface.co/{repo_id}"
+
+
+def push_run_folder(args, base_model: str, steps: int, metrics: dict, *, private: bool | None = None, **upload):
+    """trainer.push_to_hub's upload, once the model is saved in args.output_dir: a model card there, then the folder
+    (not its checkpoints, nor what only this machine's run needs) to args.hub_model_id (default: the folder's name),
+    private as `private` or else args.hub_private_repo. `upload`: upload_to_hub's token, commit_message, revision,
+    blocking, and the card's tags."""
+    from reasonrl import rundir
+
+    folder = args.output_dir
+    repo_id = args.hub_model_id or os.path.basename(os.path.abspath(folder))
+    card = model_card(base_model, steps, metrics, args.to_yaml(), merged=False, title=repo_id.split("/")[-1],
+                      tags=upload.pop("tags", None))
+    with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as handle:
+        handle.write(card)
+    rundir.record_model_save(folder)  # the card is the run's, as the model files are
+    return upload_to_hub(folder, repo_id, private=args.hub_private_repo if private is None else private,
+                         ignore_patterns=["_*", "checkpoint-*", ".checkpoint-*", "superseded-*", rundir.MARK],
+                         **upload)
+
+
+def upload_to_hub(folder: str, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                  commit_message: str | None = None, revision: str | None = None, blocking: bool = True,
+                  ignore_patterns: list[str] | None = None):
+    """Create the Hub repository `repo_id` if missing and upload `folder` to it (huggingface_hub's create_repo and
+    upload_folder, as transformers' Trainer.push_to_hub); its CommitInfo (a Future when not blocking). One-line
+    errors when offline, without a token, or when the Hub refuses."""
     from huggingface_hub import HfApi
     from huggingface_hub.utils import get_token
 
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ExportError("cannot push to the Hub: HF_HUB_OFFLINE=1 is set; unset it when online")
-    if not get_token():
+    if not (token or get_token()):
         raise ExportError("cannot push to the Hub: no token; run `hf auth login` or set HF_TOKEN")
-    api = HfApi()
+    api = HfApi(token=token)
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(folder_path=folder, repo_id=repo_id)
+        repo = api.create_repo(repo_id, private=private, exist_ok=True)
+        return api.upload_folder(folder_path=folder, repo_id=getattr(repo, "repo_id", repo_id),
+                                 commit_message=commit_message, revision=revision, run_as_future=not blocking,
+                                 ignore_patterns=ignore_patterns)
     except Exception as error:  # noqa: BLE001 - network and auth errors come in many types
         raise ExportError(f"cannot push to the Hub repo {repo_id}: {(str(error).splitlines() or [''])[0][:200]}"
                           ) from None
-    return f"https://huggingface.co/{repo_id}"

@@ -13,6 +13,12 @@ PANELS = {
     "completion_length": ("completions/mean_length", "mean completion length (tokens)"),
     "no_signal": ("frac_groups_no_signal", "share of groups with no learning signal (G equal rewards)"),
 }
+# evaluation rows drawn as points on a panel: the demo's greedy validation accuracy and eval_strategy's metrics
+EVALUATIONS = {
+    "reward": [("eval_reward", "eval_reward (sampled, eval prompts)", "C1")],
+    "accuracy": [("eval/accuracy", "greedy accuracy on validation problems", "C3"),
+                 ("eval_accuracy", "eval_accuracy (sampled, eval prompts)", "C1")],
+}
 
 
 def read_metrics(run_dir: str) -> list[dict]:
@@ -73,11 +79,12 @@ def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
             xs, ys = zip(*points)
             axis.plot(xs, ys, alpha=0.3, linewidth=1, color="C0")
             axis.plot(xs, _smooth(list(ys), window), linewidth=2, color="C0", label=f"{label} (mean of {window})")
-        if name == "accuracy":
-            evals = [(row["step"], row["eval/accuracy"]) for row in rows if "eval/accuracy" in row]
+        # evaluations: the demo's greedy validation accuracy, and the trainer's (eval_strategy) sampled metrics
+        for metric, label, color in EVALUATIONS.get(name, ()):
+            evals = [(row["step"], row[metric]) for row in rows if isinstance(row.get(metric), (int, float))]
             if evals:
                 xs, ys = zip(*evals)
-                axis.plot(xs, ys, "o-", color="C3", label="greedy accuracy on validation problems")
+                axis.plot(xs, ys, "o-", color=color, label=label)
         axis.set_title(title)
         axis.set_xlabel("optimizer step")
         axis.grid(alpha=0.3)

@@ -1,11 +1,12 @@
-"""The data a GRPO run carries between its stages: the prompt order, a scored round, a round in progress and the
-optimizer steps (windows of micro-batches) it is cut into.
+"""The data a GRPO run carries between its stages: the prompt order (of a dataset, or of a stream), a scored round, a
+round in progress and the optimizer steps (windows of micro-batches) it is cut into.
 
 Kept apart from the loop (trainer.py) so that the loop reads top to bottom; checkpoint.py saves these.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,24 +14,16 @@ from dataclasses import dataclass, field
 import torch
 
 from reasonrl import checkpoint as ckpt
-from reasonrl.errors import ConfigError
+from reasonrl.errors import ConfigError, DataError
 from reasonrl.rollout import Rollout
-
-
-@dataclass
-class TrainerState:
-    """What reward functions see as `trainer_state` (TRL passes its TrainerState; these are its common fields)."""
-
-    global_step: int = 0
-    max_steps: int = 0
-    epoch: float = 0.0
 
 
 class PromptSampler:
     """Shuffled passes over the dataset, one permutation per epoch from (seed, epoch): resumable by position."""
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True):
+    def __init__(self, size: int, seed: int, shuffle: bool = True, dataset=None):
         self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.dataset = dataset  # what take_rows indexes
         self.epoch, self.position = 0, 0
 
     def _order(self) -> list[int]:
@@ -50,6 +43,9 @@ class PromptSampler:
             self.position += len(chunk)
         return indices
 
+    def take_rows(self, count: int) -> list[dict]:
+        return [self.dataset[i] for i in self.take(count)]
+
     @property
     def draws(self) -> int:
         """Prompts drawn so far, over all epochs: the next prompt's draw number."""
@@ -63,7 +59,77 @@ class PromptSampler:
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
+        if "drawn" in state:
+            raise ConfigError("this checkpoint was saved by a run on a stream (an IterableDataset); resume it with the "
+                              "same stream")
         self.epoch, self.position = state["epoch"], state["position"]
+
+
+class PromptStream:
+    """The prompts of a datasets.IterableDataset (a training stream) in stream order, PromptSampler's interface.
+
+    A pass reads the stream to its end, then the next pass starts it over (shuffle: datasets' buffered shuffle seeded
+    with the run's seed, reseeded per pass by set_epoch, as transformers does). A position is (pass, rows read in it):
+    resuming starts the pass over and skips that many rows, which gives the same rows when the stream is the same for
+    the same seed and pass (local files, generators, a hub dataset that did not change)."""
+
+    def __init__(self, dataset, seed: int, shuffle: bool = True):
+        self.dataset = dataset.shuffle(seed=seed, buffer_size=1000) if shuffle else dataset
+        self.epoch, self.position, self.drawn = 0, 0, 0
+        self.size: int | None = None  # rows in a pass, known once the first pass has ended
+        self._rows: Iterator | None = None
+
+    def take_rows(self, count: int) -> list[dict]:
+        from reasonrl.data import prompt_problem
+
+        rows = []
+        while len(rows) < count:
+            if self._rows is None:
+                self.dataset.set_epoch(self.epoch)
+                self._rows = itertools.islice(iter(self.dataset), self.position, None)
+            row = next(self._rows, None)
+            if row is None:  # the end of a pass
+                if self.position == 0:
+                    raise DataError("the training stream (an IterableDataset) gave no rows; it needs at least one")
+                self.size = self.size or self.position
+                self.epoch, self.position, self._rows = self.epoch + 1, 0, None
+                continue
+            problem = prompt_problem(row.get("prompt"))
+            if problem:
+                raise DataError(f"row {self.position} of the training stream (pass {self.epoch}): the prompt "
+                                f"{problem}; fix that row")
+            rows.append(row)
+            self.position += 1
+            self.drawn += 1
+        return rows
+
+    @property
+    def draws(self) -> int:
+        return self.drawn
+
+    @property
+    def epochs_done(self) -> float:
+        return self.epoch + (self.position / self.size if self.size else 0.0)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "drawn": self.drawn, "size": self.size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "drawn" not in state:
+            raise ConfigError("this checkpoint was saved by a run on a dataset, not a stream; resume it with the same "
+                              "(map-style) training data")
+        self.epoch, self.position, self.drawn, self.size = (state["epoch"], state["position"], state["drawn"],
+                                                            state["size"])
+        self._rows = None  # the next take_rows starts the pass over and skips to the position
+
+
+def prompt_order(dataset, seed: int, shuffle: bool):
+    """The prompt order of the training data: PromptStream for an IterableDataset, else PromptSampler."""
+    import datasets
+
+    if isinstance(dataset, datasets.IterableDataset):
+        return PromptStream(dataset, seed, shuffle)
+    return PromptSampler(len(dataset), seed, shuffle, dataset)
 
 
 @dataclass
@@ -171,10 +237,3 @@ def group_order(num_rows: int, group_size: int, generator: torch.Generator) -> t
     groups = torch.randperm(num_rows // group_size, generator=generator)  # [B / G]
     return (groups[:, None] * group_size + torch.arange(group_size)).flatten()  # [B]
 
-
-def is_every(step: int, every: float, total_steps: int) -> bool:
-    """TrainingArguments' convention: `every` steps, or a fraction of all steps when it is in (0, 1); 0 = never."""
-    if not every:
-        return False
-    interval = int(every) if every >= 1 else max(1, round(every * total_steps))
-    return step % interval == 0

@@ -90,6 +90,27 @@ def print_progress(row: dict, completions: list | None, num_completions: int | N
                    f"\n  rewards: {sample['rewards']}{extra}")
 
 
+# what the evaluation line prints (after the prefix: eval_reward, eval_my_set_reward, ...)
+EVALUATION_KEYS = ("reward", "reward_std", "accuracy", "completions/mean_length", "loss", "runtime")
+
+
+def print_evaluation(row: dict) -> None:
+    """One line of an evaluation's main metrics, with its pass@k."""
+    from tqdm.auto import tqdm
+
+    shown = [key for key in row if key.endswith(tuple(f"_{name}" for name in EVALUATION_KEYS)) or "_pass_at_" in key]
+    tqdm.write(f"eval at step {row['step']}: " + "  ".join(
+        f"{key}={row[key]:.4g}" for key in shown if isinstance(row[key], (int, float))))
+
+
+def last_rows(log_history: list[dict]) -> list[dict]:
+    """The last optimizer step's row and the last evaluation's, in their order: what a checkpoint keeps of the log
+    (a model card shows both)."""
+    step = next((row for row in reversed(log_history) if "loss" in row), None)
+    evaluation = next((row for row in reversed(log_history) if any(key.startswith("eval_") for key in row)), None)
+    return [row for row in log_history if row is step or row is evaluation]
+
+
 def start_logs(output_dir: str, global_step: int) -> None:
     """A new run starts new logs; a resumed one keeps the rows up to its checkpoint's step, so that the steps it
     redoes are not logged twice."""

@@ -228,6 +228,25 @@ def score_round(reward_funcs: list, names: list[str], prompts: list, completions
     return RoundScores(rewards_per_func, errors, failures, metrics, logged_columns)
 
 
+def score_rollout(reward_funcs: list, names: list[str], rows: list[dict], rollout, num_generations: int,
+                  trainer_state, timeout: float | None = None) -> RoundScores:
+    """Every reward function on a rollout's completions of `rows` (num_generations each), with TRL's call: prompts
+    and dataset columns repeated per completion; completions as text, or as assistant messages for conversational
+    prompts, or (with tools) each sample's assistant and tool messages."""
+    from reasonrl.data import is_conversational
+
+    prompts = [row["prompt"] for row in rows]
+    repeated_prompts = [prompt for prompt in prompts for _ in range(num_generations)]
+    completions = ([[{"role": "assistant", "content": text}] for text in rollout.texts]
+                   if is_conversational(prompts[0]) else rollout.texts)
+    if rollout.messages is not None:
+        completions = rollout.messages
+    ids_list = [ids[mask.bool()].tolist() for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)]
+    columns = {key: [row[key] for row in rows for _ in range(num_generations)] for key in rows[0] if key != "prompt"}
+    columns["trainer_state"] = trainer_state
+    return score_round(reward_funcs, names, repeated_prompts, completions, ids_list, columns, timeout=timeout)
+
+
 def log_failures_once(scores: RoundScores, seen: set) -> None:
     """A warning (with the traceback) for the first failure of each (function, exception type); `seen` remembers."""
     for failure in scores.failures:
@@ -285,7 +304,8 @@ CALL_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "
 """What every reward call passes by keyword, besides the dataset's columns (TRL's convention)."""
 
 
-def check_reward_columns(reward_funcs: list, names: list[str], columns: list[str]) -> None:
+def check_reward_columns(reward_funcs: list, names: list[str], columns: list[str],
+                         what: str = "the training data") -> None:
     """RewardSpecError when a reward cannot take TRL's call (it would fail on every round): a function without
     **kwargs that does not name every argument passed, or a built-in reward needing a dataset column the training
     data lacks. Rewards say what they read with `required_columns` (all of them) or `answer_columns` (any one)."""
@@ -309,7 +329,7 @@ def check_reward_columns(reward_funcs: list, names: list[str], columns: list[str
         any_of = getattr(target, "answer_columns", ())
         if required or (any_of and not set(any_of) & set(columns)):
             wanted = " and ".join(repr(c) for c in required) if required else " or ".join(map(repr, any_of))
-            raise RewardSpecError(f"reward '{name}' reads the dataset column {wanted}, which the training data "
+            raise RewardSpecError(f"reward '{name}' reads the dataset column {wanted}, which {what} "
                                   f"lacks (columns: {', '.join(columns)}); add or rename that column (and keep "
                                   f"remove_unused_columns=false)")
 

@@ -49,17 +49,26 @@ class Trackers:
         if due:
             self._flush(step)
 
+    def log_evaluation(self, row: dict, step: int) -> None:
+        """An evaluation's row (eval_ metrics), sent at once: every evaluation is logged, as transformers does."""
+        if self.writers:
+            self._send(interval_means([row]), step)
+
     def _flush(self, step: int) -> None:
         scalars = interval_means(self.pending)
         self.pending = []
+        self._send(scalars, step)
+
+    def _send(self, scalars: dict, step: int) -> None:
         if not scalars:
             return
+        scalars = {tag(key): value for key, value in scalars.items()}
         for kind, writer in self.writers:
             if kind == "tensorboard":
                 for key, value in scalars.items():
-                    writer.add_scalar(f"train/{key}", value, step)
+                    writer.add_scalar(key, value, step)
             else:
-                writer.log({f"train/{key}": value for key, value in scalars.items()}, step=step)
+                writer.log(scalars, step=step)
 
     def log_completions(self, samples: list[dict], step: int) -> None:
         """The completions table (TRL's columns: step, prompt, completion, one per reward, the log_extra columns,
@@ -134,3 +143,8 @@ def _text(value) -> str:
         return "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" if isinstance(m, dict) else str(m)
                          for m in value)
     return str(value)
+
+
+def tag(key: str) -> str:
+    """A metric's tracker name, as transformers' integrations rewrite logs: eval_x is eval/x, the rest train/x."""
+    return f"eval/{key[len('eval_'):]}" if key.startswith("eval_") else f"train/{key}"

@@ -27,6 +27,9 @@ few in a row stop the run with a checkpoint; Ctrl-C or SIGTERM stops at the next
 
 Under torchrun or accelerate launch the same loop runs data-parallel: each process takes a slice of the round's
 prompts, rewards are gathered, gradients are averaged by DDP, and rank 0 writes (distributed.py, docs/SCALING.md).
+
+Around each optimizer step the loop fires transformers' callback events (callbacks.py); their TrainerControl decides
+when to log, evaluate (eval_loop.py: sampled completions of the eval prompts, scored, no step) and save.
 """
 
 from __future__ import annotations
@@ -44,12 +47,21 @@ import torch
 
 from reasonrl import checkpoint as ckpt
 from reasonrl import distributed, preflight, rundir, runlog
+from reasonrl.callbacks import Callbacks, TrainerControl, check_callback, new_state, set_intervals
 from reasonrl.config import GRPOConfig
 from reasonrl.core import StepNormaliser, group_advantages
 from reasonrl.cpu import ThreadGovernor, release_freed_memory
-from reasonrl.data import PromptTokenizer, is_conversational, load_train_dataset
+from reasonrl.data import (
+    PromptTokenizer,
+    column_names,
+    first_prompts,
+    is_stream,
+    load_eval_dataset,
+    load_train_dataset,
+)
 from reasonrl.dynamic_sampling import DynamicSampler
 from reasonrl.errors import CheckpointError, ConfigError, ReasonRLError, reason_of
+from reasonrl.eval_loop import Evaluator, chosen_eval_sets, eval_sets
 from reasonrl.guards import (
     LearningSignal,
     StepGuard,
@@ -70,10 +82,10 @@ from reasonrl.models import (
     prepare_for_training,
     reference_policy,
 )
-from reasonrl.optim import make_optimizer, make_scheduler
+from reasonrl.optim import check_optimizers, optimizer_and_scheduler
 from reasonrl.policy import configure_forward
 from reasonrl.rollout import Rollout, sample_rollout, sampling_options
-from reasonrl.rounds import Batch, PromptSampler, RoundProgress, TrainerState, Window, is_every
+from reasonrl.rounds import Batch, RoundProgress, Window, prompt_order
 from reasonrl.scoring import (
     ProcessExitGuard,
     RoundScores,
@@ -82,7 +94,7 @@ from reasonrl.scoring import (
     check_reward_columns,
     combine_rewards,
     log_failures_once,
-    score_round,
+    score_rollout,
 )
 from reasonrl.tools import ToolCalling, tool_metrics
 from reasonrl.tracking import Trackers
@@ -96,14 +108,21 @@ class GRPOTrainer:
     model: a hub id, a local path or a model object (a peft model too). reward_funcs: callables with TRL's
     signature (`async def` ones too), built-in names, "module:function" specs or reward models (a
     sequence-classification PreTrainedModel, a hub id or a folder; their tokenizers in reward_processing_classes),
-    alone or in a list.
+    alone or in a list. train_dataset: a datasets.Dataset or IterableDataset (streamed; needs max_steps), a list of
+    row dicts, a dict of columns or a DataFrame; eval_dataset the same, or a dict of named ones. callbacks:
+    transformers TrainerCallback objects or classes. optimizers: (optimizer, scheduler), either None to build it
+    from the config.
     """
 
     def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, reward_processing_classes=None, peft_config=None, tools=None):
+                 processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
+                 peft_config=None, tools=None):
         self.args = args = GRPOConfig.coerce(args)
         # mistakes that need no model show before it loads: the output folder, the data, the reward columns
         rundir.check_output_dir(args.output_dir)
+        self._given_optimizers = check_optimizers(optimizers)
+        for callback in callbacks or []:
+            check_callback(callback)
         # torchrun / accelerate launch: a process group from the environment, this process's device (distributed.py)
         self.dist = distributed.setup()
         self.device = self.dist.device
@@ -113,7 +132,10 @@ class GRPOTrainer:
         self.reward_funcs, self.reward_names, self.reward_weights = build_rewards(
             reward_funcs, args, reward_processing_classes, self.device)
         self.train_dataset = load_train_dataset(train_dataset, args)
-        check_reward_columns(self.reward_funcs, self.reward_names, self.train_dataset.column_names)
+        check_reward_columns(self.reward_funcs, self.reward_names, column_names(self.train_dataset))
+        self.eval_dataset = load_eval_dataset(eval_dataset, args, data_from_config=train_dataset is None)
+        for name, data in eval_sets(self.eval_dataset):
+            check_reward_columns(self.reward_funcs, self.reward_names, data.column_names, f"eval set {name!r}")
 
         # the policy and its tokenizer
         model, self.tokenizer, self.model_name = load_policy(
@@ -126,12 +148,17 @@ class GRPOTrainer:
         # completion, would not fit the model's positions shows now, not at the round that draws it
         # tools (TRL's tools=, else the `tools` option): rendered into every prompt, called during rollouts (tools.py)
         self.tool_calling = ToolCalling.build(args.tools if tools is None else tools, self.tokenizer,
-                                              self.train_dataset[:1]["prompt"], args)
+                                              first_prompts(self.train_dataset, 1), args)
         self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length,
                                                 self.tool_calling.schemas if self.tool_calling else None,
                                                 args.chat_template_kwargs)
-        self.longest_prompt = self.prompt_tokenizer.longest(self.train_dataset["prompt"])  # tokens, as rendered
-        check_lengths(model.config, args.max_completion_length, self.longest_prompt)
+        # tokens of the longest training prompt, as rendered (a stream's first rows stand for it; _rollout checks
+        # each round's prompts); the eval prompts must fit the model's positions too
+        self.longest_prompt = self.prompt_tokenizer.longest(
+            first_prompts(self.train_dataset, 64 if is_stream(self.train_dataset) else None))
+        eval_prompts = [prompt for _, data in eval_sets(self.eval_dataset) for prompt in data["prompt"]]
+        longest_eval = self.prompt_tokenizer.longest(eval_prompts) if eval_prompts else 0
+        check_lengths(model.config, args.max_completion_length, max(self.longest_prompt, longest_eval))
         model = prepare_for_training(model, args, peft_config, bf16=self.bf16)  # LoRA, dropout, frozen weights
         check_causal(model, self.tokenizer, bf16=self.bf16)
         # how every micro-batch's forward and backward run: decided here, once (the model's layer checkpointing set)
@@ -146,12 +173,17 @@ class GRPOTrainer:
         self._lora_layers = lora_layers(self.model)
         self.micro_step = MicroStep(self.train_model, args, self.plan, self.dist, self._autocast)
 
-        self.eval_dataset = eval_dataset
-        self.sampler = PromptSampler(len(self.train_dataset), args.seed, args.shuffle_dataset)
+        # the prompt order: shuffled passes over a dataset, or a stream read round by round (rounds.py)
+        self.sampler = prompt_order(self.train_dataset, args.seed, args.shuffle_dataset)
         self.generator = torch.Generator().manual_seed(args.seed)
-        self.state = TrainerState()
-        self.log_history: list[dict] = []
-        self.callbacks: list = []
+        # transformers' TrainerState (reward functions get it as trainer_state) and the callbacks (callbacks.py)
+        self.state, self.control = new_state(self.dist), TrainerControl()
+        self.callback_handler = Callbacks(callbacks, self.model, self.processing_class)
+        self.optimizer = self.lr_scheduler = None  # built (or taken from optimizers=) by train()
+        self.evaluator = Evaluator(self.model, self.tokenizer, args, self.dist, self.reward_funcs, self.reward_names,
+                                   self.reward_weights, self.tool_calling, self._autocast, self.reference_model)
+        self._logs_open = False  # train() writes metrics.jsonl and the trackers; evaluate() outside it does not
+        self._epochs_ended = 0  # passes over the training prompts whose on_epoch_end has fired
         self.step_guard = StepGuard()
         self.learning_signal = LearningSignal()
         self._saved_step: int | None = None  # the step of the last checkpoint this run saved or resumed from
@@ -160,11 +192,23 @@ class GRPOTrainer:
         self._last_table: list = []  # its every completion, for the trackers' tables (log_completions)
         self._logged_reward_failures: set = set()  # (function, exception type) whose traceback was logged
         self.make_round = DynamicSampler(args, self.tokenizer.pad_token_id)  # DAPO's refill when dynamic_sampling
+        self.control = self.callback_handler.on_init_end(args, self.state, self.control)
+
+    @property
+    def log_history(self) -> list[dict]:
+        """Every logged row: one per optimizer step (its metrics, as in metrics.jsonl) and one per evaluation."""
+        return self.state.log_history
 
     def add_callback(self, callback) -> None:
-        """`callback(trainer, row)` runs after every optimizer step, before the row is logged; it may add metrics
-        to `row` (the demo adds held-out accuracy this way)."""
-        self.callbacks.append(callback)
+        """A transformers TrainerCallback (object or class), called after those already there."""
+        self.callback_handler.add_callback(callback)
+
+    def pop_callback(self, callback):
+        """Remove a callback (object, or the first of a class) and return it."""
+        return self.callback_handler.pop_callback(callback)
+
+    def remove_callback(self, callback) -> None:
+        self.callback_handler.remove_callback(callback)
 
     # ------------------------------------------------------------------ the loop
 
@@ -174,10 +218,12 @@ class GRPOTrainer:
             preflight.check_worst_case_memory(self.micro_step, self.model, self.train_model, args, self.longest_prompt,
                                               self.model.get_input_embeddings().num_embeddings, self.dist)
         resume = self._claim_output_dir(resume_from_checkpoint)  # the checkpoint to resume from, or None
-        # max_steps, or the optimizer steps of num_train_epochs passes over the dataset
-        self.state.max_steps = total_steps = args.total_steps(len(self.train_dataset))
-        optimizer = make_optimizer(self.model, args)
-        scheduler = make_scheduler(optimizer, args, total_steps)
+        # max_steps, or the optimizer steps of num_train_epochs passes over the dataset (a stream needs max_steps)
+        total_steps = args.total_steps(self.sampler.size or 0)
+        set_intervals(self.state, args, total_steps)  # and the logging, eval and save intervals the callbacks read
+        optimizer, scheduler = optimizer_and_scheduler(self.model, args, total_steps, self._given_optimizers)
+        self.optimizer = self.callback_handler.optimizer = optimizer
+        self.lr_scheduler = self.callback_handler.lr_scheduler = scheduler
         if resume is not None:
             self._resume(resume, optimizer, scheduler)
         if self.dist.is_main:  # rank 0 owns the log files
@@ -193,9 +239,14 @@ class GRPOTrainer:
         # Ctrl-C and SIGTERM only raise a flag, checked between optimizer steps (guards.StopSignals)
         # os._exit in a reward fails that reward call instead of ending the run silently (scoring.ProcessExitGuard)
         governor = ThreadGovernor(enabled=args.adapt_cpu_threads and self.device.type == "cpu")
+        events, state = self.callback_handler, self.state
         with StopSignals() as stop, ProcessExitGuard(), contextlib.closing(self.trackers), progress, \
-                contextlib.closing(governor):
-            while self.state.global_step < total_steps:
+                contextlib.closing(governor), self._logs_opened():
+            self.control = events.on_train_begin(args, state, self.control)
+            self.control = events.on_epoch_begin(args, state, self.control)
+            if args.eval_on_start and state.global_step == 0:  # not again on resume: the logs stay those of one run
+                self.evaluate()
+            while state.global_step < total_steps and not self.control.should_training_stop:
                 self._stop_if_asked(stop, optimizer, scheduler)
                 round_start = time.perf_counter()
                 if self._round is None or self._round.done:  # else: the rest of the round a checkpoint held
@@ -219,21 +270,24 @@ class GRPOTrainer:
                 round_ = self._round
                 for window in round_.remaining_windows(args.per_device_train_batch_size,
                                                        args.gradient_accumulation_steps):
+                    self.control = events.on_step_begin(args, state, self.control)
                     self.model.train()
                     loss_metrics, tokens = self._accumulate_gradients(round_.batch, window)  # forward, backward
                     # max_grad_norm=0 disables clipping: the norm is still measured (clipping to inf scales by 1)
                     grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm or math.inf).item()
                     # a non-finite loss or gradient norm skips the step: no optimizer or schedule move (guards.py)
-                    if self.step_guard.allows(self.state.global_step + 1, loss_metrics["loss"], grad_norm):
+                    if self.step_guard.allows(state.global_step + 1, loss_metrics["loss"], grad_norm):
+                        self.control = events.on_pre_optimizer_step(args, state, self.control)
                         optimizer.step()
+                        self.control = events.on_optimizer_step(args, state, self.control)
                         scheduler.step()
                         self._check_weights_after_step()
                     optimizer.zero_grad(set_to_none=True)
                     if self.device.type == "cpu":
                         release_freed_memory()  # the step's activations, so that the next phase's peak is its own
                     round_.next_window = window.index + 1
-                    self.state.global_step += 1
-                    self.state.epoch = self.sampler.epochs_done
+                    state.global_step += 1
+                    state.epoch = self.sampler.epochs_done
 
                     # log: the round's metrics (its rollout's on its first step only), the step's, and speed
                     metrics = {**round_.metrics, **loss_metrics, "grad_norm": grad_norm,
@@ -245,22 +299,52 @@ class GRPOTrainer:
                         metrics["step_time"])
                     # the round's next steps log no rollout (and a checkpoint saved now resumes the round with these)
                     round_.metrics = {**round_.metrics, "rollout_time": 0.0, "rollout_tokens": 0}
+                    # the callbacks' say (DefaultFlowCallback first: logging_steps, eval and save schedules, max_steps)
+                    self.control = events.on_step_end(args, state, self.control)
                     self._log(metrics)
                     progress.update(1)
                     progress.set_postfix(reward=f"{metrics['reward']:.3f}", loss=f"{metrics['loss']:.4f}")
 
-                    # maybe save, maybe stop
-                    if is_every(self.state.global_step, args.save_steps, total_steps):
-                        self._save_checkpoint(optimizer, scheduler)
+                    # maybe evaluate, maybe save (the step's, then the epoch's), maybe stop
+                    self._evaluate_and_save_if_asked(optimizer, scheduler)
+                    if round_.done and self._epoch_ended():
+                        self.control = events.on_epoch_end(args, state, self.control)
+                        self._evaluate_and_save_if_asked(optimizer, scheduler)
+                        if not self.control.should_training_stop:
+                            self.control = events.on_epoch_begin(args, state, self.control)
                     if self.step_guard.diverged:  # K non-finite steps in a row (guards.StepGuard)
                         self._stop_diverged(optimizer, scheduler)
                     self._stop_if_asked(stop, optimizer, scheduler)
                     round_start = time.perf_counter()
-                    if self.state.global_step >= total_steps:
+                    if self.control.should_training_stop:  # max_steps, or a callback's decision
                         break
-        if not is_every(self.state.global_step, args.save_steps, total_steps):
-            self._save_checkpoint(optimizer, scheduler)
+            self.control = events.on_train_end(args, state, self.control)
         return self.log_history
+
+    def _evaluate_and_save_if_asked(self, optimizer, scheduler) -> None:
+        """What the callbacks asked for at this step (transformers' order: evaluate, then save)."""
+        if self.control.should_evaluate:
+            self.evaluate()
+        if self.control.should_save:
+            self._save_checkpoint(optimizer, scheduler)
+            self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+
+    def _epoch_ended(self) -> bool:
+        """Whether the round just finished completed a pass over the training prompts (its prompts were drawn at
+        its start; a round that wraps into the next pass ends the one before)."""
+        passes = math.floor(self.sampler.epochs_done)
+        if passes <= self._epochs_ended:
+            return False
+        self._epochs_ended = passes
+        return True
+
+    @contextlib.contextmanager
+    def _logs_opened(self):
+        self._logs_open = True
+        try:
+            yield
+        finally:
+            self._logs_open = False
 
     def _claim_output_dir(self, resume_from_checkpoint) -> str | None:
         """Make output_dir this run's; the checkpoint folder to resume from, or None."""
@@ -283,12 +367,13 @@ class GRPOTrainer:
         args, g = self.args, self.args.num_generations
         # every process draws the round's global prompt list and keeps its contiguous slice of whole prompts
         first_draw = self.sampler.draws
-        indices = self.sampler.take(args.prompts_per_generation)
-        mine = distributed.shard(len(indices), self.dist)
-        seeds = distributed.prompt_seeds(args.seed, first_draw, len(indices))[mine]  # a prompt samples alike anywhere
-        all_rows = [self.train_dataset[i] for i in indices]
+        all_rows = self.sampler.take_rows(args.prompts_per_generation)
+        mine = distributed.shard(len(all_rows), self.dist)
+        seeds = distributed.prompt_seeds(args.seed, first_draw, len(all_rows))[mine]  # a prompt samples alike anywhere
         # the whole round is tokenized on every process: the padding width (and truncation count) one process has
         prompt_ids, prompt_mask = self.prompt_tokenizer([row["prompt"] for row in all_rows], device=self.device)
+        if is_stream(self.train_dataset):  # a dataset's prompts were all checked at start-up
+            check_lengths(self.model.config, args.max_completion_length, prompt_ids.size(1))
         rows, prompt_ids, prompt_mask = all_rows[mine], prompt_ids[mine], prompt_mask[mine]  # [N, P]
 
         self.model.eval()
@@ -306,20 +391,9 @@ class GRPOTrainer:
         """2. Every reward function on every completion, with TRL's calling convention (prompts and dataset columns
         repeated G times): the scores of the whole round over all processes (rank order = draw order), and each
         completion's reward [B_all], their weighted sum."""
-        g = self.args.num_generations
-        prompts = [row["prompt"] for row in rows]
-        repeated_prompts = [p for p in prompts for _ in range(g)]
-        texts = rollout.texts
-        completions = ([[{"role": "assistant", "content": t}] for t in texts] if is_conversational(prompts[0])
-                       else texts)
-        if rollout.messages is not None:  # TRL's completions with tools: each row's assistant and tool messages
-            completions = rollout.messages
-        ids_list = [ids[mask.bool()].tolist() for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)]
-        columns = {key: [row[key] for row in rows for _ in range(g)] for key in rows[0] if key != "prompt"}
-        columns["trainer_state"] = self.state
         # a call that raises or times out gives NaN values (None semantics); too many of them stop the run
-        scores = score_round(self.reward_funcs, self.reward_names, repeated_prompts, completions, ids_list, columns,
-                             timeout=self.args.reward_timeout)
+        scores = score_rollout(self.reward_funcs, self.reward_names, rows, rollout, self.args.num_generations,
+                               self.state, timeout=self.args.reward_timeout)
         log_failures_once(scores, self._logged_reward_failures)
         # from here on the failure fraction, the advantages (also scale_rewards=batch) and the metrics are those of
         # one process with the whole round
@@ -401,6 +475,8 @@ class GRPOTrainer:
             syncs = index == len(micro_batches) - 1 or not self.dist.enabled
             with contextlib.nullcontext() if syncs else self.train_model.no_sync():
                 loss_value, metrics = self.micro_step(batch, rows, normaliser, index)
+            if index < len(micro_batches) - 1:  # transformers' event between the micro-batches of a step
+                self.control = self.callback_handler.on_substep_end(self.args, self.state, self.control)
             loss_sum += loss_value
             for key, value in metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + value
@@ -430,22 +506,58 @@ class GRPOTrainer:
         context.enter_context(lora_inputs_not_cast(self._lora_layers))
         return context
 
-    def _log(self, metrics: dict) -> None:
+    def _log(self, metrics: dict, evaluation: bool = False) -> None:
+        """A row of metrics (a step's, or an evaluation's) into log_history and, during train(), metrics.jsonl and
+        the trackers; a step's goes to the callbacks' on_log and the console when control.should_log says so (an
+        evaluation's always does, as transformers logs every evaluation)."""
         row = {"step": self.state.global_step, "epoch": round(self.state.epoch, 4), **metrics}
-        for callback in self.callbacks:
-            callback(self, row)
+        shown = evaluation or self.control.should_log
+        if shown:  # callbacks may add metrics to the row before it is written
+            self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs=row)
         self.log_history.append(row)
         if not self.dist.is_main:  # the row's metrics are global already (all-reduced); rank 0 writes them
             return
-        runlog.append_jsonl(os.path.join(self.args.output_dir, "metrics.jsonl"), [row])
-        # the console and the trackers every logging_steps (the trackers get the interval's means, as TRL's)
-        due = is_every(self.state.global_step, self.args.logging_steps, self.state.max_steps)
-        self.trackers.log(row, self.state.global_step, due)
-        if due:
+        if self._logs_open:
+            runlog.append_jsonl(os.path.join(self.args.output_dir, "metrics.jsonl"), [row])
+            if evaluation:
+                self.trackers.log_evaluation(row, self.state.global_step)
+            else:  # on logging steps the trackers get the means over the steps since the last (as TRL's)
+                self.trackers.log(row, self.state.global_step, due=shown)
+        if evaluation:
+            runlog.print_evaluation(row)
+        elif shown:
             runlog.print_progress(row, self._last_completions if self.args.log_completions else None,
                                   self.args.num_completions_to_print)
             if self.args.log_completions:
                 self.trackers.log_completions(self._last_table, self.state.global_step)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """TRL's evaluate(): num_generations_eval completions of every eval prompt, sampled as in training and scored
+        by the reward functions; no optimizer step (eval_loop.py). Returns TRL's metrics prefixed
+        `metric_key_prefix`_ (eval_reward, eval_rewards/<fn>/mean, eval_loss, ...), reasonrl's eval_accuracy and
+        eval_pass_at_<k> where they can be computed, and epoch; each named set of a dict of eval sets gets its
+        name in the prefix (eval_<name>_reward). `eval_dataset` overrides the trainer's (one set, a dict of them,
+        or the name of one of the trainer's); ignore_keys is accepted for transformers' signature and unused."""
+        def check(name, data):  # as the trainer's own eval sets were at init
+            check_reward_columns(self.reward_funcs, self.reward_names, data.column_names, f"eval set {name!r}")
+            check_lengths(self.model.config, self.args.max_completion_length,
+                          self.prompt_tokenizer.longest(data["prompt"]))
+
+        def after_batch():
+            self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
+
+        metrics = {}
+        for prefix, data in chosen_eval_sets(eval_dataset, self.eval_dataset, self.args, metric_key_prefix, check):
+            result = self.evaluator([dict(row) for row in data], self.state, prefix, after_batch)
+            result["epoch"] = self.state.epoch
+            self._log(result, evaluation=True)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=result)
+            metrics.update(result)
+        if self.device.type == "cpu":
+            release_freed_memory()
+        return metrics
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -453,9 +565,11 @@ class GRPOTrainer:
         check_finite_weights(self.model, f"the checkpoint of step {self.state.global_step} was not saved")
         state = {"global_step": self.state.global_step, "max_steps": self.state.max_steps,
                  "epoch": self.state.epoch, "sampler": self.sampler.state_dict(),
-                 "truncated_prompts": self.prompt_tokenizer.truncated, "log_history": self.log_history[-1:],
+                 "truncated_prompts": self.prompt_tokenizer.truncated,
+                 "log_history": runlog.last_rows(self.log_history),  # the last step's row, the last evaluation's
                  "model_name": self.model_name, "skipped_steps": self.step_guard.skipped_steps,
-                 "consecutive_skips": self.step_guard.consecutive, "world_size": self.dist.world_size}
+                 "consecutive_skips": self.step_guard.consecutive, "world_size": self.dist.world_size,
+                 "epochs_ended": self._epochs_ended}
         # rank 0 saves (the weights, optimizer and generator are the same on every rank; the sampler is global); a
         # multi-process round in progress is not saved: it lives in shards, and resuming starts at the next round
         path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
@@ -483,6 +597,7 @@ class GRPOTrainer:
         ckpt.restore_rng_state(rng, self.generator)
         self.sampler.load_state_dict(state["sampler"])
         self.state.global_step, self.state.epoch = state["global_step"], state["epoch"]
+        self._epochs_ended = state.get("epochs_ended", math.floor(self.state.epoch))
         self.prompt_tokenizer.truncated = state.get("truncated_prompts", 0)
         self.step_guard = StepGuard(state.get("skipped_steps", 0))
         self.step_guard.consecutive = state.get("consecutive_skips", 0)
@@ -548,6 +663,23 @@ class GRPOTrainer:
                                f"non-finite loss or gradient norm and were skipped; the last good weights are saved "
                                f"in {path}; lower learning_rate or max_grad_norm (or check the rewards), then "
                                f"resume with --resume")
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None, **kwargs):
+        """TRL's push_to_hub(): save the model (or adapter) and tokenizer to output_dir with a model card, and upload
+        output_dir, without its checkpoints, to the Hub repository hub_model_id (default: output_dir's name under
+        your account), created if missing (private: hub_private_repo). Returns huggingface_hub's CommitInfo (a
+        Future with blocking=False); None on processes other than rank 0."""
+        from reasonrl.export import push_run_folder
+
+        self.control = self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        self.save_model()
+        if not self.dist.is_main:
+            return None
+        last = {key: value for row in runlog.last_rows(self.log_history) for key, value in row.items()}
+        return push_run_folder(self.args, self.model_name, self.state.global_step, last, private=private, token=token,
+                               commit_message=commit_message, revision=revision, blocking=blocking,
+                               tags=kwargs.get("tags"))
 
     def save_model(self, output_dir: str | None = None) -> None:
         """save_pretrained (safetensors) of the model or adapter, and the tokenizer. A folder holding a model that
