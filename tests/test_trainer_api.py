@@ -10,6 +10,8 @@ import typing
 import pytest
 import torch
 from datasets import Dataset
+from test_evaluation import _config as evaluation_config
+from test_evaluation import distinct_chars
 from transformers import TrainerCallback, TrainerControl, TrainerState
 
 from reasonrl import GRPOConfig, GRPOTrainer
@@ -20,16 +22,9 @@ from reasonrl.tiny import build_tiny_model
 from reasonrl.tracking import tag
 
 
-def distinct_chars(completions, **kwargs):
-    return [float(len(set(c))) for c in completions]
-
-
 def _config(out, **overrides):
-    settings = dict(output_dir=str(out), per_device_train_batch_size=4, num_generations=2, max_completion_length=5,
-                    max_steps=5, learning_rate=1e-2, gradient_checkpointing=False, logging_steps=1000, save_steps=1000,
-                    optim="adamw_torch", seed=5, adapt_cpu_threads=False, report_to="none")
-    settings.update(overrides)
-    return GRPOConfig(**settings)
+    """test_evaluation's tiny run, 5 steps long."""
+    return evaluation_config(out, **{"max_steps": 5, **overrides})
 
 
 def _trainer(out, tok, train_dataset=None, **kwargs):
