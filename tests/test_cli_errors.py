@@ -285,12 +285,14 @@ def test_generate_mistake_is_one_line(args, phrases, ws, tiny_model_dir, capsys)
     ("eval", ["{model}", "--task", "countdwn"], ["unknown task 'countdwn'", "did you mean 'countdown'?"]),
     ("eval", ["{model}", "--task", "arithmetic", "--n", "2", "--json", "{tmp}/missing/report.json"],
      ["--json {tmp}/missing/report.json: the folder {tmp}/missing does not exist", "create it"]),
+    ("eval", ["{model}", "--task", "arithmetic", "--prompt-template", "Solve it:"],
+     ["--prompt-template must contain {{prompt}} where the prompt goes (got 'Solve it:')"]),
     ("sft", ["--task", "countdwn", "--out", "{tmp}/sft"], ["unknown task 'countdwn'", "did you mean 'countdown'?"]),
     ("sft", ["--task", "arithmetic", "--n", "4", "--steps", "0", "--out", "{tmp}/sft"],
      ["--steps must be >= 1 (got 0)"]),
     ("explain", ["--epsilon", "-0.2"], ["--epsilon must be >= 0 (got -0.2)"]),
     ("explain", ["--beta", "nan"], ["--beta must be >= 0 (got nan)"]),
-], ids=["eval-task-typo", "eval-json-folder-missing", "sft-task-typo", "sft-zero-steps", "explain-negative-epsilon",
+], ids=["eval-task-typo", "eval-json-folder-missing", "eval-template-without-prompt", "sft-task-typo", "sft-zero-steps", "explain-negative-epsilon",
         "explain-nan-beta"])
 def test_eval_sft_explain_mistake_is_one_line(command, args, phrases, tiny_model_dir, tmp_path, capsys):
     # each stops before any work (evaluation, training) whose result the mistake would throw away
@@ -298,6 +300,42 @@ def test_eval_sft_explain_mistake_is_one_line(command, args, phrases, tiny_model
     code, err = run_main(capsys, [command, *(arg.format(**names) for arg in args)])
     assert_one_line_error(code, err, command, [phrase.format(**names) for phrase in phrases])
     assert not (tmp_path / "sft").exists() and not (tmp_path / "missing").exists()
+
+
+def test_eval_formats_prompts_as_training_does(tiny_model_dir, capsys, monkeypatch):
+    import reasonrl.evaluate
+    import reasonrl.export
+
+    seen = {}
+
+    def recording(model, tokenizer, rows, reward, **options):
+        seen["rows"] = rows
+        return {"n": len(rows), "accuracy": 0.0, "format_rate": 0.0, "mean_length": 0.0, "truncation_rate": 0.0,
+                "pass_at_k": {}, "examples": []}
+
+    monkeypatch.setattr(reasonrl.evaluate, "evaluate", recording)
+    code, _ = run_main(capsys, ["eval", str(tiny_model_dir), "--task", "arithmetic", "--n", "2", "--system-prompt",
+                                "Think first.", "--prompt-template", "Q: {prompt} A?"])
+    assert code == 0 and len(seen["rows"]) == 2
+    for row in seen["rows"]:
+        system, user = row["prompt"]
+        assert system == {"role": "system", "content": "Think first."}
+        assert user["role"] == "user" and user["content"].startswith("Q: ") and user["content"].endswith(" A?")
+    # a tokenizer without a chat template cannot render a system message: one line, before any evaluation
+    loaded = reasonrl.export.load_for_inference
+
+    def without_template(*args, **kwargs):
+        model, tokenizer = loaded(*args, **kwargs)
+        tokenizer.chat_template = None
+        return model, tokenizer
+
+    monkeypatch.setattr(reasonrl.export, "load_for_inference", without_template)
+    seen.clear()
+    code, err = run_main(capsys, ["eval", str(tiny_model_dir), "--task", "arithmetic", "--n", "2",
+                                  "--system-prompt", "Think first."])
+    assert_one_line_error(code, err, "eval", [f"--system-prompt needs a chat template, and the tokenizer of "
+                                              f"{tiny_model_dir} has none", "--prompt-template instead"])
+    assert not seen
 
 
 def test_eval_report_that_cannot_be_written_is_one_line_after_the_report(tiny_model_dir, tmp_path, capsys,

@@ -85,3 +85,31 @@ def test_demo_plumbing_writes_models_reports_and_plots(tmp_path):
     rows = [json.loads(line) for line in open(out / "grpo" / "metrics.jsonl")]
     assert [row["step"] for row in rows] == [1, 2] and all("eval/accuracy" in row for row in rows)
     assert os.path.getsize(out / "accuracy.png") > 5000
+
+
+def test_demo_lr0_control_is_the_same_run_on_a_frozen_copy(tmp_path):
+    from reasonrl.demo import DemoSettings, run_demo
+
+    def demo(name, control_steps):
+        settings = DemoSettings(out=str(tmp_path / name), hidden_size=32, num_hidden_layers=1, sft_max_steps=4,
+                                grpo_steps=3, prompts_per_step=2, num_generations=4, held_out=10, validation=10, k=2,
+                                eval_every=5, control_steps=control_steps, threads=1)
+        report = run_demo(settings)
+        grpo = [json.loads(line) for line in open(tmp_path / name / "grpo" / "metrics.jsonl")]
+        return report, grpo
+
+    threads = torch.get_num_threads()
+    report, grpo = demo("with", control_steps=2)
+    control = [json.loads(line) for line in open(tmp_path / "with" / "control" / "metrics.jsonl")]
+    assert report["control"]["steps"] == 2 and report["control"]["completions"] == 2 * 2 * 4
+    assert report["control"]["reward"] == pytest.approx((control[0]["reward"] + control[1]["reward"]) / 2)
+    # step 1 samples from the same weights with the same seed in both runs: the same rollouts, the same reward
+    assert control[0]["reward"] == grpo[0]["reward"]
+    assert report["reward_last_steps"] == pytest.approx(sum(row["reward"] for row in grpo[-2:]) / 2)
+    assert "lr-0 control" in (tmp_path / "with" / "report.md").read_text()
+    # the control leaves the GRPO run as it would be without it
+    plain, plain_grpo = demo("without", control_steps=0)
+    assert plain["control"] is None and not (tmp_path / "without" / "control").exists()
+    assert [(r["reward"], r["loss"]) for r in plain_grpo] == [(r["reward"], r["loss"]) for r in grpo]
+    assert plain["after"]["accuracy"] == report["after"]["accuracy"]
+    assert torch.get_num_threads() == threads  # run_demo's own thread count (1) was undone

@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--data", help="a JSONL/JSON/CSV/parquet file with prompt and answer columns")
     p.add_argument("--task-config", help=TASK_CONFIG_HELP)
     p.add_argument("--prompt-column", default="prompt", help="with --data: the column holding the prompts")
+    p.add_argument("--system-prompt", help="a system message before each prompt, as GRPOConfig's system_prompt "
+                                           "(evaluate a model with the prompts it was trained on)")
+    p.add_argument("--prompt-template", help="text around each prompt, with {prompt} where it goes, as "
+                                             "GRPOConfig's prompt_template")
     p.add_argument("--seed", type=int, default=2, help="seed of the task's problems (default 2, the demo's held-out)")
     p.add_argument("--n", type=int, default=500, help="number of task problems (default 500)")
     p.add_argument("--k", type=int, default=1, help="pass@1..k from sampled completions (default 1: greedy only)")
@@ -355,8 +359,19 @@ def _cmd_eval(args) -> int:
     folder = os.path.dirname(os.path.abspath(args.json)) if args.json else None
     if folder and not os.path.isdir(folder):  # checked now, not after the evaluation has run
         raise UsageError(f"--json {args.json}: the folder {folder} does not exist; create it or give another path")
+    if args.prompt_template is not None and "{prompt}" not in args.prompt_template:
+        raise UsageError(f"--prompt-template must contain {{prompt}} where the prompt goes (got "
+                         f"{args.prompt_template!r:.80})")
     rows, reward, default_tokens = _task_rows(args)
     model, tokenizer = load_for_inference(args.model, trust_remote_code=args.trust_remote_code)
+    if args.system_prompt is not None and tokenizer.chat_template is None:
+        raise UsageError(f"--system-prompt needs a chat template, and the tokenizer of {args.model} has none; put "
+                         f"the instruction in --prompt-template instead")
+    if args.system_prompt is not None or args.prompt_template is not None:
+        from reasonrl.data import format_prompt
+
+        rows = [{**row, "prompt": format_prompt(row["prompt"], args.prompt_template, args.system_prompt)}
+                for row in rows]
     report = evaluate(model, tokenizer, rows, reward, k=args.k, num_samples=args.samples,
                       max_new_tokens=args.max_new_tokens or default_tokens or 256, temperature=args.temperature,
                       batch_size=args.batch_size, seed=args.seed)

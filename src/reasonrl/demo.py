@@ -12,6 +12,7 @@ No network anywhere: the model, tokenizer and problems are all made here.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -33,6 +34,9 @@ class DemoSettings:
     digits: int = 3
     ops: str = "+"
     seed: int = 0
+    # torch's CPU threads for the whole demo, fixed (not adapted to the machine's load, and not one per core on a
+    # big machine): a different thread count rounds sums differently and so changes the trajectory
+    threads: int = 2
     # the model: about 1M parameters
     hidden_size: int = 128
     num_hidden_layers: int = 4
@@ -56,6 +60,8 @@ class DemoSettings:
     dynamic_sampling: bool = False
     max_num_gen_batches: int = 4
     eval_every: int = 25
+    # the lr-0 control: this many steps of the same GRPO run on a frozen copy of the warm start (0: none)
+    control_steps: int = 5
     # evaluation
     held_out: int = 1000  # large, so that the report's numbers are tight (binomial s.e. ~1.4 points)
     validation: int = 200
@@ -74,6 +80,16 @@ def _problems(settings: DemoSettings):
 
 
 def run_demo(settings: DemoSettings | None = None) -> dict:
+    settings = settings or DemoSettings()
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(settings.threads, os.cpu_count() or 1)))
+    try:
+        return _run(settings)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(settings: DemoSettings) -> dict:
     from datasets import Dataset
 
     from reasonrl.callbacks import TrainerCallback
@@ -84,7 +100,6 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
     from reasonrl.tiny import build_char_tokenizer, build_reasoning_model
     from reasonrl.trainer import GRPOTrainer
 
-    settings = settings or DemoSettings()
     started = time.perf_counter()
     timings = {}
     os.makedirs(settings.out, exist_ok=True)
@@ -131,23 +146,45 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
     print("before: " + format_report(before), flush=True)
 
     # 3. GRPO
+    grpo_dir = os.path.join(settings.out, "grpo")
+    dataset = Dataset.from_list([{"prompt": row["prompt"], "answer": row["answer"]} for row in train])
+
+    def grpo_config(output_dir, **overrides):
+        completions_per_step = settings.prompts_per_step * settings.num_generations
+        options = dict(
+            output_dir=output_dir, learning_rate=settings.learning_rate,
+            per_device_train_batch_size=completions_per_step // 2, gradient_accumulation_steps=2,
+            num_generations=settings.num_generations, max_completion_length=max_new_tokens, max_prompt_length=64,
+            temperature=settings.temperature, beta=settings.beta, max_steps=settings.grpo_steps,
+            reward_weights=[1.0, 0.2], logging_steps=25, save_steps=settings.grpo_steps,
+            gradient_checkpointing=False, bf16=False, seed=settings.seed, lr_scheduler_type="cosine",
+            optim="adamw_torch", scale_rewards=settings.scale_rewards, dynamic_sampling=settings.dynamic_sampling,
+            max_num_gen_batches=settings.max_num_gen_batches,
+            # a 1M-parameter model: per-call overhead, not activation memory, is what costs; one backward per
+            # micro-batch
+            backward_chunk_rows=0, adapt_cpu_threads=False,
+        )
+        return GRPOConfig(**{**options, **overrides})
+
+    control = None
+    if settings.control_steps:
+        # the lr-0 control: the same rollouts and rewards from a frozen copy of the warm start, so that the
+        # reward plot shows what GRPO's reward would be without learning
+        t0 = time.perf_counter()
+        frozen = GRPOTrainer(copy.deepcopy(model), [task.reward, "format"], train_dataset=dataset,
+                             processing_class=tokenizer,
+                             args=grpo_config(os.path.join(settings.out, "control"), learning_rate=0.0,
+                                              max_steps=settings.control_steps, save_strategy="no",
+                                              logging_steps=settings.control_steps, dynamic_sampling=False))
+        rewards = [row["reward"] for row in frozen.train() if "reward" in row]
+        control = {"steps": len(rewards), "reward": sum(rewards) / len(rewards),
+                   "completions": len(rewards) * settings.prompts_per_step * settings.num_generations}
+        timings["control_seconds"] = time.perf_counter() - t0
+        del frozen
+
     print(f"[3/4] GRPO: {settings.grpo_steps} steps of {settings.prompts_per_step} prompts x "
           f"{settings.num_generations} samples", flush=True)
-    grpo_dir = os.path.join(settings.out, "grpo")
-    completions_per_step = settings.prompts_per_step * settings.num_generations
-    config = GRPOConfig(
-        output_dir=grpo_dir, learning_rate=settings.learning_rate,
-        per_device_train_batch_size=completions_per_step // 2,
-        gradient_accumulation_steps=2, num_generations=settings.num_generations, max_completion_length=max_new_tokens,
-        max_prompt_length=64, temperature=settings.temperature, beta=settings.beta, max_steps=settings.grpo_steps,
-        reward_weights=[1.0, 0.2], logging_steps=25, save_steps=settings.grpo_steps, gradient_checkpointing=False,
-        bf16=False, seed=settings.seed, lr_scheduler_type="cosine", optim="adamw_torch",
-        scale_rewards=settings.scale_rewards, dynamic_sampling=settings.dynamic_sampling,
-        max_num_gen_batches=settings.max_num_gen_batches,
-        # a 1M-parameter model: per-call overhead, not activation memory, is what costs; one backward per micro-batch
-        backward_chunk_rows=0,
-    )
-    dataset = Dataset.from_list([{"prompt": row["prompt"], "answer": row["answer"]} for row in train])
+    config = grpo_config(grpo_dir)
     trainer = GRPOTrainer(model, [task.reward, "format"], args=config, train_dataset=dataset,
                           processing_class=tokenizer)
     validation_curve = [{"step": 0, "accuracy": sft_curve[-1]["validation_accuracy"]}] if sft_curve else []
@@ -183,7 +220,9 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
     after = held_out_eval(trainer.model, k=settings.k)
     timings["eval_after_seconds"] = time.perf_counter() - t0
     print("after:  " + format_report(after), flush=True)
-    plots = plot_run(grpo_dir, settings.out)
+    references = {"reward": [(control["reward"], f"lr-0 control (frozen warm start, {control['steps']} steps)")]
+                  } if control else None
+    plots = plot_run(grpo_dir, settings.out, references)
     timings["total_seconds"] = time.perf_counter() - started
     report = {
         "task": task.name, "difficulty": difficulty,
@@ -194,6 +233,8 @@ def run_demo(settings: DemoSettings | None = None) -> dict:
         "grpo_validation_curve": validation_curve,
         "completions_generated": trainer.sampler.draws * settings.num_generations,
         "no_signal_share": _no_signal_share(trainer.log_history),
+        "control": control,
+        "reward_last_steps": _mean_reward(trainer.log_history, settings.control_steps or 5),
         "settings": asdict(settings), "grpo_config": config.to_dict(), "timings": timings,
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "processor": platform.machine()},
@@ -222,9 +263,26 @@ def _no_signal_share(rows: list[dict], parts: int = 5) -> list[dict]:
     return stretches
 
 
+def _mean_reward(rows: list[dict], last: int) -> float | None:
+    """The mean reward of the last `last` steps (to set beside the lr-0 control's)."""
+    rewards = [row["reward"] for row in rows if "reward" in row][-last:]
+    return sum(rewards) / len(rewards) if rewards else None
+
+
 def _numbers(report: dict) -> dict:
     keys = ("n", "accuracy", "pass_at_k", "format_rate", "mean_length", "truncation_rate")
     return {key: report[key] for key in keys}
+
+
+def _control_text(report: dict) -> str:
+    control, last = report["control"], report["reward_last_steps"]
+    if not control or last is None:
+        return ""
+    steps = report["settings"]["control_steps"]
+    return (f"The training reward (accuracy + 0.2 x format) of the last {steps} GRPO steps "
+            f"averaged {last:.3f}; the lr-0 control (the same run on a frozen copy of the warm start, "
+            f"{control['steps']} steps, {control['completions']} completions) averaged {control['reward']:.3f}: the "
+            f"dashed line on the reward plot.\n")
 
 
 def _markdown(report: dict) -> str:
@@ -270,6 +328,7 @@ Reproduce either number with `reasonrl eval demo_out/base --task {report['task']
 Total wall time {timings['total_seconds']:.0f} s on {report['machine']['threads']} threads
 (torch {report['machine']['torch']}).
 
+{_control_text(report)}
 ## Plots
 
 ![reward](reward.png) ![accuracy](accuracy.png)

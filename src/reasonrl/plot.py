@@ -49,8 +49,10 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
-    """Write reward.png, accuracy.png, kl.png, completion_length.png and no_signal.png; returns their paths."""
+def plot_run(run_dir: str, out_dir: str | None = None, references: dict | None = None) -> list[str]:
+    """Write reward.png, accuracy.png, kl.png, completion_length.png and no_signal.png; returns their paths.
+    `references`: {panel: [(value, label), ...]} drawn as dashed horizontal lines (e.g. the demo's lr-0 control
+    on the reward panel)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,6 +87,8 @@ def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
             if evals:
                 xs, ys = zip(*evals)
                 axis.plot(xs, ys, "o-", color=color, label=label)
+        for value, label in (references or {}).get(name, ()):
+            axis.axhline(value, linestyle="--", color="C7", label=label)
         axis.set_title(title)
         axis.set_xlabel("optimizer step")
         axis.grid(alpha=0.3)
