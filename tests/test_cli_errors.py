@@ -292,8 +292,8 @@ def test_generate_mistake_is_one_line(args, phrases, ws, tiny_model_dir, capsys)
      ["--steps must be >= 1 (got 0)"]),
     ("explain", ["--epsilon", "-0.2"], ["--epsilon must be >= 0 (got -0.2)"]),
     ("explain", ["--beta", "nan"], ["--beta must be >= 0 (got nan)"]),
-], ids=["eval-task-typo", "eval-json-folder-missing", "eval-template-without-prompt", "sft-task-typo", "sft-zero-steps", "explain-negative-epsilon",
-        "explain-nan-beta"])
+], ids=["eval-task-typo", "eval-json-folder-missing", "eval-template-without-prompt", "sft-task-typo", "sft-zero-steps",
+        "explain-negative-epsilon", "explain-nan-beta"])
 def test_eval_sft_explain_mistake_is_one_line(command, args, phrases, tiny_model_dir, tmp_path, capsys):
     # each stops before any work (evaluation, training) whose result the mistake would throw away
     names = {"model": tiny_model_dir, "tmp": tmp_path}
@@ -333,8 +333,8 @@ def test_eval_formats_prompts_as_training_does(tiny_model_dir, capsys, monkeypat
     seen.clear()
     code, err = run_main(capsys, ["eval", str(tiny_model_dir), "--task", "arithmetic", "--n", "2",
                                   "--system-prompt", "Think first."])
-    assert_one_line_error(code, err, "eval", [f"--system-prompt needs a chat template, and the tokenizer of "
-                                              f"{tiny_model_dir} has none", "--prompt-template instead"])
+    expected = f"--system-prompt needs a chat template, and the tokenizer of {tiny_model_dir} has none"
+    assert_one_line_error(code, err, "eval", [expected, "--prompt-template instead"])
     assert not seen
 
 
