@@ -77,26 +77,32 @@ def load_tools(tools) -> list[Callable]:
 
 
 def _load_spec(spec: str) -> Callable:
+    return load_spec(spec, "tool", ToolError)
+
+
+def load_spec(spec: str, what: str, error=ToolError):
+    """The object a spec `module:attribute` or `path/to/file.py:attribute` names (as `tools` are named in a YAML
+    config or on the command line); `error` (a ReasonRLError) naming `what` when it cannot be imported."""
     location, _, attribute = spec.strip().rpartition(":")
     if not location or not attribute:
-        raise ToolError(f"tool '{spec}' is not a spec; write module:function or path/to/file.py:function")
+        raise error(f"{what} '{spec}' is not a spec; write module:function or path/to/file.py:function")
     try:
         if location.endswith(".py") or "/" in location:
             path = Path(location).expanduser().resolve()
-            module_spec = importlib.util.spec_from_file_location(f"_reasonrl_tool_{path.stem}", path)
+            module_spec = importlib.util.spec_from_file_location(f"_reasonrl_{what}_{path.stem}", path)
             if not path.is_file() or module_spec is None or module_spec.loader is None:
-                raise ToolError(f"tool '{spec}': no Python file {path} (relative paths start at the current "
-                                f"directory)")
+                raise error(f"{what} '{spec}': no Python file {path} (relative paths start at the current "
+                            f"directory)")
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(location)
-    except ToolError:
+    except error:
         raise
-    except (Exception, SystemExit) as error:  # noqa: BLE001 - whatever importing the user's module raises
-        raise ToolError(f"tool '{spec}' could not be imported: {type(error).__name__}: {reason_of(error, 150)}")
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - whatever importing the user's module raises
+        raise error(f"{what} '{spec}' could not be imported: {type(exc).__name__}: {reason_of(exc, 150)}") from None
     if not hasattr(module, attribute):
-        raise ToolError(f"tool '{spec}' not found: {location} has no '{attribute}'")
+        raise error(f"{what} '{spec}' not found: {location} has no '{attribute}'")
     return getattr(module, attribute)
 
 
@@ -226,37 +232,42 @@ def run_tool_call(call: dict, tools: dict[str, Callable], timeout: float | None)
         return ToolResult(name, str({"error": f"Unsupported tool call type: {call.get('type')}"}), failed=True)
     if name not in tools:
         return ToolResult(name, str({"error": f"Tool {name} not found."}), failed=True)
-    fn, arguments = tools[name], function.get("arguments", {})
-
-    def call_tool():
-        if inspect.iscoroutinefunction(fn):
-            return asyncio.run(fn(**arguments))
-        return fn(**arguments)
-
     try:
-        if timeout is None:
-            result = call_tool()
-        else:
-            future: concurrent.futures.Future = concurrent.futures.Future()
-
-            def work():
-                try:
-                    future.set_result(call_tool())
-                except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
-                    future.set_exception(error)
-
-            threading.Thread(target=work, name=f"tool-{name}", daemon=True).start()
-            try:
-                result = future.result(timeout=timeout)
-            except concurrent.futures.TimeoutError:
-                return ToolResult(name, str({"error": f"timed out after {timeout:g} s"}), failed=True,
-                                  timed_out=True)
+        result = call_with_timeout(tools[name], function.get("arguments", {}), timeout, f"tool-{name}")
+    except concurrent.futures.TimeoutError:
+        return ToolResult(name, str({"error": f"timed out after {timeout:g} s"}), failed=True, timed_out=True)
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - a tool's failure is the model's result, not ours
+        return ToolResult(name, str({"error": f"{type(error).__name__}: {reason_of(error, 300)}"}), failed=True)
+    try:
         content = str(result)  # a result whose __str__ raises is a failing tool too
     except (Exception, SystemExit) as error:  # noqa: BLE001 - a tool's failure is the model's result, not ours
         return ToolResult(name, str({"error": f"{type(error).__name__}: {reason_of(error, 300)}"}), failed=True)
     if len(content) > MAX_TOOL_RESULT_CHARS:
         content = content[:MAX_TOOL_RESULT_CHARS] + "...[truncated]"
     return ToolResult(name, content)
+
+
+def call_with_timeout(fn: Callable, arguments: dict, timeout: float | None, thread_name: str = "tool"):
+    """fn(**arguments), awaited when it is a coroutine function; with a timeout in a daemon thread, raising
+    concurrent.futures.TimeoutError past it (the thread is abandoned: Python cannot stop it). Whatever fn raises
+    is raised here."""
+    def call():
+        if inspect.iscoroutinefunction(fn):
+            return asyncio.run(fn(**arguments))
+        return fn(**arguments)
+
+    if timeout is None:
+        return call()
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def work():
+        try:
+            future.set_result(call())
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
+            future.set_exception(error)
+
+    threading.Thread(target=work, name=thread_name, daemon=True).start()
+    return future.result(timeout=timeout)
 
 
 def tool_suffix_ids(tokenizer, tool_messages: list[dict]) -> list[int]:
@@ -301,11 +312,15 @@ class ToolRollout:
 
 def tool_metrics(counts: torch.Tensor) -> dict:
     """TRL's tools/call_frequency (calls per completion) and tools/failure_frequency (failed calls per call), and
-    reasonrl's tools/timeouts (calls) and tools/mean_turns (assistant turns per completion), from `counts`."""
-    calls, failures, timeouts, turns, rows = counts.tolist()
-    return {"tools/call_frequency": calls / max(1.0, rows),
-            "tools/failure_frequency": failures / calls if calls else 0.0,
-            "tools/timeouts": int(timeouts), "tools/mean_turns": turns / max(1.0, rows)}
+    reasonrl's tools/timeouts (calls) and tools/mean_turns (assistant turns per completion), from `counts`; with
+    environments (environments.py) a sixth count, environments/reset_failures (resets of the round that failed)."""
+    calls, failures, timeouts, turns, rows, *resets = counts.tolist()
+    metrics = {"tools/call_frequency": calls / max(1.0, rows),
+               "tools/failure_frequency": failures / calls if calls else 0.0,
+               "tools/timeouts": int(timeouts), "tools/mean_turns": turns / max(1.0, rows)}
+    if resets:
+        metrics["environments/reset_failures"] = int(resets[0])
+    return metrics
 
 
 class ToolCalling:
@@ -335,9 +350,11 @@ class ToolCalling:
 
     def generate(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, num_generations: int,
                  max_new_tokens: int, eos_token_id, pad_token_id: int, seeds: list[int] | None = None,
-                 generator: torch.Generator | None = None, **sampling) -> ToolRollout:
+                 generator: torch.Generator | None = None, row_tools: list[dict] | None = None,
+                 **sampling) -> ToolRollout:
         """Multi-turn completions for prompt_ids [N, P] (left-padded, rendered with the tools); `sampling` as
-        rollout.generate (temperature, top_p, top_k, repetition_penalty, greedy, lean).
+        rollout.generate (temperature, top_p, top_k, repetition_penalty, greedy, lean). `row_tools`: the
+        functions each of the N*G rows may call ({name: function}, an environment's bound methods), else the run's.
 
         Randomness: turn 1 as rollout.generate; a later turn of row j of prompt i samples from its own seed
         (seeds[i], j, turn), so no row depends on which others called tools (or on the batch, or a resume)."""
@@ -357,7 +374,8 @@ class ToolCalling:
         while calling and (self.max_iterations is None or iteration < self.max_iterations):
             contexts, budgets, rows = [], [], []
             for i in calling:
-                results = [run_tool_call(call, self.functions, self.timeout) for call in messages[i][-1]["tool_calls"]]
+                functions = self.functions if row_tools is None else row_tools[i]
+                results = [run_tool_call(call, functions, self.timeout) for call in messages[i][-1]["tool_calls"]]
                 result.tool_calls += len(results)
                 result.tool_failures += sum(r.failed for r in results)
                 result.tool_timeouts += sum(r.timed_out for r in results)

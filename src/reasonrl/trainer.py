@@ -60,7 +60,8 @@ from reasonrl.data import (
     load_train_dataset,
 )
 from reasonrl.dynamic_sampling import DynamicSampler
-from reasonrl.errors import CheckpointError, ConfigError, ReasonRLError, reason_of
+from reasonrl.environments import Environments
+from reasonrl.errors import CheckpointError, ConfigError, ReasonRLError, RewardSpecError, reason_of
 from reasonrl.eval_loop import Evaluator, chosen_eval_sets, eval_sets
 from reasonrl.guards import (
     LearningSignal,
@@ -84,7 +85,8 @@ from reasonrl.models import (
 )
 from reasonrl.optim import check_optimizers, optimizer_and_scheduler
 from reasonrl.policy import configure_forward
-from reasonrl.rollout import Rollout, sample_rollout, sampling_options
+from reasonrl.rollout import Rollout, sampling_options
+from reasonrl.rollout_hooks import RolloutStage, load_rollout_func
 from reasonrl.rounds import Batch, RoundProgress, Window, prompt_order
 from reasonrl.scoring import (
     ProcessExitGuard,
@@ -96,7 +98,7 @@ from reasonrl.scoring import (
     log_failures_once,
     score_rollout,
 )
-from reasonrl.tools import ToolCalling, tool_metrics
+from reasonrl.tools import ToolCalling, load_tools, tool_metrics
 from reasonrl.tracking import Trackers
 
 logger = logging.getLogger("reasonrl")
@@ -114,9 +116,9 @@ class GRPOTrainer:
     from the config.
     """
 
-    def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
-                 peft_config=None, tools=None):
+    def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, reward_processing_classes=None, callbacks=None,
+                 optimizers=(None, None), peft_config=None, tools=None, rollout_func=None, environment_factory=None):
         self.args = args = GRPOConfig.coerce(args)
         # mistakes that need no model show before it loads: the output folder, the data, the reward columns
         rundir.check_output_dir(args.output_dir)
@@ -131,8 +133,21 @@ class GRPOTrainer:
         # functions, names and reward models (TRL's model ids and PreTrainedModels, with reward_processing_classes)
         self.reward_funcs, self.reward_names, self.reward_weights = build_rewards(
             reward_funcs, args, reward_processing_classes, self.device)
+        # TRL's rollout_func and environment_factory (rollout_hooks.py, environments.py): environments may add
+        # their get_reward and stand in for the dataset
+        self.rollout_func = load_rollout_func(args.rollout_func if rollout_func is None else rollout_func)
+        tools = load_tools(args.tools if tools is None else tools)
+        self.environments = Environments.build(args.environment_factory if environment_factory is None
+                                               else environment_factory, tools, args, self)
+        if self.environments is not None:
+            train_dataset = self.environments.dataset(train_dataset)
+            tools = self.environments.union_tools()
+        if not self.reward_funcs:
+            raise RewardSpecError("No reward source provided. Pass `reward_funcs`, or an `environment_factory` whose "
+                                  "environment defines a `get_reward` method.")
         self.train_dataset = load_train_dataset(train_dataset, args)
-        check_reward_columns(self.reward_funcs, self.reward_names, column_names(self.train_dataset))
+        check_reward_columns(self.reward_funcs, self.reward_names, column_names(self.train_dataset)
+                             + (["environments"] if self.environments else []))
         self.eval_dataset = load_eval_dataset(eval_dataset, args, data_from_config=train_dataset is None)
         for name, data in eval_sets(self.eval_dataset):
             check_reward_columns(self.reward_funcs, self.reward_names, data.column_names, f"eval set {name!r}")
@@ -147,8 +162,8 @@ class GRPOTrainer:
         # every prompt rendered (chat template) and tokenized once: a template error or a prompt that, with a
         # completion, would not fit the model's positions shows now, not at the round that draws it
         # tools (TRL's tools=, else the `tools` option): rendered into every prompt, called during rollouts (tools.py)
-        self.tool_calling = ToolCalling.build(args.tools if tools is None else tools, self.tokenizer,
-                                              first_prompts(self.train_dataset, 1), args)
+        self.tool_calling = ToolCalling.build(tools, self.tokenizer, first_prompts(self.train_dataset, 1), args)
+        self.rollouts = RolloutStage(self.tokenizer, self.tool_calling, self.rollout_func, self.environments, self)
         self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length,
                                                 self.tool_calling.schemas if self.tool_calling else None,
                                                 args.chat_template_kwargs)
@@ -181,7 +196,7 @@ class GRPOTrainer:
         self.callback_handler = Callbacks(callbacks, self.model, self.processing_class)
         self.optimizer = self.lr_scheduler = None  # built (or taken from optimizers=) by train()
         self.evaluator = Evaluator(self.model, self.tokenizer, args, self.dist, self.reward_funcs, self.reward_names,
-                                   self.reward_weights, self.tool_calling, self._autocast, self.reference_model)
+                                   self.reward_weights, self.rollouts, self._autocast, self.reference_model)
         self._logs_open = False  # train() writes metrics.jsonl and the trackers; evaluate() outside it does not
         self._epochs_ended = 0  # passes over the training prompts whose on_epoch_end has fired
         self.step_guard = StepGuard()
@@ -380,8 +395,8 @@ class GRPOTrainer:
         sampling = {"num_generations": g, "max_new_tokens": args.max_completion_length,
                     "eos_token_id": self.tokenizer.eos_token_id, "pad_token_id": self.tokenizer.pad_token_id,
                     **sampling_options(args), "generator": self.generator, "seeds": seeds}  # + generation_kwargs
-        with self._autocast():  # multi-turn with tools: their calls run and their results join the completions
-            rollout = sample_rollout(self.model, self.tokenizer, prompt_ids, prompt_mask, self.tool_calling, **sampling)
+        with self._autocast():  # sampled (multi-turn with tools or environments), or the rollout_func's
+            rollout = self.rollouts(self.model, rows, prompt_ids, prompt_mask, **sampling)
         if self.device.type == "cpu":
             release_freed_memory()  # the decoder's weights and caches: back to the OS before training allocates
         return rows, rollout
