@@ -55,9 +55,9 @@ def _cmd_train(args) -> int:
     cfg.overwrite_output_dir = cfg.overwrite_output_dir or args.overwrite
     if not cfg.model_name_or_path:
         raise UsageError("no model: set model_name_or_path in the config or as model_name_or_path=PATH_OR_ID")
-    if not cfg.reward_funcs:
+    if not cfg.reward_funcs and not cfg.environment_factory:  # an environment may own the reward and the data
         raise UsageError("no reward functions: set reward_funcs, e.g. reward_funcs=[accuracy,format]")
-    if not cfg.dataset_name:
+    if not cfg.dataset_name and not cfg.environment_factory:
         raise UsageError("no dataset: set dataset_name to a hub id or a local .jsonl/.json/.csv/.parquet file")
     # the output folder and the checkpoint to resume from are checked before anything loads (rundir.py); the
     # trainer makes the folder the run's when training starts, so a mistake found while loading leaves it as it was

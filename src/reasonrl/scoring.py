@@ -349,6 +349,8 @@ def build_rewards(reward_funcs, args, processing_classes=None, device=None) -> t
     from reasonrl.reward_models import is_model, looks_like_reward_model, reward_model
     from reasonrl.rewards import get_reward, reward_name
 
+    if reward_funcs is None:  # TRL: optional when an environment owns the reward (environments.py)
+        reward_funcs = []
     funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
     if processing_classes is None:
         processing_classes = [None] * len(funcs)
@@ -364,6 +366,7 @@ def build_rewards(reward_funcs, args, processing_classes=None, device=None) -> t
         elif isinstance(f, str):
             funcs[i] = get_reward(f, **reward_kwargs.get(f, {}))
     names = [reward_name(f) for f in funcs]
-    args.check_reward_weights(len(funcs))
+    if funcs or args.reward_weights is not None:  # none at all: the trainer checks once environments are known
+        args.check_reward_weights(len(funcs))
     weights = args.reward_weights or [1.0] * len(funcs)
     return funcs, names, torch.tensor(weights, dtype=torch.float32)

@@ -61,7 +61,7 @@ from reasonrl.data import (
 )
 from reasonrl.dynamic_sampling import DynamicSampler
 from reasonrl.environments import Environments
-from reasonrl.errors import CheckpointError, ConfigError, ReasonRLError, RewardSpecError, reason_of
+from reasonrl.errors import CheckpointError, ConfigError, ReasonRLError, reason_of
 from reasonrl.eval_loop import Evaluator, chosen_eval_sets, eval_sets
 from reasonrl.guards import (
     LearningSignal,
@@ -143,8 +143,9 @@ class GRPOTrainer:
             train_dataset = self.environments.dataset(train_dataset)
             tools = self.environments.union_tools()
         if not self.reward_funcs:
-            raise RewardSpecError("No reward source provided. Pass `reward_funcs`, or an `environment_factory` whose "
-                                  "environment defines a `get_reward` method.")
+            raise ConfigError("no reward functions. No reward source provided: pass reward_funcs (e.g. "
+                              "reward_funcs=[length]), or an environment_factory whose environment defines a "
+                              "get_reward method", "reward_funcs")
         self.train_dataset = load_train_dataset(train_dataset, args)
         check_reward_columns(self.reward_funcs, self.reward_names, column_names(self.train_dataset)
                              + (["environments"] if self.environments else []))
