@@ -607,3 +607,60 @@ def test_reasonrl_eval_with_tools_runs_the_multi_turn_rollout_of_training(tok, t
     assert_one_line_error(code, err, "eval", ["tool 'no_such_module_xyz:calc' could not be imported"])
     code, err = run_main(capsys, [*base, "--tool-timeout", "3"])
     assert_one_line_error(code, err, "eval", ["add --tools"])
+
+
+# ------------------------------------------------------------------------------------------ tool_isolation='process'
+
+
+def slow_writer(path: str) -> str:
+    """Sleeps, then writes a file.
+
+    Args:
+        path: the file
+    """
+    time.sleep(1.5)
+    with open(path, "w") as handle:
+        handle.write("still ran")
+    return "written"
+
+
+def exits(code: int) -> str:
+    """Ends its process.
+
+    Args:
+        code: exit code
+    """
+    os._exit(code)
+
+
+def test_a_process_isolated_tool_is_killed_at_its_timeout_where_a_thread_keeps_running(tmp_path):
+    tools = {"slow_writer": slow_writer, "add": add, "broken": broken, "junk": junk, "exits": exits}
+    isolated = frozenset(tools.values())
+
+    def call(name, **arguments):
+        return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+    assert run_tool_call(call("add", a=2, b=3), tools, 5.0, isolated).content == "5"
+    failed = run_tool_call(call("broken", x=1), tools, 5.0, isolated)
+    assert failed.failed and failed.content == str({"error": "RuntimeError: the tool broke"})
+    junk_result = run_tool_call(call("junk", x=1), tools, 5.0, isolated)
+    assert junk_result.content == str({"error": "ValueError: no text for this"})
+    ended = run_tool_call(call("exits", code=3), tools, 5.0, isolated)
+    assert ended.failed and "exit code 3" in ended.content
+    killed, abandoned = tmp_path / "killed", tmp_path / "abandoned"
+    start = time.perf_counter()
+    result = run_tool_call(call("slow_writer", path=str(killed)), tools, 0.3, isolated)
+    assert result.timed_out and time.perf_counter() - start < 1.2
+    assert run_tool_call(call("slow_writer", path=str(abandoned)), tools, 0.3).timed_out  # a thread
+    time.sleep(2.5)
+    assert abandoned.exists() and not killed.exists()  # the thread finished its work; the process was killed
+
+
+def test_training_with_process_isolated_tools(tok, tmp_path, monkeypatch):
+    trainer = _scripted_trainer(tok, tmp_path / "run", monkeypatch, max_steps=1, tool_isolation="process")
+    assert trainer.tool_calling.isolated == frozenset({add})
+    trainer.train()  # under ProcessExitGuard: the child still ends with the real os._exit
+    row = _rows(tmp_path / "run" / "metrics.jsonl")[0]
+    assert row["tools/call_frequency"] == 0.5 and row["tools/failure_frequency"] == 0.0
+    with pytest.raises(ReasonRLError, match="tool_isolation='fork' is not supported"):
+        GRPOConfig(output_dir=str(tmp_path / "x"), tool_isolation="fork")

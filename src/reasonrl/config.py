@@ -158,6 +158,11 @@ class GRPOConfig:
     tool_timeout: float | None = 10.0
     """reasonrl: seconds one tool call may take; past it the call's result is an error message (counted in
     tools/failure_frequency and tools/timeouts) and its daemon thread is abandoned. None waits forever (TRL)."""
+    tool_isolation: str = "thread"
+    """reasonrl: where a standalone tool call runs. 'thread': in the training process (a call past tool_timeout is
+    abandoned and may keep running in the background). 'process': in a forked child process, killed at
+    tool_timeout (nothing keeps running; the result is its text; the call cannot change the training process's
+    state). An environment's methods always run in the training process (they change the environment)."""
     rollout_func: str | None = None
     """reasonrl: TRL's `rollout_func` named as a spec 'module:function' or 'path/to/file.py:function' (TRL takes the
     function as the trainer's argument, which reasonrl's trainer takes too). It is called as rollout_func(prompts,

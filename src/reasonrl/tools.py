@@ -21,7 +21,9 @@ Samples of one prompt may take different numbers of turns.
 As TRL: a tool result that would push the completion past `max_completion_length` is dropped and the sample ends
 with its tool call unanswered; a tool error becomes the tool message `{'error': '...'}`.
 Where it departs: a call runs in a daemon thread with `tool_timeout` (TRL waits forever); a thread that never
-returns is abandoned (Python cannot stop it), like a reward past `reward_timeout`.
+returns is abandoned (Python cannot stop it), like a reward past `reward_timeout`. With tool_isolation='process'
+a standalone tool runs in a forked child process instead, killed at the timeout (`call_in_process`; an
+environment's methods stay in the training process, since they change the environment).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -45,6 +48,8 @@ from reasonrl.rollout import generate
 
 MAX_TOOL_RESULT_CHARS = 4096
 """A tool result longer than this is cut (with a marker): it bounds the text tokenized per call."""
+
+_EXIT = os._exit  # the real one: during training scoring.ProcessExitGuard replaces os._exit with a raise
 
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
@@ -223,9 +228,11 @@ class ToolResult:
     timed_out: bool = False
 
 
-def run_tool_call(call: dict, tools: dict[str, Callable], timeout: float | None) -> ToolResult:
+def run_tool_call(call: dict, tools: dict[str, Callable], timeout: float | None,
+                  isolated: frozenset = frozenset()) -> ToolResult:
     """One parsed tool call, contained: never raises. The call runs in a daemon thread when there is a timeout;
-    past it the thread is abandoned (it may finish in the background; its result is dropped)."""
+    past it the thread is abandoned (it may finish in the background; its result is dropped). A function in
+    `isolated` runs in a forked child process instead, killed at the timeout (call_in_process)."""
     function = call.get("function", {})
     name = function.get("name", "unknown")
     if call.get("type", "function") != "function":
@@ -233,11 +240,15 @@ def run_tool_call(call: dict, tools: dict[str, Callable], timeout: float | None)
     if name not in tools:
         return ToolResult(name, str({"error": f"Tool {name} not found."}), failed=True)
     try:
-        result = call_with_timeout(tools[name], function.get("arguments", {}), timeout, f"tool-{name}")
+        if tools[name] in isolated:
+            result = call_in_process(tools[name], function.get("arguments", {}), timeout)
+        else:
+            result = call_with_timeout(tools[name], function.get("arguments", {}), timeout, f"tool-{name}")
     except concurrent.futures.TimeoutError:
         return ToolResult(name, str({"error": f"timed out after {timeout:g} s"}), failed=True, timed_out=True)
     except (Exception, SystemExit) as error:  # noqa: BLE001 - a tool's failure is the model's result, not ours
-        return ToolResult(name, str({"error": f"{type(error).__name__}: {reason_of(error, 300)}"}), failed=True)
+        kind = error.kind if isinstance(error, _ChildFailed) else type(error).__name__
+        return ToolResult(name, str({"error": f"{kind}: {reason_of(error, 300)}"}), failed=True)
     try:
         content = str(result)  # a result whose __str__ raises is a failing tool too
     except (Exception, SystemExit) as error:  # noqa: BLE001 - a tool's failure is the model's result, not ours
@@ -268,6 +279,54 @@ def call_with_timeout(fn: Callable, arguments: dict, timeout: float | None, thre
 
     threading.Thread(target=work, name=thread_name, daemon=True).start()
     return future.result(timeout=timeout)
+
+
+class _ChildFailed(Exception):
+    """What a tool raised in its child process (its type name and message, which cannot cross as the object)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def call_in_process(fn: Callable, arguments: dict, timeout: float | None) -> str:
+    """str(fn(**arguments)) computed in a forked child process, which is killed (SIGKILL) past `timeout`
+    (concurrent.futures.TimeoutError then): a hanging tool leaves nothing behind. Fork shares the parent's memory
+    copy-on-write, so any function runs (nothing is pickled but the result's text); what it changes stays in the
+    child. What it raises is raised here as _ChildFailed with the type's name."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+
+    def child():
+        try:
+            value = call_with_timeout(fn, arguments, None)
+            sender.send(("ok", str(value)[: MAX_TOOL_RESULT_CHARS + 1]))
+        except BaseException as error:  # noqa: BLE001 - reported to the parent, which counts the failure
+            sender.send(("error", type(error).__name__, reason_of(error, 300)))
+        finally:
+            sender.close()
+            _EXIT(0)  # no atexit handlers, no flushing of the parent's copied buffers
+
+    process = context.Process(target=child, daemon=True)
+    process.start()
+    sender.close()
+    try:
+        if not receiver.poll(timeout):
+            raise concurrent.futures.TimeoutError
+        message = receiver.recv()
+    except EOFError:  # the child died without a word (os._exit in the tool, a signal, out of memory)
+        process.join(1.0)
+        raise _ChildFailed("ChildProcessError", f"the tool's process ended with exit code {process.exitcode}") from None
+    finally:
+        receiver.close()
+        if process.is_alive():
+            process.kill()
+        process.join()
+    if message[0] == "ok":
+        return message[1]
+    raise _ChildFailed(message[1], message[2])
 
 
 def tool_suffix_ids(tokenizer, tool_messages: list[dict]) -> list[int]:
@@ -326,8 +385,10 @@ def tool_metrics(counts: torch.Tensor) -> dict:
 class ToolCalling:
     """The tools of a run and its multi-turn generation; built once at start-up (`ToolCalling.build`)."""
 
-    def __init__(self, tools: list[Callable], tokenizer, *, max_iterations: int | None, timeout: float | None):
+    def __init__(self, tools: list[Callable], tokenizer, *, max_iterations: int | None, timeout: float | None,
+                 isolated: list[Callable] = ()):
         self.functions = {tool.__name__: tool for tool in tools}
+        self.isolated = frozenset(isolated)  # run in a killable child process (tool_isolation='process')
         self.schemas = tool_schemas(tools)
         self.tokenizer = tokenizer
         self.max_iterations = max_iterations
@@ -335,18 +396,23 @@ class ToolCalling:
         check_tool_template(tokenizer)
 
     @classmethod
-    def build(cls, tools, tokenizer, prompts: list, args) -> ToolCalling | None:
+    def build(cls, tools, tokenizer, prompts: list, args,
+              standalone: list[Callable] | None = None) -> ToolCalling | None:
         """None without tools; ToolError for tools that cannot work (see load_tools) or prompts that are not
-        conversations (only a chat template renders tools)."""
+        conversations (only a chat template renders tools). `standalone`: the tools that are no environment's
+        methods (all of them by default), those tool_isolation='process' runs in a child process."""
         from reasonrl.data import is_conversational
 
         tools = load_tools(tools)
         if not tools:
             return None
+        standalone = tools if standalone is None else standalone
         if prompts and not is_conversational(prompts[0]):
             raise ToolError("tools need conversational prompts (lists of {role, content} messages, rendered by the "
                             "chat template with the tools); the dataset's prompts are plain text")
-        return cls(tools, tokenizer, max_iterations=args.max_tool_calling_iterations, timeout=args.tool_timeout)
+        isolated = standalone if args.tool_isolation == "process" else ()
+        return cls(tools, tokenizer, max_iterations=args.max_tool_calling_iterations, timeout=args.tool_timeout,
+                   isolated=isolated)
 
     def generate(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, num_generations: int,
                  max_new_tokens: int, eos_token_id, pad_token_id: int, seeds: list[int] | None = None,
@@ -375,7 +441,8 @@ class ToolCalling:
             contexts, budgets, rows = [], [], []
             for i in calling:
                 functions = self.functions if row_tools is None else row_tools[i]
-                results = [run_tool_call(call, functions, self.timeout) for call in messages[i][-1]["tool_calls"]]
+                results = [run_tool_call(call, functions, self.timeout, self.isolated)
+                           for call in messages[i][-1]["tool_calls"]]
                 result.tool_calls += len(results)
                 result.tool_failures += sum(r.failed for r in results)
                 result.tool_timeouts += sum(r.timed_out for r in results)

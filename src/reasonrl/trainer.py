@@ -136,7 +136,7 @@ class GRPOTrainer:
         # TRL's rollout_func and environment_factory (rollout_hooks.py, environments.py): environments may add
         # their get_reward and stand in for the dataset
         self.rollout_func = load_rollout_func(args.rollout_func if rollout_func is None else rollout_func)
-        tools = load_tools(args.tools if tools is None else tools)
+        tools = standalone_tools = load_tools(args.tools if tools is None else tools)
         self.environments = Environments.build(args.environment_factory if environment_factory is None
                                                else environment_factory, tools, args, self)
         if self.environments is not None:
@@ -163,7 +163,8 @@ class GRPOTrainer:
         # every prompt rendered (chat template) and tokenized once: a template error or a prompt that, with a
         # completion, would not fit the model's positions shows now, not at the round that draws it
         # tools (TRL's tools=, else the `tools` option): rendered into every prompt, called during rollouts (tools.py)
-        self.tool_calling = ToolCalling.build(tools, self.tokenizer, first_prompts(self.train_dataset, 1), args)
+        self.tool_calling = ToolCalling.build(tools, self.tokenizer, first_prompts(self.train_dataset, 1), args,
+                                              standalone_tools)
         self.rollouts = RolloutStage(self.tokenizer, self.tool_calling, self.rollout_func, self.environments, self)
         self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length,
                                                 self.tool_calling.schemas if self.tool_calling else None,
