@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -42,6 +43,51 @@ def load_rollout_func(value) -> Callable | None:
         raise RolloutError(f"rollout_func {value!r:.60} is a {type(value).__name__}, not a function; pass a function "
                            f"(prompts, trainer) -> dict, or a spec module:function")
     return value
+
+
+@dataclass
+class RolloutSources:
+    """What a trainer's rollouts are made from, read at start-up before the model loads (`rollout_sources`)."""
+
+    rollout_func: Callable | None
+    environments: object | None  # environments.Environments
+    tools: list[Callable]  # every tool a prompt may list (an environment's methods included)
+    standalone: list[Callable]  # the tools that are no environment's methods
+    train_dataset: object  # the trainer's, or the environments' placeholder rows
+    reward_columns: list[str]  # what every reward gets besides the dataset's columns
+
+    def stage(self, trainer, prompts: list) -> tuple[object, RolloutStage]:
+        """(tools.ToolCalling or None, the RolloutStage) once the tokenizer is loaded; `prompts` the first
+        training prompts (tools need conversations)."""
+        from reasonrl.tools import ToolCalling
+
+        tool_calling = ToolCalling.build(self.tools, trainer.tokenizer, prompts, trainer.args, self.standalone)
+        return tool_calling, RolloutStage(trainer.tokenizer, tool_calling, self.rollout_func, self.environments,
+                                          trainer)
+
+
+def rollout_sources(trainer, train_dataset, tools, rollout_func, environment_factory) -> RolloutSources:
+    """The trainer's arguments (else the options of the same names) loaded: the rollout_func, the tools, the
+    environments (their get_reward appended to trainer.reward_funcs, their placeholder rows standing in for a
+    missing dataset). ConfigError when no reward is left at all."""
+    from reasonrl.environments import Environments
+    from reasonrl.errors import ConfigError
+    from reasonrl.tools import load_tools
+
+    args = trainer.args
+    rollout_func = load_rollout_func(args.rollout_func if rollout_func is None else rollout_func)
+    standalone = all_tools = load_tools(args.tools if tools is None else tools)
+    environments = Environments.build(args.environment_factory if environment_factory is None
+                                      else environment_factory, standalone, args, trainer)
+    if environments is not None:
+        train_dataset = environments.dataset(train_dataset)
+        all_tools = environments.union_tools()
+    if not trainer.reward_funcs:
+        raise ConfigError("no reward functions. No reward source provided: pass reward_funcs (e.g. "
+                          "reward_funcs=[length]), or an environment_factory whose environment defines a "
+                          "get_reward method", "reward_funcs")
+    return RolloutSources(rollout_func, environments, all_tools, standalone, train_dataset,
+                          ["environments"] if environments is not None else [])
 
 
 class RolloutStage:

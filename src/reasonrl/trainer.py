@@ -60,7 +60,6 @@ from reasonrl.data import (
     load_train_dataset,
 )
 from reasonrl.dynamic_sampling import DynamicSampler
-from reasonrl.environments import Environments
 from reasonrl.errors import CheckpointError, ConfigError, ReasonRLError, reason_of
 from reasonrl.eval_loop import Evaluator, chosen_eval_sets, eval_sets
 from reasonrl.guards import (
@@ -86,7 +85,7 @@ from reasonrl.models import (
 from reasonrl.optim import check_optimizers, optimizer_and_scheduler
 from reasonrl.policy import configure_forward
 from reasonrl.rollout import Rollout, sampling_options
-from reasonrl.rollout_hooks import RolloutStage, load_rollout_func
+from reasonrl.rollout_hooks import rollout_sources
 from reasonrl.rounds import Batch, RoundProgress, Window, prompt_order
 from reasonrl.scoring import (
     ProcessExitGuard,
@@ -98,7 +97,7 @@ from reasonrl.scoring import (
     log_failures_once,
     score_rollout,
 )
-from reasonrl.tools import ToolCalling, load_tools, tool_metrics
+from reasonrl.tools import tool_metrics
 from reasonrl.tracking import Trackers
 
 logger = logging.getLogger("reasonrl")
@@ -133,22 +132,13 @@ class GRPOTrainer:
         # functions, names and reward models (TRL's model ids and PreTrainedModels, with reward_processing_classes)
         self.reward_funcs, self.reward_names, self.reward_weights = build_rewards(
             reward_funcs, args, reward_processing_classes, self.device)
-        # TRL's rollout_func and environment_factory (rollout_hooks.py, environments.py): environments may add
-        # their get_reward and stand in for the dataset
-        self.rollout_func = load_rollout_func(args.rollout_func if rollout_func is None else rollout_func)
-        tools = standalone_tools = load_tools(args.tools if tools is None else tools)
-        self.environments = Environments.build(args.environment_factory if environment_factory is None
-                                               else environment_factory, tools, args, self)
-        if self.environments is not None:
-            train_dataset = self.environments.dataset(train_dataset)
-            tools = self.environments.union_tools()
-        if not self.reward_funcs:
-            raise ConfigError("no reward functions. No reward source provided: pass reward_funcs (e.g. "
-                              "reward_funcs=[length]), or an environment_factory whose environment defines a "
-                              "get_reward method", "reward_funcs")
-        self.train_dataset = load_train_dataset(train_dataset, args)
-        check_reward_columns(self.reward_funcs, self.reward_names, column_names(self.train_dataset)
-                             + (["environments"] if self.environments else []))
+        # TRL's tools, rollout_func and environment_factory (rollout_hooks.py): environments may add their
+        # get_reward to the rewards and make the prompts of a run without a dataset
+        sources = rollout_sources(self, train_dataset, tools, rollout_func, environment_factory)
+        self.rollout_func, self.environments = sources.rollout_func, sources.environments
+        self.train_dataset = load_train_dataset(sources.train_dataset, args)
+        check_reward_columns(self.reward_funcs, self.reward_names,
+                             column_names(self.train_dataset) + sources.reward_columns)
         self.eval_dataset = load_eval_dataset(eval_dataset, args, data_from_config=train_dataset is None)
         for name, data in eval_sets(self.eval_dataset):
             check_reward_columns(self.reward_funcs, self.reward_names, data.column_names, f"eval set {name!r}")
@@ -162,12 +152,9 @@ class GRPOTrainer:
                               f"put the instruction in prompt_template instead", "system_prompt")
         # every prompt rendered (chat template) and tokenized once: a template error or a prompt that, with a
         # completion, would not fit the model's positions shows now, not at the round that draws it
-        # tools (TRL's tools=, else the `tools` option): rendered into every prompt, called during rollouts (tools.py)
-        self.tool_calling = ToolCalling.build(tools, self.tokenizer, first_prompts(self.train_dataset, 1), args,
-                                              standalone_tools)
-        self.rollouts = RolloutStage(self.tokenizer, self.tool_calling, self.rollout_func, self.environments, self)
-        self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length,
-                                                self.tool_calling.schemas if self.tool_calling else None,
+        # tools: rendered into every prompt, called during rollouts (tools.py); the rollouts' source, chosen once
+        self.tool_calling, self.rollouts = sources.stage(self, first_prompts(self.train_dataset, 1))
+        self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length, self.rollouts.schemas,
                                                 args.chat_template_kwargs)
         # tokens of the longest training prompt, as rendered (a stream's first rows stand for it; _rollout checks
         # each round's prompts); the eval prompts must fit the model's positions too
@@ -458,7 +445,7 @@ class GRPOTrainer:
             metrics.update(tool_metrics(distributed.all_reduce_sum(rollout.tool_counts.clone(), self.dist)))
         # the first completion of each prompt, every process's in rank (= draw) order; rank 0 writes them
         mine = distributed.shard(rewards.size(0), self.dist)
-        prompts = [row["prompt"] for row in rows for _ in range(args.num_generations)]
+        prompts = rollout.prompts or [row["prompt"] for row in rows for _ in range(args.num_generations)]
         extra = {column: values[mine] for column, values in scores.logged_columns.items()}  # the rewards' log_extra
 
         def gathered_samples(stride: int) -> list[dict]:  # every stride-th completion of every process, in rank order
