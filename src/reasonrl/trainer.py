@@ -112,7 +112,7 @@ class GRPOTrainer:
     alone or in a list. train_dataset: a datasets.Dataset or IterableDataset (streamed; needs max_steps), a list of
     row dicts, a dict of columns or a DataFrame; eval_dataset the same, or a dict of named ones. callbacks:
     transformers TrainerCallback objects or classes. optimizers: (optimizer, scheduler), either None to build it
-    from the config.
+    from the config. tools, rollout_func, environment_factory: TRL's (tools.py, rollout_hooks.py, environments.py).
     """
 
     def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, train_dataset=None,
