@@ -560,3 +560,107 @@ def test_later_turns_sampled_by_the_real_decoder_have_the_log_probs_the_training
         assert torch.allclose(logps[row, head:head + n], sampling_logps[row, :n], atol=1e-4)
     # the samples of one prompt differ (their own seeds), and differ from the other prompt's
     assert new_ids[0].tolist() != new_ids[1].tolist()
+
+
+# ------------------------------------------------------------------------------------------ tools in `reasonrl eval`
+
+
+def test_reasonrl_eval_with_tools_runs_the_multi_turn_rollout_of_training(tok, tmp_path, capsys, monkeypatch):
+    """The model's turns are scripted (a calculator call, then the result as the answer); without --tools the call
+    is never answered and every answer is wrong; with them the report counts the calls and turns."""
+    from cli_helpers import assert_one_line_error, run_main
+
+    from reasonrl.evaluate import evaluate
+    from reasonrl.tasks import calculator as task
+
+    def first(j, user):
+        expression = user.removeprefix("What is ").split("?")[0]
+        return call_text("calculator", expression=expression) + EOS
+
+    monkeypatch.setattr(tools_module, "generate", Script(tok, first))
+    rows = task.generate(6, seed=4)
+    model_dir = tmp_path / "model"
+    build_tiny_model(tok, hidden_size=32, intermediate_size=64, seed=0).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    data = tmp_path / "calc.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    base = ["eval", str(model_dir), "--data", str(data), "--reward", "reasonrl.tasks.calculator:reward",
+            "--max-new-tokens", "200"]
+    code, _ = run_main(capsys, [*base, "--tools", "reasonrl.tasks.calculator:calculator", "--k", "2", "--json",
+                                str(tmp_path / "with.json")])
+    assert code == 0
+    report = json.loads((tmp_path / "with.json").read_text())
+    assert report["accuracy"] == 1.0 and report["pass_at_k"] == {"1": 1.0, "2": 1.0}
+    assert report["tools"] == {"call_frequency": 1.0, "failure_frequency": 0.0, "timeouts": 0, "mean_turns": 2.0}
+    call_tokens = [len(ids_of(tok, first(0, r["prompt"][0]["content"]))) for r in rows]
+    answer_tokens = [len(ids_of(tok, r["answer"] + EOS)) for r in rows]
+    assert report["mean_length"] == pytest.approx(sum(call_tokens + answer_tokens) / 6)  # the model's tokens only
+    # the tools are what made it right: without them nothing answers the call (the plain sampler's rollout)
+    monkeypatch.setattr("reasonrl.rollout.generate", Script(tok, first))
+    code, _ = run_main(capsys, [*base, "--json", str(tmp_path / "without.json")])
+    assert code == 0 and json.loads((tmp_path / "without.json").read_text())["accuracy"] == 0.0
+    # the Python path is the same
+    model = build_tiny_model(tok, hidden_size=32, intermediate_size=64, seed=0)
+    direct = evaluate(model, tok, rows, task.reward, max_new_tokens=200, tools=[task.calculator])
+    assert direct["accuracy"] == 1.0 and direct["tools"]["mean_turns"] == 2.0
+    code, err = run_main(capsys, [*base, "--tools", "no_such_module_xyz:calc"])
+    assert_one_line_error(code, err, "eval", ["tool 'no_such_module_xyz:calc' could not be imported"])
+    code, err = run_main(capsys, [*base, "--tool-timeout", "3"])
+    assert_one_line_error(code, err, "eval", ["add --tools"])
+
+
+# ------------------------------------------------------------------------------------------ tool_isolation='process'
+
+
+def slow_writer(path: str) -> str:
+    """Sleeps, then writes a file.
+
+    Args:
+        path: the file
+    """
+    time.sleep(1.5)
+    with open(path, "w") as handle:
+        handle.write("still ran")
+    return "written"
+
+
+def exits(code: int) -> str:
+    """Ends its process.
+
+    Args:
+        code: exit code
+    """
+    os._exit(code)
+
+
+def test_a_process_isolated_tool_is_killed_at_its_timeout_where_a_thread_keeps_running(tmp_path):
+    tools = {"slow_writer": slow_writer, "add": add, "broken": broken, "junk": junk, "exits": exits}
+    isolated = frozenset(tools.values())
+
+    def call(name, **arguments):
+        return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+    assert run_tool_call(call("add", a=2, b=3), tools, 5.0, isolated).content == "5"
+    failed = run_tool_call(call("broken", x=1), tools, 5.0, isolated)
+    assert failed.failed and failed.content == str({"error": "RuntimeError: the tool broke"})
+    junk_result = run_tool_call(call("junk", x=1), tools, 5.0, isolated)
+    assert junk_result.content == str({"error": "ValueError: no text for this"})
+    ended = run_tool_call(call("exits", code=3), tools, 5.0, isolated)
+    assert ended.failed and "exit code 3" in ended.content
+    killed, abandoned = tmp_path / "killed", tmp_path / "abandoned"
+    start = time.perf_counter()
+    result = run_tool_call(call("slow_writer", path=str(killed)), tools, 0.3, isolated)
+    assert result.timed_out and time.perf_counter() - start < 1.2
+    assert run_tool_call(call("slow_writer", path=str(abandoned)), tools, 0.3).timed_out  # a thread
+    time.sleep(2.5)
+    assert abandoned.exists() and not killed.exists()  # the thread finished its work; the process was killed
+
+
+def test_training_with_process_isolated_tools(tok, tmp_path, monkeypatch):
+    trainer = _scripted_trainer(tok, tmp_path / "run", monkeypatch, max_steps=1, tool_isolation="process")
+    assert trainer.tool_calling.isolated == frozenset({add})
+    trainer.train()  # under ProcessExitGuard: the child still ends with the real os._exit
+    row = _rows(tmp_path / "run" / "metrics.jsonl")[0]
+    assert row["tools/call_frequency"] == 0.5 and row["tools/failure_frequency"] == 0.0
+    with pytest.raises(ReasonRLError, match="tool_isolation='fork' is not supported"):
+        GRPOConfig(output_dir=str(tmp_path / "x"), tool_isolation="fork")

@@ -55,9 +55,9 @@ def _cmd_train(args) -> int:
     cfg.overwrite_output_dir = cfg.overwrite_output_dir or args.overwrite
     if not cfg.model_name_or_path:
         raise UsageError("no model: set model_name_or_path in the config or as model_name_or_path=PATH_OR_ID")
-    if not cfg.reward_funcs:
+    if not cfg.reward_funcs and not cfg.environment_factory:  # an environment may own the reward and the data
         raise UsageError("no reward functions: set reward_funcs, e.g. reward_funcs=[accuracy,format]")
-    if not cfg.dataset_name:
+    if not cfg.dataset_name and not cfg.environment_factory:
         raise UsageError("no dataset: set dataset_name to a hub id or a local .jsonl/.json/.csv/.parquet file")
     # the output folder and the checkpoint to resume from are checked before anything loads (rundir.py); the
     # trainer makes the folder the run's when training starts, so a mistake found while loading leaves it as it was
@@ -195,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--json", help="also write the report to this JSON file")
+    p.add_argument("--reward", help="with --data: the reward that says a completion is right, a registered name or "
+                                    "module:function (default accuracy: the answer column)")
+    p.add_argument("--tools", help="tool functions the model may call, comma-separated module:function or "
+                                   "file.py:function specs (as the training option `tools`): multi-turn rollouts")
+    p.add_argument("--max-tool-calling-iterations", type=int, default=None,
+                   help="with --tools: rounds of tool calls per completion (default: no limit but the length)")
+    p.add_argument("--tool-timeout", type=float, default=10.0, help="with --tools: seconds per tool call (10)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     p.set_defaults(func=_cmd_eval)
 
@@ -362,7 +369,25 @@ def _cmd_eval(args) -> int:
     if args.prompt_template is not None and "{prompt}" not in args.prompt_template:
         raise UsageError(f"--prompt-template must contain {{prompt}} where the prompt goes (got "
                          f"{args.prompt_template!r:.80})")
+    if args.tools is None and (args.max_tool_calling_iterations is not None or args.tool_timeout != 10.0):
+        raise UsageError("--max-tool-calling-iterations and --tool-timeout set how --tools run; add --tools")
+    if args.max_tool_calling_iterations is not None and args.max_tool_calling_iterations < 0:
+        raise UsageError(f"--max-tool-calling-iterations must be >= 0 (got {args.max_tool_calling_iterations})")
+    if not args.tool_timeout > 0:
+        raise UsageError(f"--tool-timeout must be > 0 seconds (got {args.tool_timeout})")
+    tools = None
+    if args.tools is not None:  # checked (importable, describable) before the model loads
+        from reasonrl.tools import load_tools, tool_schemas
+
+        tools = load_tools([spec for spec in args.tools.split(",") if spec.strip()])
+        tool_schemas(tools)
     rows, reward, default_tokens = _task_rows(args)
+    if args.reward is not None:
+        if args.data is None:
+            raise UsageError("--reward is for --data; a --task scores with its own verifier")
+        from reasonrl.rewards import get_reward
+
+        reward = get_reward(args.reward)
     model, tokenizer = load_for_inference(args.model, trust_remote_code=args.trust_remote_code)
     if args.system_prompt is not None and tokenizer.chat_template is None:
         raise UsageError(f"--system-prompt needs a chat template, and the tokenizer of {args.model} has none; put "
@@ -374,7 +399,8 @@ def _cmd_eval(args) -> int:
                 for row in rows]
     report = evaluate(model, tokenizer, rows, reward, k=args.k, num_samples=args.samples,
                       max_new_tokens=args.max_new_tokens or default_tokens or 256, temperature=args.temperature,
-                      batch_size=args.batch_size, seed=args.seed)
+                      batch_size=args.batch_size, seed=args.seed, tools=tools,
+                      max_tool_calling_iterations=args.max_tool_calling_iterations, tool_timeout=args.tool_timeout)
     print(format_report(report))
     if args.json:
         try:

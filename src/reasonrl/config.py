@@ -158,6 +158,23 @@ class GRPOConfig:
     tool_timeout: float | None = 10.0
     """reasonrl: seconds one tool call may take; past it the call's result is an error message (counted in
     tools/failure_frequency and tools/timeouts) and its daemon thread is abandoned. None waits forever (TRL)."""
+    tool_isolation: str = "thread"
+    """reasonrl: where a standalone tool call runs. 'thread': in the training process (a call past tool_timeout is
+    abandoned and may keep running in the background). 'process': in a forked child process, killed at
+    tool_timeout (nothing keeps running; the result is its text; the call cannot change the training process's
+    state). An environment's methods always run in the training process (they change the environment)."""
+    rollout_func: str | None = None
+    """reasonrl: TRL's `rollout_func` named as a spec 'module:function' or 'path/to/file.py:function' (TRL takes the
+    function as the trainer's argument, which reasonrl's trainer takes too). It is called as rollout_func(prompts,
+    trainer) with the process's prompts of the round, each num_generations times in a row, and returns a dict of
+    prompt_ids, completion_ids and logprobs (one list per completion); its other keys go to the reward functions,
+    `env_mask` (0 on tokens the model did not write) masks the loss. Not with tools or environment_factory."""
+    environment_factory: dict[str, str] | str | None = None
+    """reasonrl: TRL's `environment_factory` named as a spec 'module:Class' or 'path/to/file.py:Class', or a mapping
+    {name: spec} picked by each example's `environment` column (TRL takes the factory as the trainer's argument,
+    which reasonrl's trainer takes too). One environment per rollout: reset(**example) before generation (a string
+    it returns is appended to the prompt), its public methods are the rollout's tools, its get_reward() (if any) an
+    extra reward named after the class. Without a dataset, max_steps sets the length."""
     repetition_penalty: float = 1.0
     """Penalty on tokens already in the prompt or completion; > 1 discourages repeats, 1.0 disables it."""
     min_p: float | None = None

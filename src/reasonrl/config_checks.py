@@ -28,6 +28,7 @@ LOGGERS = {"none": None, "tensorboard": "tensorboard", "wandb": "wandb", "tracki
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 EVAL_STRATEGIES = ("no", "steps", "epoch")
 SAVE_STRATEGIES = ("no", "steps", "epoch")
+TOOL_ISOLATIONS = ("thread", "process")
 
 
 def check(config) -> None:
@@ -48,6 +49,7 @@ def check(config) -> None:
     _check_choice("importance_sampling_level", config.importance_sampling_level, IMPORTANCE_SAMPLING_LEVELS)
     _check_choice("lr_scheduler_type", config.lr_scheduler_type, LR_SCHEDULERS)
     _check_choice("optim", config.optim, OPTIMIZERS)
+    _check_choice("tool_isolation", config.tool_isolation, TOOL_ISOLATIONS)
     _check_choice("dtype", config.dtype, DTYPES)
     _check_choice("eval_strategy", config.eval_strategy, EVAL_STRATEGIES)
     _check_choice("save_strategy", config.save_strategy, SAVE_STRATEGIES)

@@ -56,6 +56,12 @@ class ToolError(ReasonRLError, ValueError):
     not describable to the model, or a chat template or dataset that cannot carry tool calls."""
 
 
+class RolloutError(ReasonRLError, ValueError):
+    """A `rollout_func` or `environment_factory` (GRPOTrainer's arguments, or the options naming them) that cannot
+    be used or broke its contract: not importable, not callable, a rollout_func's output without TRL's keys or with
+    rows of the wrong count or shape, an environment without `reset`."""
+
+
 class TaskError(ReasonRLError, ValueError):
     """An unknown built-in task or a task option out of range."""
 

@@ -38,7 +38,7 @@ from reasonrl.errors import DataError, RewardError
 from reasonrl.evaluate import mean_pass_at_k
 from reasonrl.models import reference_policy
 from reasonrl.policy import sequence_logprobs
-from reasonrl.rollout import Rollout, sample_rollout, sampling_options
+from reasonrl.rollout import Rollout, sampling_options
 from reasonrl.scoring import call_reward, combine_rewards, log_failures_once, score_rollout
 from reasonrl.tools import tool_metrics
 
@@ -69,7 +69,7 @@ class Evaluator:
     reward_funcs: list
     reward_names: list[str]
     reward_weights: torch.Tensor
-    tool_calling: object
+    rollouts: object  # the trainer's rollout_hooks.RolloutStage: sampling, tools, environments or rollout_func
     autocast: object  # the trainer's bf16 context
     reference_model: torch.nn.Module | None = None
     logged_failures: set = field(default_factory=set)
@@ -84,7 +84,7 @@ class Evaluator:
         prompts_per_batch = max(1, args.per_device_eval_batch_size // g)
         seeds = distributed.prompt_seeds(args.seed + EVAL_SEED_OFFSET, 0, len(rows))
         prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length,  # its own truncation count
-                                           self.tool_calling.schemas if self.tool_calling else None,
+                                           self.rollouts.schemas,
                                            args.chat_template_kwargs)
         mine = list(range(self.dist.rank, len(rows), self.dist.world_size))  # this process's prompts
         batches, correct_counts, errors = [], [], dict.fromkeys(self.reward_names, 0)
@@ -97,8 +97,8 @@ class Evaluator:
                 prompt_ids, prompt_mask = prompt_tokenizer([row["prompt"] for row in batch_rows],
                                                            device=self.dist.device)
                 with self.autocast():
-                    rollout = sample_rollout(
-                        self.model, self.tokenizer, prompt_ids, prompt_mask, self.tool_calling, num_generations=g,
+                    rollout = self.rollouts(
+                        self.model, batch_rows, prompt_ids, prompt_mask, num_generations=g,
                         max_new_tokens=args.max_completion_length, eos_token_id=self.tokenizer.eos_token_id,
                         pad_token_id=self.tokenizer.pad_token_id, seeds=[seeds[i] for i in indices],
                         **sampling_options(args))  # the training rollouts' (generation_kwargs included)
@@ -186,7 +186,7 @@ class Evaluator:
             sapo_temperature_neg=args.sapo_temperature_neg, vespo_k_pos=args.vespo_k_pos,
             vespo_lambda_pos=args.vespo_lambda_pos, vespo_k_neg=args.vespo_k_neg,
             vespo_lambda_neg=args.vespo_lambda_neg, entropy_mask=entropy_mask)
-        return {"loss": loss.item(), "entropy": masked_mean(entropy.float(), rollout.completion_mask).item(),
+        return {"loss": loss.item(), "entropy": masked_mean(entropy.float(), loss_mask).item(),
                 **{key: value.item() for key, value in metrics.items()}}
 
     # ---------------------------------------------------------------- correctness

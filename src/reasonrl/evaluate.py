@@ -11,7 +11,6 @@ import json
 import torch
 
 from reasonrl.data import PromptTokenizer
-from reasonrl.rollout import generate
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -34,52 +33,70 @@ def mean_pass_at_k(correct_counts: list[int], n: int, ks) -> dict[int, float]:
     return {k: sum(pass_at_k(n, c, k) for c in correct_counts) / len(correct_counts) for k in ks}
 
 
-def _score(reward_fn, rows: list[dict], texts: list[str], repeat: int) -> list[float]:
+def _score(reward_fn, rows: list[dict], completions: list, repeat: int) -> list[float]:
     prompts = [row["prompt"] for row in rows for _ in range(repeat)]
     columns = {key: [row[key] for row in rows for _ in range(repeat)] for key in rows[0] if key != "prompt"}
-    values = reward_fn(prompts=prompts, completions=texts, completion_ids=None, **columns)
+    values = reward_fn(prompts=prompts, completions=completions, completion_ids=None, **columns)
     return [0.0 if v is None else float(v) for v in values]
 
 
 @torch.no_grad()
 def _complete(model, tokenizer, prompts, *, num_samples, max_new_tokens, greedy, temperature, batch_size,
-              generator, max_prompt_length=None):
-    """Completion texts (num_samples per prompt, grouped by prompt), their lengths and truncation flags."""
+              generator, max_prompt_length=None, tool_calling=None):
+    """Completions (num_samples per prompt, grouped by prompt): their texts, the rewards' completions (the texts,
+    or with tools each sample's assistant and tool messages), lengths (the model's tokens), truncation flags, and
+    the tool counts (tools.tool_metrics's; None without tools)."""
+    from reasonrl.rollout import sample_rollout
+
     device = next(model.parameters()).device
-    prompt_tokenizer = PromptTokenizer(tokenizer, max_prompt_length)
+    prompt_tokenizer = PromptTokenizer(tokenizer, max_prompt_length, tool_calling.schemas if tool_calling else None)
     from tqdm.auto import tqdm
 
-    texts, lengths, truncated = [], [], []
+    texts, completions, lengths, truncated, counts = [], [], [], [], None
     for start in tqdm(range(0, len(prompts), batch_size), desc="eval" if greedy else f"eval x{num_samples}",
                       unit="batch", leave=False, dynamic_ncols=True):
         prompt_ids, prompt_mask = prompt_tokenizer(prompts[start: start + batch_size], device=device)
-        ids, mask, _, is_truncated = generate(
-            model, prompt_ids, prompt_mask, num_generations=num_samples, max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, temperature=temperature,
-            greedy=greedy, generator=generator)
-        texts += tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(ids, mask)],
-                                        skip_special_tokens=True)
-        lengths += mask.sum(-1).tolist()
-        truncated += is_truncated.tolist()
-    return texts, lengths, truncated
+        # the rollout of training: multi-turn with the tools when there are tools
+        rollout = sample_rollout(
+            model, tokenizer, prompt_ids, prompt_mask, tool_calling, num_generations=num_samples,
+            max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            temperature=temperature, greedy=greedy, generator=generator)
+        texts += rollout.texts
+        completions += rollout.texts if rollout.messages is None else rollout.messages
+        model_tokens = rollout.completion_mask if rollout.tool_mask is None else (
+            rollout.completion_mask * rollout.tool_mask)  # tool results are not the model's length
+        lengths += model_tokens.sum(-1).tolist()
+        truncated += rollout.is_truncated.tolist()
+        if rollout.tool_counts is not None:
+            counts = rollout.tool_counts if counts is None else counts + rollout.tool_counts
+    return texts, completions, lengths, truncated, counts
 
 
 def evaluate(model, tokenizer, rows: list[dict], reward_fn, *, k: int = 1, num_samples: int | None = None,
-             max_new_tokens: int = 256, temperature: float = 1.0, batch_size: int = 64, seed: int = 0) -> dict:
+             max_new_tokens: int = 256, temperature: float = 1.0, batch_size: int = 64, seed: int = 0,
+             tools=None, max_tool_calling_iterations: int | None = None, tool_timeout: float | None = 10.0) -> dict:
     """Evaluate `model` on `rows` ({prompt, answer, ...}); `reward_fn` (TRL signature) returns 1.0 when correct.
 
     Greedy decoding gives accuracy, format rate, length and truncation. With k > 1, `num_samples` (default k)
-    completions per prompt are sampled at `temperature` and pass@1..k is estimated from them.
+    completions per prompt are sampled at `temperature` and pass@1..k is estimated from them. With `tools`
+    (functions or 'module:function' specs, as the trainer's) the completions are the multi-turn rollouts of
+    training (tools.py): the reward gets each sample's messages, and the report the tools' metrics.
     """
     from reasonrl.rewards import format_reward
+    from reasonrl.tools import ToolCalling, load_tools, tool_metrics
 
+    tool_calling = None
+    if tools:
+        tool_calling = ToolCalling(load_tools(tools), tokenizer, max_iterations=max_tool_calling_iterations,
+                                   timeout=tool_timeout)
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     prompts = [row["prompt"] for row in rows]
-    texts, lengths, truncated = _complete(model, tokenizer, prompts, num_samples=1, max_new_tokens=max_new_tokens,
-                                          greedy=True, temperature=1.0, batch_size=batch_size, generator=generator)
-    correct = _score(reward_fn, rows, texts, 1)
+    texts, completions, lengths, truncated, counts = _complete(
+        model, tokenizer, prompts, num_samples=1, max_new_tokens=max_new_tokens, greedy=True, temperature=1.0,
+        batch_size=batch_size, generator=generator, tool_calling=tool_calling)
+    correct = _score(reward_fn, rows, completions, 1)
     formatted = format_reward(completions=texts)
     report = {
         "n": len(rows),
@@ -89,11 +106,13 @@ def evaluate(model, tokenizer, rows: list[dict], reward_fn, *, k: int = 1, num_s
         "truncation_rate": sum(truncated) / len(rows),
         "pass_at_k": {},
     }
+    if counts is not None:  # the greedy pass's tools/call_frequency, /failure_frequency, /timeouts, /mean_turns
+        report["tools"] = {key.removeprefix("tools/"): value for key, value in tool_metrics(counts).items()}
     samples = max(k, num_samples or k)
     if k > 1:
-        sampled, _, _ = _complete(model, tokenizer, prompts, num_samples=samples, max_new_tokens=max_new_tokens,
-                                  greedy=False, temperature=temperature, batch_size=max(1, batch_size // samples),
-                                  generator=generator)
+        _, sampled, _, _, _ = _complete(model, tokenizer, prompts, num_samples=samples, max_new_tokens=max_new_tokens,
+                                        greedy=False, temperature=temperature, batch_size=max(1, batch_size // samples),
+                                        generator=generator, tool_calling=tool_calling)
         sampled_correct = _score(reward_fn, rows, sampled, samples)
         per_prompt = [sum(v > 0.5 for v in sampled_correct[i * samples:(i + 1) * samples]) for i in range(len(rows))]
         report["pass_at_k"] = {str(j): value for j, value in mean_pass_at_k(per_prompt, samples,
@@ -109,6 +128,9 @@ def evaluate(model, tokenizer, rows: list[dict], reward_fn, *, k: int = 1, num_s
 def format_report(report: dict) -> str:
     lines = [(f"n={report['n']}  accuracy={report['accuracy']:.3f}  format_rate={report['format_rate']:.3f}  "
               f"mean_length={report['mean_length']:.1f}  truncation_rate={report['truncation_rate']:.3f}")]
+    if report.get("tools"):
+        lines.append("tools: " + "  ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}"
+                                          for key, value in report["tools"].items()))
     if report["pass_at_k"]:
         lines.append("pass@k: " + "  ".join(f"@{k}={v:.3f}" for k, v in report["pass_at_k"].items()))
     return "\n".join(lines)

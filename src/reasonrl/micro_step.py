@@ -79,12 +79,13 @@ class MicroStep:
             scaled = normaliser.scaled(loss, index, mask[chunk], mask)
             scaled.backward()
             loss_total += scaled.item()
-            metrics["entropy"] = masked_mean(entropy, completion_mask[chunk])
+            # over the loss tokens, as TRL: not over tool results (or an environment's tokens) nor, with
+            # mask_truncated_completions, truncated completions
+            metrics["entropy"] = masked_mean(entropy, mask[chunk])
             # token-weighted (row-weighted for means over sequences), so that the chunks' metrics add up to the
             # micro-batch's means
             loss_share = mask[chunk].sum().item() / max(1, mask.sum().item())
-            entropy_share = completion_mask[chunk].sum().item() / max(1, completion_mask.sum().item())
-            shares = {"entropy": entropy_share}
+            shares = {"entropy": loss_share}
             shares.update(dict.fromkeys(self.sequence_metrics, logps.size(0) / num_rows))
             for key, value in metrics.items():
                 values[key] = values.get(key, 0.0) + shares.get(key, loss_share) * value.item()

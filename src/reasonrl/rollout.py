@@ -31,6 +31,11 @@ class Rollout:
     tool_mask: torch.Tensor | None = None
     messages: list[list[dict]] | None = None
     tool_counts: torch.Tensor | None = None
+    # what the rewards get beyond the dataset's columns (rollout_hooks.py): each completion's prompt when it is not
+    # its row's (an environment's reset() observation appended), and per-completion columns (a rollout_func's extra
+    # fields, the `environments`)
+    prompts: list | None = None
+    reward_columns: dict | None = None
 
     @property
     def completion_lengths(self) -> torch.Tensor:  # [B]
@@ -223,14 +228,15 @@ def generate(
     return completion_ids, completion_mask, sampling_logps * completion_mask, ~has_eos
 
 
-def sample_rollout(model, tokenizer, prompt_ids, prompt_mask, tool_calling=None, **sampling) -> Rollout:
+def sample_rollout(model, tokenizer, prompt_ids, prompt_mask, tool_calling=None, row_tools=None, **sampling) -> Rollout:
     """A round's samples: G completions of each prompt [N, P] (`generate`'s keyword arguments in `sampling`) as a
     Rollout of N*G rows, prompts repeated, completions decoded to texts. With `tool_calling` (tools.ToolCalling)
-    the sampling is multi-turn: the tools' results join the completions, marked in tool_mask."""
+    the sampling is multi-turn: the tools' results join the completions, marked in tool_mask; `row_tools` (one
+    {name: function} per row) replaces its functions row by row (an environment's methods)."""
     g = sampling["num_generations"]
     turns = None
     if tool_calling:
-        turns = tool_calling.generate(model, prompt_ids, prompt_mask, **sampling)
+        turns = tool_calling.generate(model, prompt_ids, prompt_mask, row_tools=row_tools, **sampling)
         completion_ids, completion_mask, is_truncated = turns.completion_ids, turns.completion_mask, turns.is_truncated
     else:
         completion_ids, completion_mask, _, is_truncated = generate(model, prompt_ids, prompt_mask, **sampling)

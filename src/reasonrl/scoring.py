@@ -98,10 +98,13 @@ def reward_arguments(prompts: list, completions: list, completion_ids: list, col
     """The keyword arguments of one reward call: its own copies of the round's lists (a function that empties or
     edits `completions` cannot change what the next one or the count check sees), a copy of trainer_state (a
     reward cannot move the run's step counter), and `log`'s log_metric and log_extra."""
+    shared = ("trainer_state", "environments")  # live objects: a copy of the state, the environments themselves
     arguments = copy.deepcopy(dict(prompts=prompts, completions=completions, completion_ids=completion_ids,
-                                   **{key: value for key, value in columns.items() if key != "trainer_state"}))
+                                   **{key: value for key, value in columns.items() if key not in shared}))
     if "trainer_state" in columns:
         arguments["trainer_state"] = copy.copy(columns["trainer_state"])
+    if "environments" in columns:  # TRL's: each completion's environment instance, to read its final state
+        arguments["environments"] = list(columns["environments"])
     log = log or RewardLog("", len(completions))
     arguments.update(log_metric=log.log_metric, log_extra=log.log_extra)
     return arguments
@@ -237,12 +240,16 @@ def score_rollout(reward_funcs: list, names: list[str], rows: list[dict], rollou
 
     prompts = [row["prompt"] for row in rows]
     repeated_prompts = [prompt for prompt in prompts for _ in range(num_generations)]
+    if rollout.prompts is not None:  # an environment's observation joined each completion's prompt
+        repeated_prompts = rollout.prompts
     completions = ([[{"role": "assistant", "content": text}] for text in rollout.texts]
                    if is_conversational(prompts[0]) else rollout.texts)
     if rollout.messages is not None:
         completions = rollout.messages
     ids_list = [ids[mask.bool()].tolist() for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)]
     columns = {key: [row[key] for row in rows for _ in range(num_generations)] for key in rows[0] if key != "prompt"}
+    columns.update({key: value for key, value in (rollout.reward_columns or {}).items()
+                    if key not in ("prompt", "completion", "completion_ids")})  # as TRL, these are not passed
     columns["trainer_state"] = trainer_state
     return score_round(reward_funcs, names, repeated_prompts, completions, ids_list, columns, timeout=timeout)
 
@@ -342,6 +349,8 @@ def build_rewards(reward_funcs, args, processing_classes=None, device=None) -> t
     from reasonrl.reward_models import is_model, looks_like_reward_model, reward_model
     from reasonrl.rewards import get_reward, reward_name
 
+    if reward_funcs is None:  # TRL: optional when an environment owns the reward (environments.py)
+        reward_funcs = []
     funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
     if processing_classes is None:
         processing_classes = [None] * len(funcs)
@@ -357,6 +366,7 @@ def build_rewards(reward_funcs, args, processing_classes=None, device=None) -> t
         elif isinstance(f, str):
             funcs[i] = get_reward(f, **reward_kwargs.get(f, {}))
     names = [reward_name(f) for f in funcs]
-    args.check_reward_weights(len(funcs))
+    if funcs or args.reward_weights is not None:  # none at all: the trainer checks once environments are known
+        args.check_reward_weights(len(funcs))
     weights = args.reward_weights or [1.0] * len(funcs)
     return funcs, names, torch.tensor(weights, dtype=torch.float32)

@@ -21,7 +21,9 @@ Samples of one prompt may take different numbers of turns.
 As TRL: a tool result that would push the completion past `max_completion_length` is dropped and the sample ends
 with its tool call unanswered; a tool error becomes the tool message `{'error': '...'}`.
 Where it departs: a call runs in a daemon thread with `tool_timeout` (TRL waits forever); a thread that never
-returns is abandoned (Python cannot stop it), like a reward past `reward_timeout`.
+returns is abandoned (Python cannot stop it), like a reward past `reward_timeout`. With tool_isolation='process'
+a standalone tool runs in a forked child process instead, killed at the timeout (`call_in_process`; an
+environment's methods stay in the training process, since they change the environment).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -45,6 +48,8 @@ from reasonrl.rollout import generate
 
 MAX_TOOL_RESULT_CHARS = 4096
 """A tool result longer than this is cut (with a marker): it bounds the text tokenized per call."""
+
+_EXIT = os._exit  # the real one: during training scoring.ProcessExitGuard replaces os._exit with a raise
 
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
@@ -77,26 +82,32 @@ def load_tools(tools) -> list[Callable]:
 
 
 def _load_spec(spec: str) -> Callable:
+    return load_spec(spec, "tool", ToolError)
+
+
+def load_spec(spec: str, what: str, error=ToolError):
+    """The object a spec `module:attribute` or `path/to/file.py:attribute` names (as `tools` are named in a YAML
+    config or on the command line); `error` (a ReasonRLError) naming `what` when it cannot be imported."""
     location, _, attribute = spec.strip().rpartition(":")
     if not location or not attribute:
-        raise ToolError(f"tool '{spec}' is not a spec; write module:function or path/to/file.py:function")
+        raise error(f"{what} '{spec}' is not a spec; write module:function or path/to/file.py:function")
     try:
         if location.endswith(".py") or "/" in location:
             path = Path(location).expanduser().resolve()
-            module_spec = importlib.util.spec_from_file_location(f"_reasonrl_tool_{path.stem}", path)
+            module_spec = importlib.util.spec_from_file_location(f"_reasonrl_{what}_{path.stem}", path)
             if not path.is_file() or module_spec is None or module_spec.loader is None:
-                raise ToolError(f"tool '{spec}': no Python file {path} (relative paths start at the current "
-                                f"directory)")
+                raise error(f"{what} '{spec}': no Python file {path} (relative paths start at the current "
+                            f"directory)")
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(location)
-    except ToolError:
+    except error:
         raise
-    except (Exception, SystemExit) as error:  # noqa: BLE001 - whatever importing the user's module raises
-        raise ToolError(f"tool '{spec}' could not be imported: {type(error).__name__}: {reason_of(error, 150)}")
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - whatever importing the user's module raises
+        raise error(f"{what} '{spec}' could not be imported: {type(exc).__name__}: {reason_of(exc, 150)}") from None
     if not hasattr(module, attribute):
-        raise ToolError(f"tool '{spec}' not found: {location} has no '{attribute}'")
+        raise error(f"{what} '{spec}' not found: {location} has no '{attribute}'")
     return getattr(module, attribute)
 
 
@@ -217,46 +228,105 @@ class ToolResult:
     timed_out: bool = False
 
 
-def run_tool_call(call: dict, tools: dict[str, Callable], timeout: float | None) -> ToolResult:
+def run_tool_call(call: dict, tools: dict[str, Callable], timeout: float | None,
+                  isolated: frozenset = frozenset()) -> ToolResult:
     """One parsed tool call, contained: never raises. The call runs in a daemon thread when there is a timeout;
-    past it the thread is abandoned (it may finish in the background; its result is dropped)."""
+    past it the thread is abandoned (it may finish in the background; its result is dropped). A function in
+    `isolated` runs in a forked child process instead, killed at the timeout (call_in_process)."""
     function = call.get("function", {})
     name = function.get("name", "unknown")
     if call.get("type", "function") != "function":
         return ToolResult(name, str({"error": f"Unsupported tool call type: {call.get('type')}"}), failed=True)
     if name not in tools:
         return ToolResult(name, str({"error": f"Tool {name} not found."}), failed=True)
-    fn, arguments = tools[name], function.get("arguments", {})
-
-    def call_tool():
-        if inspect.iscoroutinefunction(fn):
-            return asyncio.run(fn(**arguments))
-        return fn(**arguments)
-
     try:
-        if timeout is None:
-            result = call_tool()
+        if tools[name] in isolated:
+            result = call_in_process(tools[name], function.get("arguments", {}), timeout)
         else:
-            future: concurrent.futures.Future = concurrent.futures.Future()
-
-            def work():
-                try:
-                    future.set_result(call_tool())
-                except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
-                    future.set_exception(error)
-
-            threading.Thread(target=work, name=f"tool-{name}", daemon=True).start()
-            try:
-                result = future.result(timeout=timeout)
-            except concurrent.futures.TimeoutError:
-                return ToolResult(name, str({"error": f"timed out after {timeout:g} s"}), failed=True,
-                                  timed_out=True)
+            result = call_with_timeout(tools[name], function.get("arguments", {}), timeout, f"tool-{name}")
+    except concurrent.futures.TimeoutError:
+        return ToolResult(name, str({"error": f"timed out after {timeout:g} s"}), failed=True, timed_out=True)
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - a tool's failure is the model's result, not ours
+        kind = error.kind if isinstance(error, _ChildFailed) else type(error).__name__
+        return ToolResult(name, str({"error": f"{kind}: {reason_of(error, 300)}"}), failed=True)
+    try:
         content = str(result)  # a result whose __str__ raises is a failing tool too
     except (Exception, SystemExit) as error:  # noqa: BLE001 - a tool's failure is the model's result, not ours
         return ToolResult(name, str({"error": f"{type(error).__name__}: {reason_of(error, 300)}"}), failed=True)
     if len(content) > MAX_TOOL_RESULT_CHARS:
         content = content[:MAX_TOOL_RESULT_CHARS] + "...[truncated]"
     return ToolResult(name, content)
+
+
+def call_with_timeout(fn: Callable, arguments: dict, timeout: float | None, thread_name: str = "tool"):
+    """fn(**arguments), awaited when it is a coroutine function; with a timeout in a daemon thread, raising
+    concurrent.futures.TimeoutError past it (the thread is abandoned: Python cannot stop it). Whatever fn raises
+    is raised here."""
+    def call():
+        if inspect.iscoroutinefunction(fn):
+            return asyncio.run(fn(**arguments))
+        return fn(**arguments)
+
+    if timeout is None:
+        return call()
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def work():
+        try:
+            future.set_result(call())
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
+            future.set_exception(error)
+
+    threading.Thread(target=work, name=thread_name, daemon=True).start()
+    return future.result(timeout=timeout)
+
+
+class _ChildFailed(Exception):
+    """What a tool raised in its child process (its type name and message, which cannot cross as the object)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def call_in_process(fn: Callable, arguments: dict, timeout: float | None) -> str:
+    """str(fn(**arguments)) computed in a forked child process, which is killed (SIGKILL) past `timeout`
+    (concurrent.futures.TimeoutError then): a hanging tool leaves nothing behind. Fork shares the parent's memory
+    copy-on-write, so any function runs (nothing is pickled but the result's text); what it changes stays in the
+    child. What it raises is raised here as _ChildFailed with the type's name."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+
+    def child():
+        try:
+            value = call_with_timeout(fn, arguments, None)
+            sender.send(("ok", str(value)[: MAX_TOOL_RESULT_CHARS + 1]))
+        except BaseException as error:  # noqa: BLE001 - reported to the parent, which counts the failure
+            sender.send(("error", type(error).__name__, reason_of(error, 300)))
+        finally:
+            sender.close()
+            _EXIT(0)  # no atexit handlers, no flushing of the parent's copied buffers
+
+    process = context.Process(target=child, daemon=True)
+    process.start()
+    sender.close()
+    try:
+        if not receiver.poll(timeout):
+            raise concurrent.futures.TimeoutError
+        message = receiver.recv()
+    except EOFError:  # the child died without a word (os._exit in the tool, a signal, out of memory)
+        process.join(1.0)
+        raise _ChildFailed("ChildProcessError", f"the tool's process ended with exit code {process.exitcode}") from None
+    finally:
+        receiver.close()
+        if process.is_alive():
+            process.kill()
+        process.join()
+    if message[0] == "ok":
+        return message[1]
+    raise _ChildFailed(message[1], message[2])
 
 
 def tool_suffix_ids(tokenizer, tool_messages: list[dict]) -> list[int]:
@@ -301,18 +371,24 @@ class ToolRollout:
 
 def tool_metrics(counts: torch.Tensor) -> dict:
     """TRL's tools/call_frequency (calls per completion) and tools/failure_frequency (failed calls per call), and
-    reasonrl's tools/timeouts (calls) and tools/mean_turns (assistant turns per completion), from `counts`."""
-    calls, failures, timeouts, turns, rows = counts.tolist()
-    return {"tools/call_frequency": calls / max(1.0, rows),
-            "tools/failure_frequency": failures / calls if calls else 0.0,
-            "tools/timeouts": int(timeouts), "tools/mean_turns": turns / max(1.0, rows)}
+    reasonrl's tools/timeouts (calls) and tools/mean_turns (assistant turns per completion), from `counts`; with
+    environments (environments.py) a sixth count, environments/reset_failures (resets of the round that failed)."""
+    calls, failures, timeouts, turns, rows, *resets = counts.tolist()
+    metrics = {"tools/call_frequency": calls / max(1.0, rows),
+               "tools/failure_frequency": failures / calls if calls else 0.0,
+               "tools/timeouts": int(timeouts), "tools/mean_turns": turns / max(1.0, rows)}
+    if resets:
+        metrics["environments/reset_failures"] = int(resets[0])
+    return metrics
 
 
 class ToolCalling:
     """The tools of a run and its multi-turn generation; built once at start-up (`ToolCalling.build`)."""
 
-    def __init__(self, tools: list[Callable], tokenizer, *, max_iterations: int | None, timeout: float | None):
+    def __init__(self, tools: list[Callable], tokenizer, *, max_iterations: int | None, timeout: float | None,
+                 isolated: list[Callable] = ()):
         self.functions = {tool.__name__: tool for tool in tools}
+        self.isolated = frozenset(isolated)  # run in a killable child process (tool_isolation='process')
         self.schemas = tool_schemas(tools)
         self.tokenizer = tokenizer
         self.max_iterations = max_iterations
@@ -320,24 +396,31 @@ class ToolCalling:
         check_tool_template(tokenizer)
 
     @classmethod
-    def build(cls, tools, tokenizer, prompts: list, args) -> ToolCalling | None:
+    def build(cls, tools, tokenizer, prompts: list, args,
+              standalone: list[Callable] | None = None) -> ToolCalling | None:
         """None without tools; ToolError for tools that cannot work (see load_tools) or prompts that are not
-        conversations (only a chat template renders tools)."""
+        conversations (only a chat template renders tools). `standalone`: the tools that are no environment's
+        methods (all of them by default), those tool_isolation='process' runs in a child process."""
         from reasonrl.data import is_conversational
 
         tools = load_tools(tools)
         if not tools:
             return None
+        standalone = tools if standalone is None else standalone
         if prompts and not is_conversational(prompts[0]):
             raise ToolError("tools need conversational prompts (lists of {role, content} messages, rendered by the "
                             "chat template with the tools); the dataset's prompts are plain text")
-        return cls(tools, tokenizer, max_iterations=args.max_tool_calling_iterations, timeout=args.tool_timeout)
+        isolated = standalone if args.tool_isolation == "process" else ()
+        return cls(tools, tokenizer, max_iterations=args.max_tool_calling_iterations, timeout=args.tool_timeout,
+                   isolated=isolated)
 
     def generate(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, num_generations: int,
                  max_new_tokens: int, eos_token_id, pad_token_id: int, seeds: list[int] | None = None,
-                 generator: torch.Generator | None = None, **sampling) -> ToolRollout:
+                 generator: torch.Generator | None = None, row_tools: list[dict] | None = None,
+                 **sampling) -> ToolRollout:
         """Multi-turn completions for prompt_ids [N, P] (left-padded, rendered with the tools); `sampling` as
-        rollout.generate (temperature, top_p, top_k, repetition_penalty, greedy, lean).
+        rollout.generate (temperature, top_p, top_k, repetition_penalty, greedy, lean). `row_tools`: the
+        functions each of the N*G rows may call ({name: function}, an environment's bound methods), else the run's.
 
         Randomness: turn 1 as rollout.generate; a later turn of row j of prompt i samples from its own seed
         (seeds[i], j, turn), so no row depends on which others called tools (or on the batch, or a resume)."""
@@ -357,7 +440,9 @@ class ToolCalling:
         while calling and (self.max_iterations is None or iteration < self.max_iterations):
             contexts, budgets, rows = [], [], []
             for i in calling:
-                results = [run_tool_call(call, self.functions, self.timeout) for call in messages[i][-1]["tool_calls"]]
+                functions = self.functions if row_tools is None else row_tools[i]
+                results = [run_tool_call(call, functions, self.timeout, self.isolated)
+                           for call in messages[i][-1]["tool_calls"]]
                 result.tool_calls += len(results)
                 result.tool_failures += sum(r.failed for r in results)
                 result.tool_timeouts += sum(r.timed_out for r in results)

@@ -84,7 +84,8 @@ from reasonrl.models import (
 )
 from reasonrl.optim import check_optimizers, optimizer_and_scheduler
 from reasonrl.policy import configure_forward
-from reasonrl.rollout import Rollout, sample_rollout, sampling_options
+from reasonrl.rollout import Rollout, sampling_options
+from reasonrl.rollout_hooks import rollout_sources
 from reasonrl.rounds import Batch, RoundProgress, Window, prompt_order
 from reasonrl.scoring import (
     ProcessExitGuard,
@@ -96,7 +97,7 @@ from reasonrl.scoring import (
     log_failures_once,
     score_rollout,
 )
-from reasonrl.tools import ToolCalling, tool_metrics
+from reasonrl.tools import tool_metrics
 from reasonrl.tracking import Trackers
 
 logger = logging.getLogger("reasonrl")
@@ -111,12 +112,12 @@ class GRPOTrainer:
     alone or in a list. train_dataset: a datasets.Dataset or IterableDataset (streamed; needs max_steps), a list of
     row dicts, a dict of columns or a DataFrame; eval_dataset the same, or a dict of named ones. callbacks:
     transformers TrainerCallback objects or classes. optimizers: (optimizer, scheduler), either None to build it
-    from the config.
+    from the config. tools, rollout_func, environment_factory: TRL's (tools.py, rollout_hooks.py, environments.py).
     """
 
-    def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
-                 peft_config=None, tools=None):
+    def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, reward_processing_classes=None, callbacks=None,
+                 optimizers=(None, None), peft_config=None, tools=None, rollout_func=None, environment_factory=None):
         self.args = args = GRPOConfig.coerce(args)
         # mistakes that need no model show before it loads: the output folder, the data, the reward columns
         rundir.check_output_dir(args.output_dir)
@@ -131,8 +132,13 @@ class GRPOTrainer:
         # functions, names and reward models (TRL's model ids and PreTrainedModels, with reward_processing_classes)
         self.reward_funcs, self.reward_names, self.reward_weights = build_rewards(
             reward_funcs, args, reward_processing_classes, self.device)
-        self.train_dataset = load_train_dataset(train_dataset, args)
-        check_reward_columns(self.reward_funcs, self.reward_names, column_names(self.train_dataset))
+        # TRL's tools, rollout_func and environment_factory (rollout_hooks.py): environments may add their
+        # get_reward to the rewards and make the prompts of a run without a dataset
+        sources = rollout_sources(self, train_dataset, tools, rollout_func, environment_factory)
+        self.rollout_func, self.environments = sources.rollout_func, sources.environments
+        self.train_dataset = load_train_dataset(sources.train_dataset, args)
+        check_reward_columns(self.reward_funcs, self.reward_names,
+                             column_names(self.train_dataset) + sources.reward_columns)
         self.eval_dataset = load_eval_dataset(eval_dataset, args, data_from_config=train_dataset is None)
         for name, data in eval_sets(self.eval_dataset):
             check_reward_columns(self.reward_funcs, self.reward_names, data.column_names, f"eval set {name!r}")
@@ -146,11 +152,9 @@ class GRPOTrainer:
                               f"put the instruction in prompt_template instead", "system_prompt")
         # every prompt rendered (chat template) and tokenized once: a template error or a prompt that, with a
         # completion, would not fit the model's positions shows now, not at the round that draws it
-        # tools (TRL's tools=, else the `tools` option): rendered into every prompt, called during rollouts (tools.py)
-        self.tool_calling = ToolCalling.build(args.tools if tools is None else tools, self.tokenizer,
-                                              first_prompts(self.train_dataset, 1), args)
-        self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length,
-                                                self.tool_calling.schemas if self.tool_calling else None,
+        # tools: rendered into every prompt, called during rollouts (tools.py); the rollouts' source, chosen once
+        self.tool_calling, self.rollouts = sources.stage(self, first_prompts(self.train_dataset, 1))
+        self.prompt_tokenizer = PromptTokenizer(self.tokenizer, args.max_prompt_length, self.rollouts.schemas,
                                                 args.chat_template_kwargs)
         # tokens of the longest training prompt, as rendered (a stream's first rows stand for it; _rollout checks
         # each round's prompts); the eval prompts must fit the model's positions too
@@ -181,7 +185,7 @@ class GRPOTrainer:
         self.callback_handler = Callbacks(callbacks, self.model, self.processing_class)
         self.optimizer = self.lr_scheduler = None  # built (or taken from optimizers=) by train()
         self.evaluator = Evaluator(self.model, self.tokenizer, args, self.dist, self.reward_funcs, self.reward_names,
-                                   self.reward_weights, self.tool_calling, self._autocast, self.reference_model)
+                                   self.reward_weights, self.rollouts, self._autocast, self.reference_model)
         self._logs_open = False  # train() writes metrics.jsonl and the trackers; evaluate() outside it does not
         self._epochs_ended = 0  # passes over the training prompts whose on_epoch_end has fired
         self.step_guard = StepGuard()
@@ -380,8 +384,8 @@ class GRPOTrainer:
         sampling = {"num_generations": g, "max_new_tokens": args.max_completion_length,
                     "eos_token_id": self.tokenizer.eos_token_id, "pad_token_id": self.tokenizer.pad_token_id,
                     **sampling_options(args), "generator": self.generator, "seeds": seeds}  # + generation_kwargs
-        with self._autocast():  # multi-turn with tools: their calls run and their results join the completions
-            rollout = sample_rollout(self.model, self.tokenizer, prompt_ids, prompt_mask, self.tool_calling, **sampling)
+        with self._autocast():  # sampled (multi-turn with tools or environments), or the rollout_func's
+            rollout = self.rollouts(self.model, rows, prompt_ids, prompt_mask, **sampling)
         if self.device.type == "cpu":
             release_freed_memory()  # the decoder's weights and caches: back to the OS before training allocates
         return rows, rollout
@@ -441,7 +445,7 @@ class GRPOTrainer:
             metrics.update(tool_metrics(distributed.all_reduce_sum(rollout.tool_counts.clone(), self.dist)))
         # the first completion of each prompt, every process's in rank (= draw) order; rank 0 writes them
         mine = distributed.shard(rewards.size(0), self.dist)
-        prompts = [row["prompt"] for row in rows for _ in range(args.num_generations)]
+        prompts = rollout.prompts or [row["prompt"] for row in rows for _ in range(args.num_generations)]
         extra = {column: values[mine] for column, values in scores.logged_columns.items()}  # the rewards' log_extra
 
         def gathered_samples(stride: int) -> list[dict]:  # every stride-th completion of every process, in rank order
