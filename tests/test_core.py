@@ -120,6 +120,29 @@ def test_token_logprobs_gradient_matches_and_bf16_is_upcast():
     assert token_logprobs(logits.detach().bfloat16(), ids).dtype == torch.float32
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("uses", ["both", "logps", "entropy"])
+def test_token_entropy_is_differentiable_and_its_gradient_matches_autograd(temperature, uses):
+    """The entropy bonus (entropy_coef) backpropagates through the entropy: dH/dx_j = -p_j (log p_j + H) / T, alone
+    or added to the log-probs' gradient; the logits are left as they were (fp32 chunks are views of them)."""
+    torch.manual_seed(2)
+    logits = torch.randn(2, 5, 11, requires_grad=True)
+    kept = logits.detach().clone()
+    ids = torch.randint(0, 11, (2, 5))
+    w_logps, w_entropy = torch.randn(2, 5), torch.randn(2, 5)
+    logps, entropy = token_logprobs(logits, ids, temperature, chunk_rows=3, with_entropy=True)
+    ((logps * w_logps).sum() * (uses != "entropy") + (entropy * w_entropy).sum() * (uses != "logps")).backward()
+    reference_logits = kept.clone().requires_grad_(True)
+    log_p = torch.log_softmax(reference_logits / temperature, -1)
+    reference_entropy = -(log_p.exp() * log_p).sum(-1)
+    reference_logps = log_p.gather(-1, ids[..., None]).squeeze(-1)
+    ((reference_logps * w_logps).sum() * (uses != "entropy")
+     + (reference_entropy * w_entropy).sum() * (uses != "logps")).backward()
+    assert torch.allclose(entropy, reference_entropy, atol=1e-5)
+    assert torch.allclose(logits.grad, reference_logits.grad, atol=1e-5)
+    assert torch.equal(logits.detach(), kept)
+
+
 @settings(max_examples=30, deadline=None)
 @given(temperature=st.sampled_from([1.0, 0.6, 1.7]), chunk_rows=st.integers(1, 9),
        dtype=st.sampled_from([torch.float32, torch.bfloat16]), strided=st.booleans(), seed=st.integers(0, 10_000))

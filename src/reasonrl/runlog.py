@@ -111,6 +111,29 @@ def last_rows(log_history: list[dict]) -> list[dict]:
     return [row for row in log_history if row is step or row is evaluation]
 
 
+def train_summary(rows: list[dict], runtime: float, args, state, world_size: int) -> dict:
+    """The row train() ends with, as transformers' Trainer writes it into state.log_history (`train_loss`: the mean
+    step loss of this call; `train_runtime`, `train_samples_per_second`, ...), with the mean of each metric over the
+    last logging_steps step rows, as TRL's rows carry the means of their logging window; no `loss`, like theirs.
+    `rows`: this call's rows (steps and evaluations)."""
+    steps = [row for row in rows if "loss" in row]
+    window = steps[-max(1, int(state.logging_steps or 1)):]
+    means = {key: sum(row[key] for row in window) / len(window) for key in window[-1]
+             if key not in ("step", "epoch", "loss") and all(_is_number(row.get(key)) for row in window)} \
+        if window else {}
+    losses = [row["loss"] for row in steps if math.isfinite(row["loss"])]
+    samples = len(steps) * args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
+    return {**means, "train_runtime": runtime,
+            "train_samples_per_second": samples / runtime if runtime else 0.0,
+            "train_steps_per_second": len(steps) / runtime if runtime else 0.0,
+            "train_loss": sum(losses) / len(losses) if losses else 0.0,
+            "step": state.global_step, "epoch": round(state.epoch, 4)}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def start_logs(output_dir: str, global_step: int) -> None:
     """A new run starts new logs; a resumed one keeps the rows up to its checkpoint's step, so that the steps it
     redoes are not logged twice."""

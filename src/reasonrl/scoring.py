@@ -229,10 +229,11 @@ def score_round(reward_funcs: list, names: list[str], prompts: list, completions
 
 
 def score_rollout(reward_funcs: list, names: list[str], rows: list[dict], rollout, num_generations: int,
-                  trainer_state, timeout: float | None = None) -> RoundScores:
+                  trainer_state, timeout: float | None = None, warned: set | None = None) -> RoundScores:
     """Every reward function on a rollout's completions of `rows` (num_generations each), with TRL's call: prompts
     and dataset columns repeated per completion; completions as text, or as assistant messages for conversational
-    prompts, or (with tools) each sample's assistant and tool messages."""
+    prompts, or (with tools) each sample's assistant and tool messages. With `warned`, TRL's warning about a
+    completion no reward function scored (warn_unscorable), once: "unscorable" is then added to `warned`."""
     from reasonrl.data import is_conversational
 
     prompts = [row["prompt"] for row in rows]
@@ -244,7 +245,11 @@ def score_rollout(reward_funcs: list, names: list[str], rows: list[dict], rollou
     ids_list = [ids[mask.bool()].tolist() for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)]
     columns = {key: [row[key] for row in rows for _ in range(num_generations)] for key in rows[0] if key != "prompt"}
     columns["trainer_state"] = trainer_state
-    return score_round(reward_funcs, names, repeated_prompts, completions, ids_list, columns, timeout=timeout)
+    scores = score_round(reward_funcs, names, repeated_prompts, completions, ids_list, columns, timeout=timeout)
+    if warned is not None and "unscorable" not in warned and warn_unscorable(scores.rewards_per_func,
+                                                                             repeated_prompts, completions, columns):
+        warned.add("unscorable")
+    return scores
 
 
 def log_failures_once(scores: RoundScores, seen: set) -> None:
@@ -257,6 +262,21 @@ def log_failures_once(scores: RoundScores, seen: set) -> None:
         logger.warning("%s; its values count as unscorable (None) this round. Later %s failures of this function "
                        "are only counted (metric rewards/%s/errors)", failure, failure.kind, failure.name,
                        exc_info=failure.error)
+
+
+def warn_unscorable(rewards_per_func: torch.Tensor, prompts: list, completions: list, columns: dict) -> bool:
+    """TRL's warning when every reward function returned None (or failed) for a completion, whose advantage is then
+    0: the first such completion's prompt, completion and dataset columns. True when it warned."""
+    unscorable = torch.isnan(rewards_per_func).all(dim=1).nonzero()
+    if unscorable.numel() == 0:
+        return False
+    i = int(unscorable[0])
+    row = {key: values[i] for key, values in columns.items() if key != "trainer_state"}
+    row.update(prompt=prompts[i], completion=completions[i])
+    logger.warning("All reward functions returned None for the following kwargs: %s; a completion no reward function "
+                   "scores gets advantage 0 and teaches nothing: make at least one reward function return a number "
+                   "for it (warned once per run)", row)
+    return True
 
 
 def check_failures(scores: RoundScores, max_fraction: float) -> None:

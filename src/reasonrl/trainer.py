@@ -46,10 +46,16 @@ import numpy as np
 import torch
 
 from reasonrl import checkpoint as ckpt
-from reasonrl import distributed, preflight, rundir, runlog
+from reasonrl import config_checks, distributed, preflight, rundir, runlog
 from reasonrl.callbacks import Callbacks, TrainerControl, check_callback, new_state, set_intervals
 from reasonrl.config import GRPOConfig
-from reasonrl.core import StepNormaliser, group_advantages
+from reasonrl.core import (
+    StepNormaliser,
+    group_advantages,
+    high_entropy_mask,
+    normalized_sum_advantages,
+    off_policy_mask,
+)
 from reasonrl.cpu import ThreadGovernor, release_freed_memory
 from reasonrl.data import (
     PromptTokenizer,
@@ -60,7 +66,7 @@ from reasonrl.data import (
     load_train_dataset,
 )
 from reasonrl.dynamic_sampling import DynamicSampler
-from reasonrl.errors import CheckpointError, ConfigError, ReasonRLError, reason_of
+from reasonrl.errors import CheckpointError, ConfigError, ReasonRLError, RewardSpecError, reason_of
 from reasonrl.eval_loop import Evaluator, chosen_eval_sets, eval_sets
 from reasonrl.guards import (
     LearningSignal,
@@ -79,6 +85,7 @@ from reasonrl.models import (
     load_policy,
     lora_inputs_not_cast,
     lora_layers,
+    mix_into_reference,
     prepare_for_training,
     reference_policy,
 )
@@ -114,12 +121,18 @@ class GRPOTrainer:
     from the config.
     """
 
-    def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
-                 peft_config=None, tools=None):
+    def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, reward_processing_classes=None, callbacks=None,
+                 optimizers=(None, None), peft_config=None, tools=None):
         self.args = args = GRPOConfig.coerce(args)
         # mistakes that need no model show before it loads: the output folder, the data, the reward columns
         rundir.check_output_dir(args.output_dir)
+        if reward_funcs is None:  # TRL's order of arguments, where reward_funcs may be left out
+            reward_funcs = args.reward_funcs or None
+        if not reward_funcs:
+            raise RewardSpecError("No reward source provided: pass reward_funcs= (functions, built-in reward names or "
+                                  "module:function specs), or set the reward_funcs option")
+        config_checks.warn_about_loss_pairings(args, logger.warning)
         self._given_optimizers = check_optimizers(optimizers)
         for callback in callbacks or []:
             check_callback(callback)
@@ -166,6 +179,10 @@ class GRPOTrainer:
                                       distributed=self.dist.enabled)
         self.model = model.to(self.device)
         self.reference_model = frozen_copy(self.model) if args.beta != 0.0 and not is_peft_model(self.model) else None
+        if args.sync_ref_model and self.reference_model is None:
+            raise ConfigError("sync_ref_model=true with a LoRA model: its reference is the base model with the adapter "
+                              "off, which cannot move; set sync_ref_model=false or train without LoRA",
+                              "sync_ref_model")
         # the training forward/backward goes through DistributedDataParallel (gradients averaged over processes);
         # generation, old/reference log-probs, peft's disable_adapter and saving use the unwrapped self.model
         self.train_model = distributed.wrap(self.model, self.dist)
@@ -190,7 +207,9 @@ class GRPOTrainer:
         self._round: RoundProgress | None = None  # the round being optimized (or resumed in its middle)
         self._last_completions: list | None = None  # the last round's samples, for log_completions
         self._last_table: list = []  # its every completion, for the trackers' tables (log_completions)
-        self._logged_reward_failures: set = set()  # (function, exception type) whose traceback was logged
+        # (function, exception type) whose traceback was logged, and "unscorable" once TRL's warning about a
+        # completion no reward function scored was
+        self._logged_reward_failures: set = set()
         self.make_round = DynamicSampler(args, self.tokenizer.pad_token_id)  # DAPO's refill when dynamic_sampling
         self.control = self.callback_handler.on_init_end(args, self.state, self.control)
 
@@ -198,6 +217,29 @@ class GRPOTrainer:
     def log_history(self) -> list[dict]:
         """Every logged row: one per optimizer step (its metrics, as in metrics.jsonl) and one per evaluation."""
         return self.state.log_history
+
+    @property
+    def entropy_coef(self) -> float:
+        """The entropy bonus's coefficient now (TRL's attribute): entropy_coef, or where adaptive control moved it."""
+        return self.micro_step.entropy_coef.value
+
+    @property
+    def ref_model(self):
+        """The frozen reference policy (TRL's name): a copy of the model when beta != 0, None for a peft model (its
+        adapter is disabled instead) or when beta is 0."""
+        return self.reference_model
+
+    def get_high_entropy_mask(self, entropies: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+        """TRL's method: the tokens of `mask` whose entropy is at least the `threshold` quantile of the masked
+        entropies, bool [B, T] (core.high_entropy_mask keeps the top 1 - threshold of them)."""
+        return high_entropy_mask(entropies, mask, 1.0 - threshold)
+
+    @staticmethod
+    def get_off_policy_mask(advantages: torch.Tensor, per_token_logps: torch.Tensor,
+                            sampling_per_token_logps: torch.Tensor, mask: torch.Tensor,
+                            off_policy_threshold: float) -> torch.Tensor:
+        """TRL's static method: DeepSeek-V3.2's off-policy sequence mask [B, 1] (core.off_policy_mask)."""
+        return off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold)
 
     def add_callback(self, callback) -> None:
         """A transformers TrainerCallback (object or class), called after those already there."""
@@ -214,6 +256,7 @@ class GRPOTrainer:
 
     def train(self, resume_from_checkpoint: str | bool | None = None):
         args = self.args
+        train_start, first_row = time.perf_counter(), len(self.log_history)
         if not args.skip_memory_check:  # one micro-step at the longest prompt + max_completion_length (preflight.py)
             preflight.check_worst_case_memory(self.micro_step, self.model, self.train_model, args, self.longest_prompt,
                                               self.model.get_input_embeddings().num_embeddings, self.dist)
@@ -257,7 +300,8 @@ class GRPOTrainer:
                         def generation_batch():  # one batch of the round's prompts (dynamic sampling may draw more)
                             rows, rollout = self._rollout()  # 1. G completions of each of the round's prompts
                             scores, rewards = self._score(rows, rollout)  # 2. every reward function's, combined
-                            batch = self._advantages(rollout, rewards)  # 3. advantages (+ old and reference log-probs)
+                            # 3. advantages (+ old and reference log-probs)
+                            batch = self._advantages(rollout, rewards, scores.rewards_per_func)
                             return batch, self._round_metrics(rows, rollout, scores, rewards, batch)
 
                         batch, round_metrics = self.make_round(generation_batch)  # DAPO's refill when it is on
@@ -287,6 +331,8 @@ class GRPOTrainer:
                         release_freed_memory()  # the step's activations, so that the next phase's peak is its own
                     round_.next_window = window.index + 1
                     state.global_step += 1
+                    if args.sync_ref_model and state.global_step % args.ref_model_sync_steps == 0:  # TR-DPO
+                        mix_into_reference(self.reference_model, self.model, args.ref_model_mixup_alpha)
                     state.epoch = self.sampler.epochs_done
 
                     # log: the round's metrics (its rollout's on its first step only), the step's, and speed
@@ -318,8 +364,14 @@ class GRPOTrainer:
                     round_start = time.perf_counter()
                     if self.control.should_training_stop:  # max_steps, or a callback's decision
                         break
+            # transformers' closing row (train_loss, train_runtime, ...): in state.log_history, not in what train()
+            # returns (the step and evaluation rows)
+            summary = runlog.train_summary(self.log_history[first_row:], time.perf_counter() - train_start, args,
+                                           state, self.dist.world_size)
+            self.log_history.append(summary)
+            self.control = events.on_log(args, state, self.control, logs=summary)
             self.control = events.on_train_end(args, state, self.control)
-        return self.log_history
+        return [row for row in self.log_history if "train_runtime" not in row]
 
     def _evaluate_and_save_if_asked(self, optimizer, scheduler) -> None:
         """What the callbacks asked for at this step (transformers' order: evaluate, then save)."""
@@ -393,7 +445,7 @@ class GRPOTrainer:
         completion's reward [B_all], their weighted sum."""
         # a call that raises or times out gives NaN values (None semantics); too many of them stop the run
         scores = score_rollout(self.reward_funcs, self.reward_names, rows, rollout, self.args.num_generations,
-                               self.state, timeout=self.args.reward_timeout)
+                               self.state, timeout=self.args.reward_timeout, warned=self._logged_reward_failures)
         log_failures_once(scores, self._logged_reward_failures)
         # from here on the failure fraction, the advantages (also scale_rewards=batch) and the metrics are those of
         # one process with the whole round
@@ -402,12 +454,15 @@ class GRPOTrainer:
         return scores, combine_rewards(scores.rewards_per_func, self.reward_weights, self.reward_names)
 
     @torch.no_grad()
-    def _advantages(self, rollout: Rollout, rewards: torch.Tensor) -> Batch:
+    def _advantages(self, rollout: Rollout, rewards: torch.Tensor, rewards_per_func: torch.Tensor) -> Batch:
         """3. Each completion's advantage over its group, and what the loss compares the policy with: the log-probs
         at sampling time when the round is reused (else the step's own, detached), the reference's when beta > 0."""
         args = self.args
         mine = distributed.shard(rewards.size(0), self.dist)  # this process's rows
-        advantages = group_advantages(rewards, args.num_generations, scale=args.scale_rewards)[mine]  # [B]
+        if args.multi_objective_aggregation == "normalize_then_sum":
+            advantages = normalized_sum_advantages(rewards_per_func, self.reward_weights, args.num_generations)[mine]
+        else:  # sum_then_normalize: the weighted sum's group statistics
+            advantages = group_advantages(rewards, args.num_generations, scale=args.scale_rewards)[mine]  # [B]
         if self.dist.is_main:  # warns when every group's rewards agree (nothing to learn from this round)
             self.learning_signal.check(rewards, args.num_generations, self.state.global_step + 1,
                                        rollout.texts if not self.dist.enabled else None, args.beta)
@@ -480,7 +535,10 @@ class GRPOTrainer:
             loss_sum += loss_value
             for key, value in metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + value
+        self.micro_step.entropy_coef.end_step(self.dist)  # the adaptive coefficient moves once per optimizer step
         means = {"loss": loss_sum, **{key: value / len(micro_batches) for key, value in metric_sums.items()}}
+        if self.micro_step.entropy_coef.enabled:
+            means["entropy_coef"] = self.micro_step.entropy_coef.value
         # the step's loss and metrics over all processes: means (the loss is the averaged objective), tokens summed;
         # every process then takes the same skip decision
         means = distributed.mean_over_processes({**means, "tokens": processed}, self.dist)
@@ -569,7 +627,7 @@ class GRPOTrainer:
                  "log_history": runlog.last_rows(self.log_history),  # the last step's row, the last evaluation's
                  "model_name": self.model_name, "skipped_steps": self.step_guard.skipped_steps,
                  "consecutive_skips": self.step_guard.consecutive, "world_size": self.dist.world_size,
-                 "epochs_ended": self._epochs_ended}
+                 "epochs_ended": self._epochs_ended, "entropy_coef": self.micro_step.entropy_coef.state_dict()}
         # rank 0 saves (the weights, optimizer and generator are the same on every rank; the sampler is global); a
         # multi-process round in progress is not saved: it lives in shards, and resuming starts at the next round
         path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
@@ -601,6 +659,8 @@ class GRPOTrainer:
         self.prompt_tokenizer.truncated = state.get("truncated_prompts", 0)
         self.step_guard = StepGuard(state.get("skipped_steps", 0))
         self.step_guard.consecutive = state.get("consecutive_skips", 0)
+        if "entropy_coef" in state:
+            self.micro_step.entropy_coef.load_state_dict(state["entropy_coef"])
         self._round = RoundProgress.from_checkpoint(path, self.device, self.args)
         if self._round is not None:
             self._last_completions = self._round.last_completions
