@@ -34,6 +34,10 @@ SHARED_WITH_TRL = [
     "min_p", "generation_kwargs", "chat_template_kwargs",
     "eval_strategy", "eval_steps", "eval_on_start", "per_device_eval_batch_size", "save_strategy", "hub_model_id",
     "hub_private_repo",
+    "entropy_coef", "use_adaptive_entropy", "entropy_coef_min", "entropy_coef_max", "entropy_coef_delta",
+    "entropy_target", "off_policy_mask_threshold", "multi_objective_aggregation", "sync_ref_model",
+    "ref_model_mixup_alpha", "ref_model_sync_steps", "cast_lm_head_to_fp32", "use_liger_kernel", "pad_to_multiple_of",
+    "dataloader_num_workers",
 ]
 # TRL's __post_init__ rewrites these, so the instance value is not the declared default. Each is checked separately.
 RESOLVED_BY_TRL_AT_INIT = {
@@ -41,6 +45,7 @@ RESOLVED_BY_TRL_AT_INIT = {
     "generation_batch_size": "filled in from the batch size; we keep None and expose generation_batch_size_resolved",
     "steps_per_generation": "filled in from gradient_accumulation_steps; we expose effective_steps_per_generation",
     "report_to": "'none' becomes []; we keep 'none' and expose .loggers",
+    "pad_to_multiple_of": "'auto' becomes None off AWS Trainium; reasonrl keeps 'auto' (it ignores the value)",
 }
 # Options TRL 1.16 / transformers 5 no longer have; we keep them with the last upstream default.
 NOT_IN_TRL_1_16 = {"max_prompt_length": 512, "warmup_ratio": 0.0, "overwrite_output_dir": False}

@@ -344,7 +344,7 @@ class GRPOConfig:
     use_liger_kernel: bool = False
     """TRL's option for liger-kernel's fused GRPO loss. reasonrl has no liger kernels: only false is accepted (its
     own log-probs already avoid a full-vocabulary float32 copy of the logits)."""
-    pad_to_multiple_of: int | str | None = None
+    pad_to_multiple_of: int | str | None = "auto"
     """Accepted for TRL compatibility (an int, "auto" or None). reasonrl pads prompts and completions to the lengths
     its own decode loop and chunked forward need; padding never changes a result, and reasonrl ignores this
     value."""

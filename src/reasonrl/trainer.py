@@ -141,10 +141,10 @@ class GRPOTrainer:
         self.device = self.dist.device
         self.bf16 = args.use_bf16()
         _seed_everything(args.seed)
+        self.train_dataset = load_train_dataset(train_dataset, args)
         # functions, names and reward models (TRL's model ids and PreTrainedModels, with reward_processing_classes)
         self.reward_funcs, self.reward_names, self.reward_weights = build_rewards(
             reward_funcs, args, reward_processing_classes, self.device)
-        self.train_dataset = load_train_dataset(train_dataset, args)
         check_reward_columns(self.reward_funcs, self.reward_names, column_names(self.train_dataset))
         self.eval_dataset = load_eval_dataset(eval_dataset, args, data_from_config=train_dataset is None)
         for name, data in eval_sets(self.eval_dataset):
@@ -222,6 +222,10 @@ class GRPOTrainer:
     def entropy_coef(self) -> float:
         """The entropy bonus's coefficient now (TRL's attribute): entropy_coef, or where adaptive control moved it."""
         return self.micro_step.entropy_coef.value
+
+    # TRL adds a Mixture-of-Experts model's router load-balancing loss (router_aux_loss_coef) and sets this; reasonrl
+    # trains MoE models on the GRPO loss alone (README, Differences from TRL)
+    aux_loss_enabled = False
 
     @property
     def ref_model(self):

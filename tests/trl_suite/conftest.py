@@ -20,6 +20,24 @@ elif IMPL not in ("trl", "reasonrl"):
     raise pytest.UsageError(f"TRL_SUITE_IMPL={IMPL!r}: expected 'trl' or 'reasonrl'")
 
 
+def pytest_runtest_logreport(report):
+    """Each test's outcome as a line of JSON in $TRL_SUITE_RESULTS as soon as it is known, so that a run stopped
+    part way (hours on 2 cores) still leaves what it measured (run.py --resume reads it)."""
+    path = os.environ.get("TRL_SUITE_RESULTS")
+    if not path or not (report.when == "call" or report.outcome != "passed"):
+        return
+    import json
+
+    test = report.nodeid.split("::", 1)[1]
+    message = ""
+    if report.outcome != "passed":
+        message = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr).splitlines()[-1]
+    status = {"passed": "passed", "failed": "failed", "skipped": "skipped"}[report.outcome]
+    with open(path, "a") as handle:
+        handle.write(json.dumps({"test": test, "status": status, "message": " ".join(message.split())[:300],
+                                 "seconds": round(report.duration, 1)}) + "\n")
+
+
 def pytest_collection_modifyitems(config, items):
     from trl_suite.scope import out_of_scope_reason
 
@@ -46,14 +64,17 @@ def _implementation_under_test(request, monkeypatch):
         monkeypatch.setattr(module, "GRPOTrainer", trainer)
         monkeypatch.setattr(module, "GRPOConfig", reasonrl.GRPOConfig)
     else:
-        # what TRL's own conftest does on a machine without an accelerator: its configs turn bf16 on, which
-        # transformers refuses on a CPU unless use_cpu=True
+        # what TRL's own conftest does on a machine without an accelerator (its configs turn bf16 on, which
+        # transformers refuses on a CPU unless use_cpu=True), and bf16 off unless a test asks for it: fp32 on the CPU,
+        # as reasonrl trains there (local_hub.py)
         from trl.trainer.base_config import _BaseConfig
 
         post_init = _BaseConfig.__post_init__
 
         def post_init_on_cpu(self):
             self.use_cpu = True
+            if self.bf16 is None:
+                self.bf16 = False
             post_init(self)
 
         monkeypatch.setattr(_BaseConfig, "__post_init__", post_init_on_cpu)

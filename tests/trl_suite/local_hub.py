@@ -2,7 +2,7 @@
 
 TRL's tests load tiny random models from `trl-internal-testing/...` and the `trl-internal-testing/zen` dataset. Here
 each of those models is rebuilt with the same architecture class, the same config sizes (hidden 8 or 16, two layers,
-the same expert counts) and random weights in bf16, with a tokenizer of the same vocabulary size whose special
+the same expert counts) and random weights, with a tokenizer of the same vocabulary size whose special
 tokens sit at the real tokenizer's ids (Qwen's `<|im_end|>` is 151645, Llama's `<|finetune_right_pad_id|>` is
 128004, ...), because some tests put those ids in mocked generations. The tokenizer is a byte-level BPE without
 merges: one token per byte, then filler words up to the vocabulary size, then the specials. So a random model
@@ -13,6 +13,11 @@ The models are written in the layout of the Hugging Face cache (`models--org--na
 HF_HUB_CACHE pointing here: TRL, reasonrl and the tests' own `AutoModel...from_pretrained` calls all load the same
 files, unchanged. The zen dataset's `standard_prompt_only` and `conversational_prompt_only` configurations are built
 in memory by `load_dataset` (19 lines of the Zen of Python, split 17 train / 2 test as on the Hub).
+
+The weights are saved in float32 where the Hub's are bf16: TRL loads them as saved (dtype "auto") and reasonrl in
+float32, so both then train in float32 on the CPU (conftest.py also turns TRL's bf16 default off there, as TRL's own
+docs advise for CPUs), which is several times faster than bf16 emulated on a CPU without bf16 units. No test of the
+file asserts a dtype except cast_lm_head_to_fp32's, which asserts float32.
 """
 
 from __future__ import annotations
@@ -257,7 +262,7 @@ def _build_model(spec: ModelSpec, folder: Path) -> None:
 
     torch.manual_seed(int(hashlib.sha256(spec.name.encode()).hexdigest()[:8], 16))
     config = getattr(transformers, spec.config_class)(**spec.config)
-    model = getattr(transformers, spec.model_class)(config).to(torch.bfloat16)
+    model = getattr(transformers, spec.model_class)(config)  # float32: see the module docstring
     model.save_pretrained(folder)
     transformers.GenerationConfig(**spec.generation).save_pretrained(folder)
     write_tokenizer(TOKENIZERS[spec.tokenizer], folder)

@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -49,31 +48,33 @@ def build_hub(hf_home: Path) -> None:
     local_hub.build(hf_home / "hub")
 
 
-def run_pytest(impl: str, hf_home: Path, junit: Path, selection: str | None, quiet: bool) -> None:
+def run_pytest(impl: str, hf_home: Path, results: Path, selection: str | None, quiet: bool,
+               skip: list[str] = ()) -> None:
+    """pytest on the upstream file for `impl`; each test's outcome is appended to `results` (JSON lines) as it
+    ends (conftest.py), so that a stopped run keeps what it measured. `skip`: test ids not to run again."""
     env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_CACHE=str(hf_home / "hub"), HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TRL_SUITE_IMPL=impl, TOKENIZERS_PARALLELISM="false",
+               HF_DATASETS_OFFLINE="1", TRL_SUITE_IMPL=impl, TRL_SUITE_RESULTS=str(results),
+               TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "pytest", str(TEST_FILE), "-q", "-p", "no:cacheprovider", "-rN",
-               f"--junitxml={junit}", "-W", "ignore::DeprecationWarning"]
+               "-W", "ignore::DeprecationWarning"]
     if selection:
         command += ["-k", selection]
+    for test in skip:
+        command += ["--deselect", f"{TEST_FILE.relative_to(REPO)}::{test}"]
     output = subprocess.DEVNULL if quiet else None
     subprocess.run(command, cwd=REPO, env=env, stdout=output, stderr=output)
 
 
-def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
-    """test id (Class::test[params]) -> (passed | failed | skipped, a one-line message)."""
-    results = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        test = f"{case.get('classname').rsplit('.', 1)[-1]}::{case.get('name')}"
-        status, message = "passed", ""
-        for child in case:
-            if child.tag in ("failure", "error"):
-                status, message = "failed", (child.get("message") or "").strip()
-            elif child.tag == "skipped":
-                status, message = "skipped", (child.get("message") or "").strip()
-        results[test] = (status, " ".join(message.split())[:300])
-    return results
+def outcomes(results: Path) -> dict[str, tuple[str, str]]:
+    """test id (Class::test[params]) -> (passed | failed | skipped, a one-line message), from run_pytest's lines."""
+    found = {}
+    if results.is_file():
+        for line in results.read_text().splitlines():
+            record = json.loads(line)
+            if found.get(record["test"], ("",))[0] != "failed":  # a teardown error after a pass still fails it
+                found[record["test"]] = (record["status"], record["message"])
+    return found
 
 
 def read_known_failures() -> dict[str, str]:
@@ -134,6 +135,8 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", type=Path, default=HERE / "results.md",
                         help="the per-test table (written only for a full run)")
     parser.add_argument("--quiet", action="store_true", help="hide pytest's output")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the outcomes a stopped run left in --out and run only the other tests")
     args = parser.parse_args(argv)
 
     hub = args.hub or default_hub()
@@ -143,9 +146,11 @@ def main(argv=None) -> int:
     ours = {}
     for impl in (["trl", "reasonrl"] if args.impl == "both" else [args.impl]):
         start = time.perf_counter()
-        junit = args.out / f"{impl}.xml"
-        run_pytest(impl, hub, junit, args.selection, args.quiet)
-        results = outcomes(junit)
+        lines = args.out / f"{impl}.jsonl"
+        if not args.resume:
+            lines.unlink(missing_ok=True)
+        run_pytest(impl, hub, lines, args.selection, args.quiet, skip=sorted(outcomes(lines)))
+        results = outcomes(lines)
         print(f"{impl}: {len(results)} tests in {time.perf_counter() - start:.0f} s")
         if impl == "trl":
             trl = {**trl, **results} if args.selection else results
