@@ -62,7 +62,7 @@ class MicroStep:
                 else:
                     logps, entropy = sequence_logprobs(self.model, prompt_ids, prompt_mask, completion_ids,
                                                        completion_mask, args.temperature, with_entropy=True,
-                                                       share_prompts=True)
+                                                       share_prompts=self.plan.share_prompts)
             entropy_mask = None
             if self.entropy_masking:  # over the micro-batch's loss tokens on every process, as TRL
                 pool = distributed.all_gather_varlen(entropy.detach()[mask[chunk].bool()].float(), self.dist)
@@ -145,7 +145,7 @@ class EntropyCoefficient:
         self.value, self.last_entropy = state["entropy_coef"], state["last_entropy"]
 
 
-def logps_in_chunks(model, rollout, args, autocast) -> torch.Tensor:
+def logps_in_chunks(model, rollout, args, autocast, share_prompts: bool = True) -> torch.Tensor:
     """Log-probs [B, C] of a round's completions under `model` (the policy at sampling time, or the reference),
     per_device_train_batch_size rows at a time, in eval mode; call it under torch.no_grad()."""
     was_training = model.training
@@ -157,7 +157,7 @@ def logps_in_chunks(model, rollout, args, autocast) -> torch.Tensor:
         with autocast():  # rows with the same prompt compute it once (share_prompts)
             logps = sequence_logprobs(model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
                                       rollout.completion_ids[rows], rollout.completion_mask[rows], args.temperature,
-                                      share_prompts=True)
+                                      share_prompts=share_prompts)
         pieces.append(logps.float())
     model.train(was_training)
     return torch.cat(pieces)

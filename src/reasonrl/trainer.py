@@ -476,11 +476,12 @@ class GRPOTrainer:
         if args.mask_truncated_completions:
             loss_mask = loss_mask * (~rollout.is_truncated).long()[:, None]
         reuses_round = args.num_iterations > 1 or args.effective_steps_per_generation > args.gradient_accumulation_steps
-        old_logps = logps_in_chunks(self.model, rollout, args, self._autocast) if reuses_round else None
+        old_logps = logps_in_chunks(self.model, rollout, args, self._autocast,
+                                    self.plan.share_prompts) if reuses_round else None
         ref_logps = None
         if args.beta != 0.0:
             with reference_policy(self.model, self.reference_model) as reference:
-                ref_logps = logps_in_chunks(reference, rollout, args, self._autocast)
+                ref_logps = logps_in_chunks(reference, rollout, args, self._autocast, self.plan.share_prompts)
         return Batch(rollout, advantages.to(self.device), loss_mask, old_logps, ref_logps, rewards[mine])
 
     @torch.no_grad()

@@ -108,16 +108,19 @@ def write_markdown(path: Path, trl: dict, ours: dict, known: dict, summary: dict
              "", "Written by `python tests/trl_suite/run.py` (do not edit by hand).", "",
              f"- in scope (not excluded by scope.py, not skipped for TRL): {len(summary['in_scope'])}",
              f"- TRL passes: {len(summary['trl_passes'])} of {len(summary['in_scope'])}",
+             f"- not run on TRL yet: {len(set(ours) - set(trl))} (see the table)",
              f"- reasonrl passes: {len(summary['reasonrl_passes'])} of the {len(summary['reasonrl_ran'])} TRL passes",
              "",
              "| test | TRL | reasonrl | why reasonrl fails (known_failures.txt) or why skipped |",
              "| --- | --- | --- | --- |"]
-    for test in sorted(trl):
-        trl_status, trl_message = trl[test]
+    for test in sorted(set(trl) | set(ours)):
+        trl_status, trl_message = trl.get(test, ("not run", ""))
         our_status, our_message = ours.get(test, ("not run", ""))
         note = known.get(test, "")
         if trl_status == "skipped":
             note = trl_message
+        elif trl_status == "not run":
+            note = f"TRL not run yet (hours on 2 cores: run.py --impl trl --resume); reasonrl: {our_message or note}"
         elif trl_status == "failed":
             note = f"TRL fails: {trl_message}"
         elif our_status == "failed" and not note:
