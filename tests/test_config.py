@@ -472,3 +472,15 @@ def test_generation_batch_divisibility_property(batch, accumulation, num_generat
         # The suggested fix must itself be valid.
         fixed_batch = int(str(error.value).split("set per_device_train_batch_size=")[1].split()[0])
         GRPOConfig(**{**kwargs, "per_device_train_batch_size": fixed_batch})
+
+
+def test_trl_suite_options_from_yaml_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("entropy_coef: 0.01\nuse_adaptive_entropy: true\nmulti_objective_aggregation: normalize_then_sum\n"
+                    "off_policy_mask_threshold: 0.5\nbeta: 0.04\nsync_ref_model: true\npad_to_multiple_of: 8\n")
+    config = GRPOConfig.from_yaml(path, ["ref_model_sync_steps=4", "entropy_target=3.5", "use_liger_kernel=false"])
+    assert (config.entropy_coef, config.use_adaptive_entropy, config.entropy_target) == (0.01, True, 3.5)
+    assert (config.multi_objective_aggregation, config.off_policy_mask_threshold) == ("normalize_then_sum", 0.5)
+    assert (config.sync_ref_model, config.ref_model_sync_steps, config.pad_to_multiple_of) == (True, 4, 8)
+    with pytest.raises(ConfigError, match="use_liger_kernel=true"):
+        GRPOConfig.from_yaml(path, ["use_liger_kernel=true"])

@@ -533,3 +533,31 @@ def test_equal_large_rewards_give_zero_advantages():
     rewards = torch.full((9,), 683.4278401520323).float()
     for scale in ("group", "batch", "none"):
         assert torch.equal(group_advantages(rewards, 9, scale=scale), torch.zeros(9))
+
+
+def test_normalize_then_sum_standardises_each_reward_in_its_group_then_the_sum_over_the_batch():
+    """By hand: group 1 has func0 = (1, 3) -> z = (-1/sqrt2, 1/sqrt2) and func1 constant -> 0; group 2 the mirror;
+    the sums (-0.7071, 0.7071, -0.7071, 0.7071) have batch mean 0 and std sqrt(2/3), so the advantages are
+    +-sqrt(3)/2. A completion no function scored gets 0 and is left out of the batch statistics."""
+    from reasonrl.core import normalized_sum_advantages
+
+    rewards = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0]])
+    advantages = normalized_sum_advantages(rewards, torch.tensor([1.0, 1.0]), num_generations=2, eps=0.0)
+    half_root3 = 3 ** 0.5 / 2
+    assert advantages.tolist() == pytest.approx([-half_root3, half_root3, -half_root3, half_root3], abs=1e-6)
+    weighted = normalized_sum_advantages(rewards, torch.tensor([2.0, 0.0]), num_generations=2, eps=0.0)
+    # sums (-sqrt2, sqrt2, 0, 0): batch std sqrt(4/3), so +-sqrt(2) / sqrt(4/3) = +-sqrt(3/2)
+    assert weighted.tolist() == pytest.approx([-1.5 ** 0.5, 1.5 ** 0.5, 0.0, 0.0], abs=1e-6)
+    with_none = torch.cat([rewards, torch.tensor([[math.nan, math.nan], [1.0, 1.0]])])
+    result = normalized_sum_advantages(with_none, torch.tensor([1.0, 1.0]), num_generations=2, eps=0.0)
+    assert result[4].item() == 0.0 and result[:4].tolist() == pytest.approx(advantages.tolist(), abs=1e-6)
+
+
+def test_off_policy_mask_drops_only_negative_advantage_sequences_that_drifted():
+    from reasonrl.core import off_policy_mask
+
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    sampling = torch.zeros(3, 3)
+    logps = torch.tensor([[-2.0, -2.0, 50.0], [-2.0, -2.0, -2.0], [-0.5, -0.5, -0.5]])  # drift 2, 2, 0.5
+    kept = off_policy_mask(torch.tensor([-1.0, 1.0, -1.0]), logps, sampling, mask, threshold=1.0)
+    assert kept.tolist() == [[0.0], [1.0], [1.0]]  # the padding column's 50 is not counted
