@@ -352,3 +352,18 @@ def test_no_reward_source_and_no_dataset_are_one_line_errors(tmp_path, char_toke
         GRPOTrainer(build_tiny_model(char_tokenizer), args=args, train_dataset=[{"prompt": "a"}])
     with pytest.raises(ValueError, match="`train_dataset` is required"):
         GRPOTrainer(build_tiny_model(char_tokenizer), reward_funcs=lambda completions, **kw: [0.0], args=args)
+
+
+def test_lora_on_q_and_v_only_trains_in_row_chunks(tmp_path, char_tokenizer):
+    """peft's default LoRA for Qwen2 adapts q_proj and v_proj only, so layer 0's cached prompt keys come from frozen
+    weights and carry no gradient: the chunked backward must send the prompt gradients through the others only
+    (TRL's test_train_peft_config failed here with "element 0 of tensors does not require grad")."""
+    from peft import LoraConfig
+
+    base = _trainer(tmp_path / "base", char_tokenizer, max_steps=1, backward_chunk_rows=1)
+    trainer = GRPOTrainer(base.model, base.reward_funcs, args=base.args, train_dataset=base.train_dataset,
+                          processing_class=char_tokenizer, peft_config=LoraConfig(target_modules=["q_proj", "v_proj"]))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert changed and all("lora_" in n for n in changed)

@@ -157,7 +157,8 @@ class PromptPrefix:
         self.outputs = [t for layer in cache.layers for t in (layer.keys, layer.values)] + [out.logits[:, -1:]]
         if cut_graph:
             grad = torch.is_grad_enabled()
-            self.leaves = [t.detach().requires_grad_(grad) for t in self.outputs]  # [U, ...] each
+            # a cache entry no trainable weight produced (layer 0's keys when LoRA leaves k_proj alone) needs no grad
+            self.leaves = [t.detach().requires_grad_(grad and t.requires_grad) for t in self.outputs]  # [U, ...]
         else:
             self.leaves = self.outputs
 
@@ -186,7 +187,7 @@ class PromptPrefix:
     def backward(self) -> None:
         """Send the gradients the chunks left on the prompts' cache and logits through the prompts' forward."""
         pairs = [(out, leaf.grad) for out, leaf in zip(self.outputs, self.leaves)
-                 if out is not leaf and leaf.grad is not None]
+                 if out is not leaf and leaf.grad is not None and out.requires_grad]
         if pairs:
             torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
         self.outputs = self.leaves = []
