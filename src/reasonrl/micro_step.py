@@ -138,6 +138,10 @@ class EntropyCoefficient:
                 self.value = max(self.value - args.entropy_coef_delta, args.entropy_coef_min)
         self._window.zero_()
 
+    def discard_step(self) -> None:
+        """Forget what this step observed (the pre-flight check's stand-in micro-step)."""
+        self._window.zero_()
+
     def state_dict(self) -> dict:
         return {"entropy_coef": self.value, "last_entropy": self.last_entropy}
 
