@@ -128,10 +128,10 @@ class GRPOTrainer:
         # mistakes that need no model show before it loads: the output folder, the data, the reward columns
         rundir.check_output_dir(args.output_dir)
         if reward_funcs is None:  # TRL's order of arguments, where reward_funcs may be left out
-            reward_funcs = args.reward_funcs or None
-        if not reward_funcs:
-            raise RewardSpecError("No reward source provided: pass reward_funcs= (functions, built-in reward names or "
-                                  "module:function specs), or set the reward_funcs option")
+            if not args.reward_funcs:
+                raise RewardSpecError("No reward source provided: pass reward_funcs= (functions, built-in reward "
+                                      "names, module:function specs or reward models), or set the reward_funcs option")
+            reward_funcs = args.reward_funcs
         config_checks.warn_about_loss_pairings(args, logger.warning)
         self._given_optimizers = check_optimizers(optimizers)
         for callback in callbacks or []:
