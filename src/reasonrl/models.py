@@ -299,6 +299,25 @@ def lora_layers(model) -> list:
     return [module for module in model.modules() if hasattr(module, "cast_input_dtype_enabled")]
 
 
+class Autocast:
+    """`autocast()`: the context every forward of the policy runs in. bf16: torch's autocast, and peft's LoRA layers
+    (found once, here) keep their bf16 input instead of casting it to their fp32 weights' dtype (autocast casts it
+    back to bf16 for the matmul: two copies per layer that change nothing but, with dropout, a rare double
+    rounding). fp32: nothing."""
+
+    def __init__(self, model, bf16: bool, device_type: str):
+        self.bf16, self.device_type = bf16, device_type
+        self.lora_layers = lora_layers(model)
+
+    def __call__(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        context = contextlib.ExitStack()
+        context.enter_context(torch.autocast(self.device_type, dtype=torch.bfloat16))
+        context.enter_context(lora_inputs_not_cast(self.lora_layers))
+        return context
+
+
 @contextlib.contextmanager
 def lora_inputs_not_cast(layers: list):
     """peft's disable_input_dtype_casting over `layers` found beforehand (lora_layers): under bf16 autocast a LoRA

@@ -111,6 +111,41 @@ def last_rows(log_history: list[dict]) -> list[dict]:
     return [row for row in log_history if row is step or row is evaluation]
 
 
+def record_round(rows: list[dict], rollout, scores, rewards: torch.Tensor, advantages: torch.Tensor,
+                 reward_names: list[str], args, dist, truncated_prompts: int,
+                 step: int) -> tuple[dict, list, list | None]:
+    """A round's record: its metrics over all processes (rewards [B_all], lengths, truncation, the rewards'
+    log_metric values, tool counts), the samples printed and written to completions.jsonl (the first completion
+    of each prompt, every process's in rank = draw order; rank 0 writes them) and, with log_completions and a
+    tracker, the trackers' table of every completion (else None). `advantages`: this process's rows'."""
+    from reasonrl import distributed
+    from reasonrl.tools import tool_metrics
+
+    model_tokens = rollout.completion_mask if rollout.tool_mask is None else rollout.completion_mask * (
+        rollout.tool_mask)  # as TRL: tool-result tokens are not counted in the lengths
+    lengths = distributed.all_gather_rows(model_tokens.sum(-1).float(), dist)  # [B_all]
+    is_truncated = distributed.all_gather_rows(rollout.is_truncated.float(), dist)  # [B_all]
+    metrics = round_metrics(rewards, scores.rewards_per_func, scores.errors, reward_names, lengths, is_truncated,
+                            args.num_generations, args.scale_rewards, truncated_prompts)
+    add_logged_metrics(metrics, scores.logged_metrics)  # the rewards' log_metric values
+    if rollout.tool_counts is not None:  # tools/*: calls, failures, timeouts and turns over all processes
+        metrics.update(tool_metrics(distributed.all_reduce_sum(rollout.tool_counts.clone(), dist)))
+    mine = distributed.shard(rewards.size(0), dist)
+    prompts = [row["prompt"] for row in rows for _ in range(args.num_generations)]
+    extra = {column: values[mine] for column, values in scores.logged_columns.items()}  # the rewards' log_extra
+
+    def gathered_samples(stride: int) -> list[dict]:  # every stride-th completion of every process, in rank order
+        samples = completion_samples(prompts, rollout.texts, scores.rewards_per_func[mine], advantages, reward_names,
+                                     stride, step, extra)
+        return [sample for part in distributed.gather_objects(samples, dist) for sample in part]
+
+    samples = gathered_samples(args.num_generations)
+    table = gathered_samples(1) if args.log_completions and args.loggers else None
+    if dist.is_main:
+        append_jsonl(os.path.join(args.output_dir, "completions.jsonl"), samples, default=str)
+    return metrics, samples, table
+
+
 def train_summary(rows: list[dict], runtime: float, args, state, world_size: int) -> dict:
     """The row train() ends with, as transformers' Trainer writes it into state.log_history (`train_loss`: the mean
     step loss of this call; `train_runtime`, `train_samples_per_second`, ...), with the mean of each metric over the

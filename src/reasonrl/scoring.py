@@ -354,12 +354,14 @@ def check_reward_columns(reward_funcs: list, names: list[str], columns: list[str
                                   f"remove_unused_columns=false)")
 
 
-def build_rewards(reward_funcs, args, processing_classes=None, device=None) -> tuple[list, list[str], torch.Tensor]:
-    """(functions, names, weights [F]) of a trainer's reward_funcs: callables, built-in names, "module:function"
-    specs, reward models (a PreTrainedModel, or a hub id or folder: reward_models.py), alone or in a list; a name's
-    options from reward_kwargs, the weights from reward_weights (default 1). `processing_classes`: TRL's
-    reward_processing_classes, one tokenizer (or None) per reward, used by the reward models."""
-    from reasonrl.reward_models import is_model, looks_like_reward_model, reward_model
+def build_rewards(reward_funcs, args, processing_classes=None,
+                  device=None) -> tuple[list, list[str], torch.Tensor, list]:
+    """(functions, names, weights [F], processing classes) of a trainer's reward_funcs: callables, built-in names,
+    "module:function" specs, reward models (a PreTrainedModel, or a hub id or folder: reward_models.py), alone or in
+    a list; a name's options from reward_kwargs, the weights from reward_weights (default 1). `processing_classes`:
+    TRL's reward_processing_classes, one tokenizer (or None) per reward, used by the reward models; the list returned
+    holds each reward model's tokenizer (given, or loaded with it) and None for the functions, as TRL's attribute."""
+    from reasonrl.reward_models import RewardModel, is_model, looks_like_reward_model, reward_model
     from reasonrl.rewards import get_reward, reward_name
 
     funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
@@ -368,8 +370,9 @@ def build_rewards(reward_funcs, args, processing_classes=None, device=None) -> t
     elif not isinstance(processing_classes, (list, tuple)):
         processing_classes = [processing_classes]
     if len(processing_classes) != len(funcs):
-        raise RewardSpecError(f"reward_processing_classes has {len(processing_classes)} entries for {len(funcs)} "
-                              f"reward functions; give one per reward function (None for the functions)")
+        raise RewardSpecError(f"reward_processing_classes: the number of reward processing classes "
+                              f"({len(processing_classes)}) must match the number of reward functions ({len(funcs)}) "
+                              f"(TRL's rule); give one per reward function, None for the functions")
     reward_kwargs = args.reward_kwargs or {}
     for i, (f, tokenizer) in enumerate(zip(funcs, processing_classes)):
         if is_model(f) or isinstance(f, str) and looks_like_reward_model(f):
@@ -379,4 +382,5 @@ def build_rewards(reward_funcs, args, processing_classes=None, device=None) -> t
     names = [reward_name(f) for f in funcs]
     args.check_reward_weights(len(funcs))
     weights = args.reward_weights or [1.0] * len(funcs)
-    return funcs, names, torch.tensor(weights, dtype=torch.float32)
+    tokenizers = [f.tokenizer if isinstance(f, RewardModel) else None for f in funcs]
+    return funcs, names, torch.tensor(weights, dtype=torch.float32), tokenizers

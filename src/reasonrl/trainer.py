@@ -68,23 +68,15 @@ from reasonrl.data import (
 from reasonrl.dynamic_sampling import DynamicSampler
 from reasonrl.errors import CheckpointError, ConfigError, ReasonRLError, RewardSpecError, reason_of
 from reasonrl.eval_loop import Evaluator, chosen_eval_sets, eval_sets
-from reasonrl.guards import (
-    LearningSignal,
-    StepGuard,
-    StopSignals,
-    TrainingDiverged,
-    TrainingInterrupted,
-    check_finite_weights,
-)
+from reasonrl.guards import LearningSignal, StepGuard, StopSignals, check_finite_weights, diverged, interrupted
 from reasonrl.micro_step import MicroStep, logps_in_chunks
 from reasonrl.models import (
+    Autocast,
     check_causal,
     check_lengths,
     frozen_copy,
     is_peft_model,
     load_policy,
-    lora_inputs_not_cast,
-    lora_layers,
     mix_into_reference,
     prepare_for_training,
     reference_policy,
@@ -103,7 +95,7 @@ from reasonrl.scoring import (
     log_failures_once,
     score_rollout,
 )
-from reasonrl.tools import ToolCalling, tool_metrics
+from reasonrl.tools import ToolCalling
 from reasonrl.tracking import Trackers
 
 logger = logging.getLogger("reasonrl")
@@ -142,8 +134,9 @@ class GRPOTrainer:
         self.bf16 = args.use_bf16()
         _seed_everything(args.seed)
         self.train_dataset = load_train_dataset(train_dataset, args)
-        # functions, names and reward models (TRL's model ids and PreTrainedModels, with reward_processing_classes)
-        self.reward_funcs, self.reward_names, self.reward_weights = build_rewards(
+        # functions, names and reward models (TRL's model ids and PreTrainedModels, with reward_processing_classes:
+        # TRL's attribute, aligned with reward_funcs, a reward model's tokenizer or None)
+        self.reward_funcs, self.reward_names, self.reward_weights, self.reward_processing_classes = build_rewards(
             reward_funcs, args, reward_processing_classes, self.device)
         check_reward_columns(self.reward_funcs, self.reward_names, column_names(self.train_dataset))
         self.eval_dataset = load_eval_dataset(eval_dataset, args, data_from_config=train_dataset is None)
@@ -186,8 +179,7 @@ class GRPOTrainer:
         # the training forward/backward goes through DistributedDataParallel (gradients averaged over processes);
         # generation, old/reference log-probs, peft's disable_adapter and saving use the unwrapped self.model
         self.train_model = distributed.wrap(self.model, self.dist)
-        # peft's LoRA layers, found once: _autocast switches their input casting off and on at every forward
-        self._lora_layers = lora_layers(self.model)
+        self._autocast = Autocast(self.model, self.bf16, self.device.type)  # what every forward of it runs in
         self.micro_step = MicroStep(self.train_model, args, self.plan, self.dist, self._autocast)
 
         # the prompt order: shuffled passes over a dataset, or a stream read round by round (rounds.py)
@@ -264,7 +256,7 @@ class GRPOTrainer:
         if not args.skip_memory_check:  # one micro-step at the longest prompt + max_completion_length (preflight.py)
             preflight.check_worst_case_memory(self.micro_step, self.model, self.train_model, args, self.longest_prompt,
                                               self.model.get_input_embeddings().num_embeddings, self.dist)
-        resume = self._claim_output_dir(resume_from_checkpoint)  # the checkpoint to resume from, or None
+        resume = rundir.claim_for_run(args, self.dist, resume_from_checkpoint)  # the checkpoint to resume, or None
         # max_steps, or the optimizer steps of num_train_epochs passes over the dataset (a stream needs max_steps)
         total_steps = args.total_steps(self.sampler.size or 0)
         set_intervals(self.state, args, total_steps)  # and the logging, eval and save intervals the callbacks read
@@ -402,19 +394,6 @@ class GRPOTrainer:
         finally:
             self._logs_open = False
 
-    def _claim_output_dir(self, resume_from_checkpoint) -> str | None:
-        """Make output_dir this run's; the checkpoint folder to resume from, or None."""
-        args = self.args
-        # the one reading of the resume option; the folder is checked and made this run's (rundir.py): an earlier
-        # run there is only replaced with overwrite_output_dir, later checkpoints of a resumed one are set aside
-        resume = rundir.resolve_resume(args.output_dir, resume_from_checkpoint, args.to_dict())
-        rundir.check_start(args.output_dir, resume=resume, overwrite=args.overwrite_output_dir)  # on every process
-        distributed.barrier(self.dist)  # before rank 0 changes the folder
-        if self.dist.is_main:
-            rundir.claim(args.output_dir, resume=resume, overwrite=args.overwrite_output_dir)
-        distributed.barrier(self.dist)
-        return resume
-
     # ------------------------------------------------------------------ 1-3: a scored round
 
     @torch.no_grad()
@@ -488,33 +467,10 @@ class GRPOTrainer:
     def _round_metrics(self, rows: list[dict], rollout: Rollout, scores: RoundScores, rewards: torch.Tensor,
                        batch: Batch) -> dict:
         """The round's rewards, lengths and truncation over all processes; its samples go to completions.jsonl."""
-        args = self.args
-        model_tokens = rollout.completion_mask if rollout.tool_mask is None else rollout.completion_mask * (
-            rollout.tool_mask)  # as TRL: tool-result tokens are not counted in the lengths
-        lengths = distributed.all_gather_rows(model_tokens.sum(-1).float(), self.dist)  # [B_all]
-        is_truncated = distributed.all_gather_rows(rollout.is_truncated.float(), self.dist)  # [B_all]
-        metrics = runlog.round_metrics(rewards, scores.rewards_per_func, scores.errors, self.reward_names, lengths,
-                                       is_truncated, args.num_generations, args.scale_rewards,
-                                       self.prompt_tokenizer.truncated)
-        runlog.add_logged_metrics(metrics, scores.logged_metrics)  # the rewards' log_metric values
-        if rollout.tool_counts is not None:  # tools/*: calls, failures, timeouts and turns over all processes
-            metrics.update(tool_metrics(distributed.all_reduce_sum(rollout.tool_counts.clone(), self.dist)))
-        # the first completion of each prompt, every process's in rank (= draw) order; rank 0 writes them
-        mine = distributed.shard(rewards.size(0), self.dist)
-        prompts = [row["prompt"] for row in rows for _ in range(args.num_generations)]
-        extra = {column: values[mine] for column, values in scores.logged_columns.items()}  # the rewards' log_extra
-
-        def gathered_samples(stride: int) -> list[dict]:  # every stride-th completion of every process, in rank order
-            samples = runlog.completion_samples(prompts, rollout.texts, scores.rewards_per_func[mine],
-                                                batch.advantages, self.reward_names, stride,
-                                                self.state.global_step + 1, extra)
-            return [sample for part in distributed.gather_objects(samples, self.dist) for sample in part]
-
-        self._last_completions = samples = gathered_samples(args.num_generations)
-        if args.log_completions and args.loggers:  # the trackers' table holds every completion, as TRL's
-            self._last_table = gathered_samples(1)
-        if self.dist.is_main:
-            runlog.append_jsonl(os.path.join(args.output_dir, "completions.jsonl"), samples, default=str)
+        metrics, self._last_completions, table = runlog.record_round(
+            rows, rollout, scores, rewards, batch.advantages, self.reward_names, self.args, self.dist,
+            self.prompt_tokenizer.truncated, self.state.global_step + 1)
+        self._last_table = table if table is not None else self._last_table
         return metrics
 
     # ------------------------------------------------------------------ 4: one optimizer step's gradients
@@ -557,17 +513,6 @@ class GRPOTrainer:
                               f"them (the last checkpoint is {last}); lower learning_rate")
 
     # ------------------------------------------------------------------ pieces
-
-    def _autocast(self):
-        """bf16: autocast, and peft's LoRA layers keep their bf16 input instead of casting it to their fp32 weights'
-        dtype (autocast casts it back to bf16 for the matmul: two copies per layer that change nothing but, with
-        dropout, a rare double rounding)."""
-        if not self.bf16:
-            return contextlib.nullcontext()
-        context = contextlib.ExitStack()
-        context.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
-        context.enter_context(lora_inputs_not_cast(self._lora_layers))
-        return context
 
     def _log(self, metrics: dict, evaluation: bool = False) -> None:
         """A row of metrics (a step's, or an evaluation's) into log_history and, during train(), metrics.jsonl and
@@ -702,17 +647,9 @@ class GRPOTrainer:
 
     def _stop_if_asked(self, stop: StopSignals, optimizer, scheduler) -> None:
         """At a safe point (no step half-applied): after Ctrl-C or SIGTERM, save the last completed step and stop."""
-        if not distributed.any_process(stop.requested, self.dist):  # all ranks stop at the same step, or none
-            return
-        step = self.state.global_step
-        if step == 0:
-            message, path = "interrupted before the first optimizer step; nothing to save", None
-        else:
-            path = self._checkpoint_once(optimizer, scheduler)
-            message = (f"interrupted after step {step}; saved {path}; continue with "
-                       f"`reasonrl train ... --resume` (or resume_from_checkpoint={path})")
-        # a rank that got no signal itself stops because another did (launchers forward SIGTERM to every rank)
-        raise TrainingInterrupted(message, path, stop.signum or 15)
+        if distributed.any_process(stop.requested, self.dist):  # all ranks stop at the same step, or none
+            step = self.state.global_step
+            raise interrupted(stop, step, self._checkpoint_once(optimizer, scheduler) if step else None)
 
     def _checkpoint_once(self, optimizer, scheduler) -> str:
         """The checkpoint of the current step, saved now unless this run already saved (or resumed from) it."""
@@ -723,11 +660,7 @@ class GRPOTrainer:
     def _stop_diverged(self, optimizer, scheduler) -> None:
         """Save a checkpoint (its weights are the last good step's: the skipped steps applied nothing) and stop."""
         path = self._checkpoint_once(optimizer, scheduler)
-        step = self.state.global_step
-        raise TrainingDiverged(f"training diverged: steps {step - self.step_guard.consecutive + 1}-{step} all had a "
-                               f"non-finite loss or gradient norm and were skipped; the last good weights are saved "
-                               f"in {path}; lower learning_rate or max_grad_norm (or check the rewards), then "
-                               f"resume with --resume")
+        raise diverged(self.state.global_step, self.step_guard.consecutive, path)
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
                     token: str | None = None, revision: str | None = None, private: bool | None = None, **kwargs):

@@ -88,7 +88,11 @@ def read_known_failures() -> dict[str, str]:
 
 
 def compare(trl: dict, ours: dict, known: dict[str, str]) -> dict:
-    in_scope = sorted(t for t, (status, _) in trl.items() if status != "skipped")
+    """The measure: of the in-scope tests TRL passes, those reasonrl passes. In scope: not skipped for TRL and not
+    excluded by scope.py as it is now (TRL's outcomes may have been recorded under an older scope.py)."""
+    from trl_suite.scope import out_of_scope_reason
+
+    in_scope = sorted(t for t, (status, _) in trl.items() if status != "skipped" and not out_of_scope_reason(t))
     trl_passes = [t for t in in_scope if trl[t][0] == "passed"]
     ran = [t for t in trl_passes if t in ours]
     ours_passes = [t for t in ran if ours[t][0] == "passed"]
@@ -99,11 +103,13 @@ def compare(trl: dict, ours: dict, known: dict[str, str]) -> dict:
         "unexpected_failures": [t for t in failures if t not in known],
         "stale_known_failures": [t for t in known if t in ours_passes],
         "trl_failures": [t for t in in_scope if trl[t][0] == "failed"],
-        "skipped": sorted(t for t, (status, _) in trl.items() if status == "skipped"),
+        "skipped": sorted(t for t in trl if t not in in_scope),
     }
 
 
 def write_markdown(path: Path, trl: dict, ours: dict, known: dict, summary: dict) -> None:
+    from trl_suite.scope import out_of_scope_reason
+
     lines = ["# TRL's GRPO trainer tests: TRL 1.16 and reasonrl, side by side",
              "", "Written by `python tests/trl_suite/run.py` (do not edit by hand).", "",
              f"- in scope (not excluded by scope.py, not skipped for TRL): {len(summary['in_scope'])}",
@@ -117,7 +123,9 @@ def write_markdown(path: Path, trl: dict, ours: dict, known: dict, summary: dict
         trl_status, trl_message = trl.get(test, ("not run", ""))
         our_status, our_message = ours.get(test, ("not run", ""))
         note = known.get(test, "")
-        if trl_status == "skipped":
+        if test in summary["skipped"] and trl_status != "skipped":  # excluded since TRL's outcome was recorded
+            note = f"out of scope: {out_of_scope_reason(test)}"
+        elif trl_status == "skipped":
             note = trl_message
         elif trl_status == "not run":
             note = f"TRL not run yet (hours on 2 cores: run.py --impl trl --resume); reasonrl: {our_message or note}"
