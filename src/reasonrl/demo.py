@@ -269,7 +269,7 @@ def _no_signal_share(rows: list[dict], parts: int = 5) -> list[dict]:
 
 def _mean_reward(rows: list[dict], last: int) -> float | None:
     """The mean reward of the last `last` steps (to set beside the lr-0 control's)."""
-    rewards = [row["reward"] for row in rows if "reward" in row][-last:]
+    rewards = [row["reward"] for row in rows if "reward" in row and "train_runtime" not in row][-last:]  # no summary
     return sum(rewards) / len(rewards) if rewards else None
 
 
