@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import pathlib
-import warnings
 
 import pytest
 import yaml
@@ -35,6 +34,10 @@ SHARED_WITH_TRL = [
     "min_p", "generation_kwargs", "chat_template_kwargs",
     "eval_strategy", "eval_steps", "eval_on_start", "per_device_eval_batch_size", "save_strategy", "hub_model_id",
     "hub_private_repo",
+    "entropy_coef", "use_adaptive_entropy", "entropy_coef_min", "entropy_coef_max", "entropy_coef_delta",
+    "entropy_target", "off_policy_mask_threshold", "multi_objective_aggregation", "sync_ref_model",
+    "ref_model_mixup_alpha", "ref_model_sync_steps", "cast_lm_head_to_fp32", "use_liger_kernel", "pad_to_multiple_of",
+    "dataloader_num_workers",
 ]
 # TRL's __post_init__ rewrites these, so the instance value is not the declared default. Each is checked separately.
 RESOLVED_BY_TRL_AT_INIT = {
@@ -42,6 +45,7 @@ RESOLVED_BY_TRL_AT_INIT = {
     "generation_batch_size": "filled in from the batch size; we keep None and expose generation_batch_size_resolved",
     "steps_per_generation": "filled in from gradient_accumulation_steps; we expose effective_steps_per_generation",
     "report_to": "'none' becomes []; we keep 'none' and expose .loggers",
+    "pad_to_multiple_of": "'auto' becomes None off AWS Trainium; reasonrl keeps 'auto' (it ignores the value)",
 }
 # Options TRL 1.16 / transformers 5 no longer have; we keep them with the last upstream default.
 NOT_IN_TRL_1_16 = {"max_prompt_length": 512, "warmup_ratio": 0.0, "overwrite_output_dir": False}
@@ -226,12 +230,17 @@ def test_report_to_none_with_loggers_is_rejected(monkeypatch):
         GRPOConfig(report_to=["none", "wandb"])
 
 
+def _pairing_warnings(**kwargs) -> list[str]:
+    """What the trainer logs about a config's loss settings when it is built (as TRL does)."""
+    messages = []
+    config_checks.warn_about_loss_pairings(GRPOConfig(**kwargs), messages.append)
+    return messages
+
+
 def test_sequence_level_with_token_loss_warns_like_trl():
-    with pytest.warns(UserWarning, match="set loss_type=grpo"):
-        GRPOConfig(importance_sampling_level="sequence", loss_type="dapo")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        GRPOConfig(importance_sampling_level="sequence", loss_type="grpo")
+    [message] = _pairing_warnings(importance_sampling_level="sequence", loss_type="dapo")
+    assert "weights each sequence by its completion length" in message and "set loss_type=grpo" in message
+    assert _pairing_warnings(importance_sampling_level="sequence", loss_type="grpo") == []
 
 
 @pytest.mark.parametrize(("kwargs", "phrase"), [
@@ -242,8 +251,8 @@ def test_sequence_level_with_token_loss_warns_like_trl():
     ({"loss_type": "cispo"}, "caps the importance weight at epsilon_high, here 0.2"),
 ])
 def test_loss_pairings_warn_like_trl(kwargs, phrase):
-    with pytest.warns(UserWarning, match=phrase):
-        GRPOConfig(**kwargs)
+    [message] = _pairing_warnings(**kwargs)
+    assert phrase in message
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -253,9 +262,7 @@ def test_loss_pairings_warn_like_trl(kwargs, phrase):
     {"loss_type": "cispo", "epsilon_high": 5.0},
 ])
 def test_recommended_loss_pairings_do_not_warn(kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        GRPOConfig(**kwargs)
+    assert _pairing_warnings(**kwargs) == []
 
 
 def test_new_loss_options_from_yaml_and_overrides(tmp_path):
@@ -465,3 +472,15 @@ def test_generation_batch_divisibility_property(batch, accumulation, num_generat
         # The suggested fix must itself be valid.
         fixed_batch = int(str(error.value).split("set per_device_train_batch_size=")[1].split()[0])
         GRPOConfig(**{**kwargs, "per_device_train_batch_size": fixed_batch})
+
+
+def test_trl_suite_options_from_yaml_and_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("entropy_coef: 0.01\nuse_adaptive_entropy: true\nmulti_objective_aggregation: normalize_then_sum\n"
+                    "off_policy_mask_threshold: 0.5\nbeta: 0.04\nsync_ref_model: true\npad_to_multiple_of: 8\n")
+    config = GRPOConfig.from_yaml(path, ["ref_model_sync_steps=4", "entropy_target=3.5", "use_liger_kernel=false"])
+    assert (config.entropy_coef, config.use_adaptive_entropy, config.entropy_target) == (0.01, True, 3.5)
+    assert (config.multi_objective_aggregation, config.off_policy_mask_threshold) == ("normalize_then_sum", 0.5)
+    assert (config.sync_ref_model, config.ref_model_sync_steps, config.pad_to_multiple_of) == (True, 4, 8)
+    with pytest.raises(ConfigError, match="use_liger_kernel=true"):
+        GRPOConfig.from_yaml(path, ["use_liger_kernel=true"])

@@ -120,6 +120,29 @@ def test_token_logprobs_gradient_matches_and_bf16_is_upcast():
     assert token_logprobs(logits.detach().bfloat16(), ids).dtype == torch.float32
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("uses", ["both", "logps", "entropy"])
+def test_token_entropy_is_differentiable_and_its_gradient_matches_autograd(temperature, uses):
+    """The entropy bonus (entropy_coef) backpropagates through the entropy: dH/dx_j = -p_j (log p_j + H) / T, alone
+    or added to the log-probs' gradient; the logits are left as they were (fp32 chunks are views of them)."""
+    torch.manual_seed(2)
+    logits = torch.randn(2, 5, 11, requires_grad=True)
+    kept = logits.detach().clone()
+    ids = torch.randint(0, 11, (2, 5))
+    w_logps, w_entropy = torch.randn(2, 5), torch.randn(2, 5)
+    logps, entropy = token_logprobs(logits, ids, temperature, chunk_rows=3, with_entropy=True)
+    ((logps * w_logps).sum() * (uses != "entropy") + (entropy * w_entropy).sum() * (uses != "logps")).backward()
+    reference_logits = kept.clone().requires_grad_(True)
+    log_p = torch.log_softmax(reference_logits / temperature, -1)
+    reference_entropy = -(log_p.exp() * log_p).sum(-1)
+    reference_logps = log_p.gather(-1, ids[..., None]).squeeze(-1)
+    ((reference_logps * w_logps).sum() * (uses != "entropy")
+     + (reference_entropy * w_entropy).sum() * (uses != "logps")).backward()
+    assert torch.allclose(entropy, reference_entropy, atol=1e-5)
+    assert torch.allclose(logits.grad, reference_logits.grad, atol=1e-5)
+    assert torch.equal(logits.detach(), kept)
+
+
 @settings(max_examples=30, deadline=None)
 @given(temperature=st.sampled_from([1.0, 0.6, 1.7]), chunk_rows=st.integers(1, 9),
        dtype=st.sampled_from([torch.float32, torch.bfloat16]), strided=st.booleans(), seed=st.integers(0, 10_000))
@@ -510,3 +533,32 @@ def test_equal_large_rewards_give_zero_advantages():
     rewards = torch.full((9,), 683.4278401520323).float()
     for scale in ("group", "batch", "none"):
         assert torch.equal(group_advantages(rewards, 9, scale=scale), torch.zeros(9))
+
+
+def test_normalize_then_sum_standardises_each_reward_in_its_group_then_the_sum_over_the_batch():
+    """By hand: group 1 has func0 = (1, 3) -> z = (-1/sqrt2, 1/sqrt2) and func1 constant -> 0; group 2 the mirror;
+    the sums (-0.7071, 0.7071, -0.7071, 0.7071) have batch mean 0 and std sqrt(2/3), so the advantages are
+    +-sqrt(3)/2. A completion no function scored gets 0 and is left out of the batch statistics."""
+    from reasonrl.core import normalized_sum_advantages
+
+    rewards = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0]])
+    advantages = normalized_sum_advantages(rewards, torch.tensor([1.0, 1.0]), num_generations=2, eps=0.0)
+    half_root3 = 3 ** 0.5 / 2
+    assert advantages.tolist() == pytest.approx([-half_root3, half_root3, -half_root3, half_root3], abs=1e-6)
+    weighted = normalized_sum_advantages(rewards, torch.tensor([2.0, 0.0]), num_generations=2, eps=0.0)
+    # sums (-sqrt2, sqrt2, 0, 0): batch std sqrt(4/3), so +-sqrt(2) / sqrt(4/3) = +-sqrt(3/2)
+    assert weighted.tolist() == pytest.approx([-1.5 ** 0.5, 1.5 ** 0.5, 0.0, 0.0], abs=1e-6)
+    with_none = torch.cat([rewards, torch.tensor([[math.nan, math.nan], [1.0, 1.0]])])
+    result = normalized_sum_advantages(with_none, torch.tensor([1.0, 1.0]), num_generations=2, eps=0.0)
+    # row 5 alone in its group scores 0 after standardising: the batch is (-a, a, -a, a, 0) with a = 1/sqrt2, std a
+    assert result.tolist() == pytest.approx([-1.0, 1.0, -1.0, 1.0, 0.0, 0.0], abs=1e-6)
+
+
+def test_off_policy_mask_drops_only_negative_advantage_sequences_that_drifted():
+    from reasonrl.core import off_policy_mask
+
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    sampling = torch.zeros(3, 3)
+    logps = torch.tensor([[-2.0, -2.0, 50.0], [-2.0, -2.0, -2.0], [-0.5, -0.5, -0.5]])  # drift 2, 2, 0.5
+    kept = off_policy_mask(torch.tensor([-1.0, 1.0, -1.0]), logps, sampling, mask, threshold=1.0)
+    assert kept.tolist() == [[0.0], [1.0], [1.0]]  # the padding column's 50 is not counted

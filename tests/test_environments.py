@@ -121,7 +121,7 @@ def test_one_environment_per_rollout_its_tools_observation_masks_and_reward(tok,
     assert [p[-1]["content"] for p in seen["prompts"]] == ["2+3 go", "2+3", "4+4 go", "4+4"]
     assert scores.rewards_per_func[:, 1].tolist() == [5.0, 0.0, 8.0, 0.0]  # each rollout's own counter
     assert rewards.tolist() == [5.0, 0.0, 8.0, 0.0]  # 0.5 * 0 + 1 * get_reward
-    batch = trainer._advantages(rollout, rewards)
+    batch = trainer._advantages(rollout, rewards, scores.rewards_per_func)
     metrics = trainer._round_metrics(rows, rollout, scores, rewards, batch)
     assert metrics["tools/call_frequency"] == 0.5 and metrics["tools/failure_frequency"] == 0.0
     assert metrics["environments/reset_failures"] == 0 and metrics["environments/reward_failures"] == 0.0

@@ -229,14 +229,14 @@ def test_dataset_test_split_slices_a_local_file_for_evaluation(tmp_path, char_to
                           [distinct_chars], args=config, processing_class=char_tokenizer)
     assert trainer.train_dataset["prompt"] == [f"p{i}" for i in range(6)]
     assert trainer.eval_dataset["prompt"] == ["p6", "p7"]
-    trainer.train()
-    assert [row["step"] for row in trainer.log_history if "eval_reward" in row] == [1, 2]
+    rows = trainer.train()  # the step and evaluation rows (log_history also ends with train()'s summary row)
+    assert [row["step"] for row in rows if "eval_reward" in row] == [1, 2]
     # the last checkpoint keeps the last step's row and the last evaluation's; a model card shows both
     from reasonrl.export import checkpoint_model_card
 
     with open(tmp_path / "run" / "checkpoint-2" / "trainer_state.json") as handle:
         kept = json.load(handle)["log_history"]
-    assert kept == [row for row in trainer.log_history if row["step"] == 2]
+    assert kept == [row for row in rows if row["step"] == 2]
     assert [("loss" in row, "eval_reward" in row) for row in kept] == [(True, False), (False, True)]
     card = checkpoint_model_card(str(tmp_path / "run" / "checkpoint-2"), merged=False)
     assert "| loss |" in card and "| eval_reward |" in card

@@ -38,6 +38,9 @@ class Recorder:
         self.micro_step, self.error, self.calls = micro_step, error, []
         self.plan = micro_step.plan
 
+    def __getattr__(self, name):  # the rest of MicroStep (its entropy coefficient) is the wrapped one's
+        return getattr(self.micro_step, name)
+
     def __call__(self, batch, rows, normaliser, index):
         worst = not batch.rollout.texts
         self.calls.append((len(rows), batch.rollout.prompt_ids.size(1), batch.rollout.completion_ids.size(1), worst))

@@ -95,8 +95,8 @@ def test_rows_every_function_failed_on_get_advantage_zero(tmp_path, char_tokeniz
                        max_reward_error_fraction=0.5)
     original = trainer._advantages
 
-    def spy(rollout, rewards):
-        batch = original(rollout, rewards)
+    def spy(rollout, rewards, rewards_per_func):
+        batch = original(rollout, rewards, rewards_per_func)
         advantages.append(batch.advantages.clone())
         return batch
 

@@ -260,7 +260,8 @@ def test_a_mid_round_checkpoint_holds_the_round_and_resumes_it_exactly(tmp_path,
     resumed = _resume_copy(run, tmp_path / "b", 3, char_tokenizer)
     assert all(torch.equal(final[k], v) for k, v in resumed.model.state_dict().items())
     assert _rows(tmp_path / "b" / "metrics.jsonl") == rows
-    assert [row["step"] for row in resumed.log_history] == [4, 5, 6]
+    assert [row["step"] for row in resumed.log_history] == [4, 5, 6, 6]  # the steps, then train()'s summary row
+    assert resumed.log_history[-1]["train_loss"] == sum(row["loss"] for row in resumed.log_history[:3]) / 3
 
     # the same checkpoint without its round starts a new round at step 4: a different run (what resume did before)
     restarted = _resume_copy(run, tmp_path / "c", 3, char_tokenizer, drop=("round.json", "round.safetensors"))

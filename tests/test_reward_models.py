@@ -152,7 +152,11 @@ def test_trainer_takes_a_model_object_with_reward_processing_classes(tmp_path, c
                           train_dataset=[{"prompt": "p"}], processing_class=char_tokenizer,
                           reward_processing_classes=[char_tokenizer, None])
     assert trainer.reward_names == ["LlamaForSequenceClassification", "length_reward"]
-    with pytest.raises(RewardSpecError, match="reward_processing_classes has 1 entries for 2 reward functions"):
+    # TRL's public attribute: aligned with reward_funcs, the reward model's tokenizer, None for the function
+    assert trainer.reward_processing_classes == [char_tokenizer, None]
+    assert trainer.reward_processing_classes[0] is char_tokenizer
+    with pytest.raises(RewardSpecError, match=r"reward processing classes \(1\) must match the number of reward "
+                                              r"functions \(2\)"):
         GRPOTrainer(build_tiny_model(char_tokenizer), [model, "length"],
                     args=GRPOConfig(output_dir=str(tmp_path / "s")), train_dataset=[{"prompt": "p"}],
                     processing_class=char_tokenizer, reward_processing_classes=[char_tokenizer])

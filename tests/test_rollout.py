@@ -266,3 +266,30 @@ def test_group_order_keeps_groups_together_and_covers_every_row():
     assert all((row // 4 == row[0] // 4).all() and row.tolist() == sorted(row.tolist()) for row in groups)
     orders = {tuple(_group_order(12, 4, torch.Generator().manual_seed(s)).tolist()) for s in range(20)}
     assert len(orders) == 6  # all 3! group orders occur
+
+
+def test_a_hybrid_mamba_model_samples_and_trains_without_a_shared_prompt_cache(char_tokenizer):
+    """NemotronH (Mamba + attention + MoE layers): its recurrent state cannot be repeated or handed over as a prompt
+    prefix, so the sampler prefills each sample's prompt and the training forward runs rows whole; the sampling
+    log-probs still equal a plain forward's."""
+    from transformers import NemotronHConfig, NemotronHForCausalLM
+
+    from reasonrl.policy import key_value_cache
+
+    config = NemotronHConfig(
+        vocab_size=len(char_tokenizer), hidden_size=16, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=32, layers_block_type=["mamba", "attention", "moe"], mamba_num_heads=8, mamba_head_dim=4,
+        mamba_n_groups=1, ssm_state_size=16, mamba_d_conv=4, mamba_expand=2, n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, moe_shared_expert_intermediate_size=32, pad_token_id=char_tokenizer.pad_token_id,
+        eos_token_id=char_tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    hybrid = NemotronHForCausalLM(config).eval()
+    assert not key_value_cache(config) and key_value_cache(build_tiny_model(char_tokenizer).config)
+    ids, mask = _encode(char_tokenizer)
+    completion_ids, completion_mask, sampling_logps, _ = generate(
+        hybrid, ids, mask, num_generations=2, max_new_tokens=6, eos_token_id=char_tokenizer.eos_token_id,
+        pad_token_id=char_tokenizer.pad_token_id, generator=torch.Generator().manual_seed(0))
+    recomputed = sequence_logprobs(hybrid, ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0),
+                                   completion_ids, completion_mask)
+    assert completion_ids.shape[0] == 2 * ids.shape[0]
+    assert (recomputed * completion_mask - sampling_logps).abs().max().item() < 1e-4

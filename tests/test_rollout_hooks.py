@@ -144,7 +144,7 @@ def test_env_mask_is_out_of_the_loss_and_extra_fields_reach_the_rewards(tok, tmp
     assert seen["answer"] == [r["answer"] for r in rows for _ in range(2)]  # dataset columns still repeated
     assert rewards.tolist() == [0.0, 10.0, 20.0, 30.0]
     assert seen["completions"][0] == tok.decode(model_a + env + model_b, skip_special_tokens=True)
-    batch = trainer._advantages(rollout, rewards)
+    batch = trainer._advantages(rollout, rewards, scores.rewards_per_func)
     n = len(model_a) + len(env) + len(model_b)
     assert batch.loss_mask[0].tolist() == [1] * len(model_a) + [0] * len(env) + [1] * len(model_b)
     assert batch.loss_mask[1].tolist() == [1] * 3 + [0] * (n - 3)

@@ -322,7 +322,7 @@ def test_loss_over_a_tool_round_equals_a_hand_computation_without_the_tool_token
     os.makedirs(tmp_path / "run")  # what train() does before a round
     rows_, rollout = trainer._rollout()
     scores, rewards = trainer._score(rows_, rollout)
-    batch = trainer._advantages(rollout, rewards)
+    batch = trainer._advantages(rollout, rewards, scores.rewards_per_func)
     metrics = trainer._round_metrics(rows_, rollout, scores, rewards, batch)
     assert metrics["tools/call_frequency"] == 0.5 and metrics["tools/mean_turns"] == 1.5
     assert metrics["reward"] == 0.5  # the calling half answers right, the guessing half (0) wrong

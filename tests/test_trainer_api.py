@@ -76,17 +76,19 @@ def test_callbacks_see_transformers_events_in_order_with_the_state_they_read(tmp
             expected.append(("on_save", s))
         if s == 3:  # 6 prompts, 2 per one-step round: a pass ends every 3 steps
             expected += [("on_epoch_end", 3), ("on_epoch_begin", 3)]
-    expected.append(("on_train_end", 4))
+    expected += [("on_log", 4), ("on_train_end", 4)]  # transformers' closing row (train_loss, train_runtime, ...)
     assert recorder.events == expected
-    assert [log.get("loss") is not None for log in recorder.logs] == [True, False, True, False]
-    assert [log["step"] for log in recorder.logs] == [2, 2, 4, 4]
+    assert [log.get("loss") is not None for log in recorder.logs] == [True, False, True, False, False]
+    assert [log["step"] for log in recorder.logs] == [2, 2, 4, 4, 4]
+    assert recorder.logs[-1]["train_loss"] == pytest.approx(
+        sum(row["loss"] for row in trainer.log_history if "loss" in row) / 4)
     assert [m["eval_reward"] for m in recorder.metrics] == [row["eval_reward"] for row in trainer.log_history
                                                             if "eval_reward" in row]
     state = trainer.state
     assert (state.global_step, state.max_steps, state.logging_steps, state.eval_steps, state.save_steps) == (
         4, 4, 2, 2, 3)
     assert state.is_world_process_zero and state.is_local_process_zero and state.epoch == pytest.approx(4 / 3)
-    assert state.log_history is trainer.log_history and len(state.log_history) == 4 + 2
+    assert state.log_history is trainer.log_history and len(state.log_history) == 4 + 2 + 1
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "run"))] == ["checkpoint-3", "checkpoint-4"]
 
 
@@ -109,7 +111,7 @@ class KindRecorder(TrainerCallback):
 
 def test_the_events_come_in_the_order_trls_own_trainer_fires_them(tmp_path, char_tokenizer):
     """The same run (8 prompts, 2 per step in 2 micro-batches, eval and save schedules) under TRL 1.16's
-    GRPOTrainer and reasonrl's: the same events at the same steps; TRL alone ends with its train-summary log."""
+    GRPOTrainer and reasonrl's: the same events at the same steps, ending with the train-summary log."""
     trl = pytest.importorskip("trl")
     rows = [{"prompt": f"p{i}"} for i in range(8)]
     options = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, num_generations=2,
@@ -128,7 +130,7 @@ def test_the_events_come_in_the_order_trls_own_trainer_fires_them(tmp_path, char
                       callbacks=[recorder]).train()
         events[name] = recorder.events
     assert events["trl"][-2:] == [("on_log", 4, "train"), ("on_train_end", 4, "")]  # its train_runtime/... row
-    assert events["reasonrl"] == events["trl"][:-2] + [("on_train_end", 4, "")]
+    assert events["reasonrl"] == events["trl"]
     assert ("on_substep_end", 0, "") in events["reasonrl"] and ("on_prediction_step", 2, "") in events["reasonrl"]
 
 
@@ -146,7 +148,7 @@ def test_a_callback_asks_for_a_log_and_an_evaluation(tmp_path, char_tokenizer):
                        num_generations_eval=2, eval_dataset=[{"prompt": "q"}])
     trainer.train()
     assert [e for e in recorder.events if e[0] in ("on_log", "on_evaluate")] == [
-        ("on_log", 1), ("on_log", 1), ("on_evaluate", 1)]
+        ("on_log", 1), ("on_log", 1), ("on_evaluate", 1), ("on_log", 2)]  # the last: the train summary
     assert [row["step"] for row in trainer.log_history if "eval_reward" in row] == [1]
 
 
@@ -162,8 +164,9 @@ class StopAt(TrainerCallback):
 
 def test_a_callback_stops_training_and_forces_a_save_at_its_step(tmp_path, char_tokenizer):
     trainer = _trainer(tmp_path / "run", char_tokenizer, callbacks=[StopAt(2)], max_steps=5, save_steps=100)
-    trainer.train()
-    assert trainer.state.global_step == 2 and [row["step"] for row in trainer.log_history] == [1, 2]
+    rows = trainer.train()
+    assert trainer.state.global_step == 2 and [row["step"] for row in rows] == [1, 2]
+    assert trainer.log_history[-1]["step"] == 2 and "train_runtime" in trainer.log_history[-1]
     assert [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "run"))] == ["checkpoint-2"]
 
 
@@ -204,18 +207,18 @@ def test_optimizers_are_used_as_given(tmp_path, char_tokenizer):
     trainer = GRPOTrainer(model, [distinct_chars], args=_config(tmp_path / "run", max_steps=3, learning_rate=0.5),
                           train_dataset=[{"prompt": f"p{i}"} for i in range(6)], processing_class=char_tokenizer,
                           optimizers=(optimizer, schedule))
-    trainer.train()
+    rows = trainer.train()
     assert trainer.optimizer is optimizer and trainer.lr_scheduler is schedule and schedule.last_epoch == 3
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
-    assert [row["learning_rate"] for row in trainer.log_history] == [0.0] * 3
+    assert [row["learning_rate"] for row in rows] == [0.0] * 3
     # only an optimizer: the config's schedule (linear decay from learning_rate) is built for it
     adam = torch.optim.Adam(model.parameters(), lr=0.3)
     trainer = GRPOTrainer(model, [distinct_chars], args=_config(tmp_path / "run2", max_steps=3, learning_rate=0.3),
                           train_dataset=[{"prompt": f"p{i}"} for i in range(6)], processing_class=char_tokenizer,
                           optimizers=(adam, None))
-    trainer.train()
+    rows = trainer.train()
     assert trainer.optimizer is adam
-    assert [row["learning_rate"] for row in trainer.log_history] == pytest.approx([0.2, 0.1, 0.0])
+    assert [row["learning_rate"] for row in rows] == pytest.approx([0.2, 0.1, 0.0])
 
 
 @pytest.mark.parametrize("optimizers, phrase", [

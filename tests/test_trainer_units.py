@@ -8,6 +8,7 @@ from datasets import Dataset
 
 from reasonrl import GRPOConfig, GRPOTrainer
 from reasonrl.core import StepNormaliser
+from reasonrl.errors import ConfigError
 from reasonrl.rounds import PromptSampler
 from reasonrl.tiny import build_tiny_model
 
@@ -60,7 +61,7 @@ def _scored_round(trainer):
     """Steps 1-3 of a round as train() takes them: rollout, score, advantages; and the round's metrics."""
     rows, rollout = trainer._rollout()
     scores, rewards = trainer._score(rows, rollout)
-    batch = trainer._advantages(rollout, rewards)
+    batch = trainer._advantages(rollout, rewards, scores.rewards_per_func)
     return batch, trainer._round_metrics(rows, rollout, scores, rewards, batch)
 
 
@@ -232,3 +233,137 @@ def test_soft_overlong_punishment_by_name_scores_completion_tokens(tmp_path, cha
     expected = torch.where(lengths <= 2, 0.0, (2 - lengths) / 6)  # L - C = 2; none is longer than L = 8
     assert metrics["rewards/soft_overlong_punishment_reward/mean"] == pytest.approx(expected.mean().item())
     assert expected.min() < 0  # some completions are punished
+
+
+# ---------------------------------------------------------------- TRL options the TRL test suite exercises
+
+
+def test_entropy_bonus_lowers_the_logged_loss_by_coef_times_entropy(tmp_path, char_tokenizer):
+    """L = L_policy - entropy_coef * H: with one micro-batch per step and every completion token in the loss, the
+    logged policy_loss - loss is entropy_coef times the logged entropy, whatever the loss type."""
+    for loss_type in ("grpo", "dapo", "dr_grpo"):
+        trainer = _trainer(tmp_path / loss_type, char_tokenizer, entropy_coef=0.5, loss_type=loss_type,
+                           per_device_train_batch_size=4, gradient_accumulation_steps=1)
+        trainer.train()
+        rows = [row for row in trainer.log_history if "train_runtime" not in row]
+        assert len(rows) == 2
+        for row in rows:
+            assert row["policy_loss"] - row["loss"] == pytest.approx(0.5 * row["entropy"], rel=1e-4)
+            assert row["entropy_coef"] == 0.5
+
+
+def test_entropy_bonus_gradient_is_the_gradient_of_minus_coef_times_mean_entropy(tmp_path, char_tokenizer):
+    """With advantages 0 (equal rewards) the policy term has no gradient: the step's gradient is then exactly
+    -entropy_coef * d(mean entropy)/d(weights), computed here with plain autograd on the same completions."""
+    trainer = _trainer(tmp_path, char_tokenizer, entropy_coef=0.3, backward_chunk_rows=1)
+    trainer.reward_funcs = [lambda completions, **kw: [1.0] * len(completions)]
+    (tmp_path / "run").mkdir()  # what train() does before a round
+    batch, _ = _scored_round(trainer)
+    rows = torch.arange(4)
+    rollout = batch.rollout
+    window = type("W", (), {"micro_batches": [rows]})()
+    trainer._accumulate_gradients(batch, window)
+    ours = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    trainer.model.zero_grad(set_to_none=True)
+    ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)
+    attention = torch.cat([rollout.prompt_mask, rollout.completion_mask], 1)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    logits = trainer.model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+    logits = logits[:, rollout.prompt_ids.size(1) - 1:-1].float() / trainer.args.temperature
+    log_p = torch.log_softmax(logits, -1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    mask = batch.loss_mask.float()
+    (-0.3 * (entropy * mask).sum() / mask.sum()).backward()
+    for name, grad in ours.items():
+        assert torch.allclose(grad, trainer.model.get_parameter(name).grad, atol=1e-6), name
+
+
+def test_adaptive_entropy_moves_the_coefficient_once_per_optimizer_step(tmp_path, char_tokenizer):
+    """entropy_target above the entropy: the coefficient grows by entropy_coef_delta after every optimizer step
+    (not every micro-batch), and the first step applies none (no step measured yet)."""
+    trainer = _trainer(tmp_path, char_tokenizer, entropy_coef=0.01, use_adaptive_entropy=True, entropy_target=50.0,
+                       entropy_coef_delta=0.005, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                       max_steps=3)
+    trainer.train()
+    assert trainer.entropy_coef == pytest.approx(0.01 + 3 * 0.005)
+    rows = [row for row in trainer.log_history if "train_runtime" not in row]
+    assert [row["entropy_coef"] for row in rows] == pytest.approx([0.015, 0.02, 0.025])
+    assert rows[0]["policy_loss"] == pytest.approx(rows[0]["loss"], abs=1e-7)  # step 1: no bonus applied yet
+    low = _trainer(tmp_path / "low", char_tokenizer, entropy_coef=0.01, use_adaptive_entropy=True,
+                   entropy_target=0.0, entropy_coef_delta=0.004, max_steps=2)
+    low.train()
+    assert low.entropy_coef == pytest.approx(0.002)  # above the target: down, never below entropy_coef_min
+
+
+def test_train_ends_with_transformers_summary_row(tmp_path, char_tokenizer):
+    trainer = _trainer(tmp_path, char_tokenizer, max_steps=3, logging_steps=2)
+    trainer.train()
+    assert trainer.state.log_history is trainer.log_history
+    *steps, summary = trainer.state.log_history
+    assert [row["step"] for row in steps] == [1, 2, 3] and summary["step"] == 3
+    assert summary["train_loss"] == pytest.approx(sum(row["loss"] for row in steps) / 3)
+    assert summary["reward"] == pytest.approx((steps[1]["reward"] + steps[2]["reward"]) / 2)  # last 2 steps' mean
+    assert "loss" not in summary and summary["train_runtime"] > 0
+
+
+def test_sync_ref_model_moves_the_reference_towards_the_policy(tmp_path, char_tokenizer):
+    trainer = _trainer(tmp_path, char_tokenizer, beta=0.1, sync_ref_model=True, ref_model_sync_steps=2,
+                       ref_model_mixup_alpha=0.25, max_steps=2)
+    from reasonrl import trainer as trainer_module
+
+    seen = []
+    real = trainer_module.mix_into_reference
+
+    def spy(reference, model, alpha):
+        before = [p.detach().clone() for p in reference.parameters()]
+        real(reference, model, alpha)
+        for old, new, current in zip(before, reference.parameters(), model.parameters()):
+            assert torch.allclose(new, 0.25 * current + 0.75 * old, atol=1e-6)
+        seen.append(trainer.state.global_step)
+
+    trainer_module.mix_into_reference = spy
+    try:
+        trainer.train()
+    finally:
+        trainer_module.mix_into_reference = real
+    assert seen == [2]  # every ref_model_sync_steps optimizer steps
+    assert trainer.ref_model is trainer.reference_model is not None
+
+
+def test_sync_ref_model_needs_a_reference():
+    with pytest.raises(ConfigError, match="sync_ref_model=true with beta=0"):
+        GRPOConfig(sync_ref_model=True)
+
+
+def test_trl_compatibility_options(tmp_path):
+    with pytest.raises(ConfigError, match="use_liger_kernel=true"):
+        GRPOConfig(use_liger_kernel=True)
+    assert GRPOConfig(use_liger_kernel=False, pad_to_multiple_of="auto", dataloader_num_workers=2).pad_to_multiple_of \
+        == "auto"
+    with pytest.raises(ConfigError, match="pad_to_multiple_of"):
+        GRPOConfig(pad_to_multiple_of=0)
+    with pytest.raises(ConfigError, match="multi_objective_aggregation='mean' is not supported"):
+        GRPOConfig(multi_objective_aggregation="mean")
+
+
+def test_no_reward_source_and_no_dataset_are_one_line_errors(tmp_path, char_tokenizer):
+    args = GRPOConfig(output_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="No reward source provided"):
+        GRPOTrainer(build_tiny_model(char_tokenizer), args=args, train_dataset=[{"prompt": "a"}])
+    with pytest.raises(ValueError, match="`train_dataset` is required"):
+        GRPOTrainer(build_tiny_model(char_tokenizer), reward_funcs=lambda completions, **kw: [0.0], args=args)
+
+
+def test_lora_on_q_and_v_only_trains_in_row_chunks(tmp_path, char_tokenizer):
+    """peft's default LoRA for Qwen2 adapts q_proj and v_proj only, so layer 0's cached prompt keys come from frozen
+    weights and carry no gradient: the chunked backward must send the prompt gradients through the others only
+    (TRL's test_train_peft_config failed here with "element 0 of tensors does not require grad")."""
+    from peft import LoraConfig
+
+    base = _trainer(tmp_path / "base", char_tokenizer, max_steps=1, backward_chunk_rows=1)
+    trainer = GRPOTrainer(base.model, base.reward_funcs, args=base.args, train_dataset=base.train_dataset,
+                          processing_class=char_tokenizer, peft_config=LoraConfig(target_modules=["q_proj", "v_proj"]))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert changed and all("lora_" in n for n in changed)

@@ -260,6 +260,43 @@ class GRPOConfig:
     non-truncated completions count. Below 1, each micro-batch goes through forward and backward in one piece
     (backward_chunk_rows is not used), because the threshold needs the entropies of all its rows."""
 
+    entropy_coef: float = 0.0
+    """Entropy bonus: the loss becomes L_policy - entropy_coef * H, H the mean per-token entropy of the policy over
+    the tokens the policy loss uses (whatever loss_type's normalisation; divided by the step's micro-batches like
+    the loss), so that the policy keeps exploring. With use_adaptive_entropy, the starting coefficient. 0 disables
+    it."""
+    use_adaptive_entropy: bool = False
+    """Adaptive entropy control (Skywork-OR1): after each optimizer step, entropy_coef grows by entropy_coef_delta
+    when the step's mean entropy was at or below entropy_target and shrinks by it otherwise (within
+    [entropy_coef_min, entropy_coef_max]); the bonus applies only in steps that follow one at or below the target."""
+    entropy_coef_min: float = 0.0
+    """With use_adaptive_entropy: the lowest entropy_coef."""
+    entropy_coef_max: float = 1.0
+    """With use_adaptive_entropy: the highest entropy_coef."""
+    entropy_coef_delta: float = 0.005
+    """With use_adaptive_entropy: how much entropy_coef moves after each optimizer step."""
+    entropy_target: float = 0.2
+    """With use_adaptive_entropy: the mean per-token entropy (nats) below which the bonus is applied and grown.
+    Language models usually sit at 2-10 nats, so the default 0.2 only acts on a collapsed policy: set it near the
+    `entropy` metric of the first steps."""
+    off_policy_mask_threshold: float | None = None
+    """Off-policy sequence masking (DeepSeek-V3.2): a completion with a negative advantage whose mean per-token
+    log pi_old - log pi (a KL estimate of how far the policy moved since sampling) exceeds this value is left out of
+    the policy loss (the KL term keeps it). Only acts on a reused round (num_iterations > 1, or more
+    steps_per_generation than gradient_accumulation_steps). None disables it."""
+    multi_objective_aggregation: str = "sum_then_normalize"
+    """How several reward functions make one advantage: sum_then_normalize (the weighted sum of the rewards, then
+    the group statistics of scale_rewards) or normalize_then_sum (each reward standardised within its group, their
+    weighted sum standardised over the batch; GDPO). The logged `reward` is the weighted sum either way."""
+    sync_ref_model: bool = False
+    """Move the reference policy towards the trained one every ref_model_sync_steps steps (TR-DPO):
+    ref = ref_model_mixup_alpha * policy + (1 - ref_model_mixup_alpha) * ref. Needs beta != 0 and a full model (with
+    LoRA the reference is the base model, which does not move)."""
+    ref_model_mixup_alpha: float = 0.6
+    """With sync_ref_model: the policy's share in the reference's update, in [0, 1]."""
+    ref_model_sync_steps: int = 512
+    """With sync_ref_model: optimizer steps between two updates of the reference."""
+
     # ---- optimisation
     learning_rate: float = 1e-6
     """Peak learning rate."""
@@ -318,6 +355,19 @@ class GRPOConfig:
     """reasonrl: under bf16 with LoRA, the frozen base weights of a model object given in float32 are cast to
     bfloat16 once at start, as a model loaded by name is loaded (the adapter stays float32): half their memory and
     the bf16 matmuls autocast would do anyway. False keeps them in the dtype they came in."""
+    cast_lm_head_to_fp32: bool = False
+    """Keep the output layer (lm_head) in float32 when the model runs in bf16 or fp16, so that logits and log-probs
+    are computed in full precision. A tied lm_head (one matrix with the input embeddings) is untied first."""
+    use_liger_kernel: bool = False
+    """TRL's option for liger-kernel's fused GRPO loss. reasonrl has no liger kernels: only false is accepted (its
+    own log-probs already avoid a full-vocabulary float32 copy of the logits)."""
+    pad_to_multiple_of: int | str | None = "auto"
+    """Accepted for TRL compatibility (an int, "auto" or None). reasonrl pads prompts and completions to the lengths
+    its own decode loop and chunked forward need; padding never changes a result, and reasonrl ignores this
+    value."""
+    dataloader_num_workers: int = 0
+    """Accepted for TRL compatibility (transformers' DataLoader workers). reasonrl reads prompts from the dataset in
+    the training process, with no DataLoader, so there is nothing for workers to do; must be >= 0."""
     bf16: bool | None = None
     """bfloat16 autocast. None (TRL's default) means auto: on when CUDA supports bf16, else float32. TRL resolves None
     to True and then refuses plain CPU; reasonrl picks float32 there and allows bf16=true on CPU."""

@@ -8,7 +8,6 @@ import dataclasses
 import importlib.util
 import inspect
 import math
-import warnings
 from typing import Any
 
 from reasonrl.config_parse import did_you_mean
@@ -29,6 +28,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 EVAL_STRATEGIES = ("no", "steps", "epoch")
 SAVE_STRATEGIES = ("no", "steps", "epoch")
 TOOL_ISOLATIONS = ("thread", "process")
+MULTI_OBJECTIVE_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 
 
 def check(config) -> None:
@@ -53,6 +53,8 @@ def check(config) -> None:
     _check_choice("dtype", config.dtype, DTYPES)
     _check_choice("eval_strategy", config.eval_strategy, EVAL_STRATEGIES)
     _check_choice("save_strategy", config.save_strategy, SAVE_STRATEGIES)
+    _check_choice("multi_objective_aggregation", config.multi_objective_aggregation, MULTI_OBJECTIVE_AGGREGATIONS)
+    _check_trl_compatibility_options(config)
 
     _require(config, "num_generations", config.num_generations >= 2,
              "must be >= 2 to compare completions within a group")
@@ -124,25 +126,52 @@ def check(config) -> None:
     _check_report_to(config)
     _check_generation_batch(config)
     _check_rewards(config)
-    _warn_about_loss_pairings(config)
 
 
-def _warn_about_loss_pairings(config) -> None:
-    """TRL's warnings about settings that run but do not mean what the papers meant (plus cispo's cap)."""
+def _check_trl_compatibility_options(config) -> None:
+    """TRL options reasonrl takes with a narrower meaning (use_liger_kernel, pad_to_multiple_of, ...) or that need
+    another option (sync_ref_model)."""
+    if config.use_liger_kernel:
+        raise ConfigError("use_liger_kernel=true: reasonrl has no liger-kernel loss (its log-probs already avoid a "
+                          "float32 copy of the logits); set use_liger_kernel=false", "use_liger_kernel")
+    pad = config.pad_to_multiple_of
+    _require(config, "pad_to_multiple_of", pad is None or pad == "auto" or (isinstance(pad, int) and pad >= 1),
+             "must be an int >= 1, 'auto' or None")
+    _require(config, "dataloader_num_workers", config.dataloader_num_workers >= 0, "must be >= 0")
+    _require(config, "off_policy_mask_threshold",
+             config.off_policy_mask_threshold is None or config.off_policy_mask_threshold >= 0, "must be >= 0 or None")
+    for name in ("entropy_coef_min", "entropy_coef_delta", "entropy_target"):
+        _require(config, name, getattr(config, name) >= 0, "must be >= 0")
+    _require(config, "entropy_coef_max", config.entropy_coef_max >= config.entropy_coef_min,
+             "must be >= entropy_coef_min")
+    _require(config, "ref_model_mixup_alpha", 0 <= config.ref_model_mixup_alpha <= 1, "must be in [0, 1]")
+    _require(config, "ref_model_sync_steps", config.ref_model_sync_steps >= 1, "must be >= 1")
+    if config.multi_objective_aggregation == "normalize_then_sum" and config.dynamic_sampling:
+        raise ConfigError("dynamic_sampling with multi_objective_aggregation=normalize_then_sum: dynamic sampling "
+                          "recomputes the advantages of the groups it keeps from the summed reward; use "
+                          "sum_then_normalize or dynamic_sampling=false", "multi_objective_aggregation")
+    if config.sync_ref_model and config.beta == 0.0:
+        raise ConfigError("sync_ref_model=true with beta=0: there is no reference policy to move; set beta > 0 "
+                          "(e.g. beta=0.04) or sync_ref_model=false", "sync_ref_model")
+
+
+def warn_about_loss_pairings(config, warn) -> None:
+    """TRL's warnings about settings that run but do not mean what the papers meant (plus cispo's cap), given to
+    `warn` (the trainer's logger.warning: TRL logs them when the trainer is built)."""
     level, loss_type = config.importance_sampling_level, config.loss_type
     if level == "sequence" and loss_type in ("bnpo", "dr_grpo", "dapo", "cispo"):
-        warnings.warn(f"importance_sampling_level='sequence' with loss_type={loss_type!r} weighs each "
-                      "sequence by its length; set loss_type=grpo for GSPO as in the paper", stacklevel=6)
+        warn(f"importance_sampling_level='sequence' with loss_type={loss_type!r} sums per-token contributions, which "
+             "weights each sequence by its completion length; set loss_type=grpo for GSPO as in the paper")
     if loss_type == "luspo" and level != "sequence":
-        warnings.warn("loss_type='luspo' is defined with sequence-level importance ratios; set "
-                      "importance_sampling_level=sequence as in the paper", stacklevel=6)
+        warn("loss_type='luspo' is defined with sequence-level importance ratios; set "
+             "importance_sampling_level=sequence as in the paper")
     if loss_type == "vespo" and level != "token":
-        warnings.warn("loss_type='vespo' computes its own sequence-level weight; keep importance_sampling_level="
-                      "token (it then only changes the bias-corrected KL)", stacklevel=6)
+        warn("loss_type='vespo' computes its own sequence-level weight; keep importance_sampling_level="
+             "token (it then only changes the bias-corrected KL)")
     if loss_type == "cispo" and config.effective_epsilon_high < 1:
-        warnings.warn(f"loss_type='cispo' caps the importance weight at epsilon_high, here "
-                      f"{config.effective_epsilon_high:g} (epsilon_high unset uses epsilon), which scales every "
-                      "token down; the ScaleRL paper uses epsilon_high=5.0", stacklevel=6)
+        warn(f"loss_type='cispo' caps the importance weight at epsilon_high, here {config.effective_epsilon_high:g} "
+             "(epsilon_high unset uses epsilon), which scales every token down; the ScaleRL paper uses "
+             "epsilon_high=5.0")
 
 
 # generation_kwargs key -> (rule on its value, the rule in words); rollout.SAMPLING_KEYS lists the same keys

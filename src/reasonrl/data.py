@@ -353,7 +353,8 @@ def load_train_dataset(train_dataset, args):
 
     if train_dataset is None:
         if not args.dataset_name:
-            raise DataError("no training data: pass train_dataset= or set dataset_name to a hub id or a file")
+            raise DataError("no training data: `train_dataset` is required; pass train_dataset= or set dataset_name "
+                            "to a hub id or a file")
         if os.path.isfile(args.dataset_name):
             rundir.ensure_not_run_file(args.dataset_name, args.output_dir, "dataset_name")
         train_dataset = load_dataset_any(args.dataset_name, config=args.dataset_config, split=args.dataset_train_split,

@@ -256,7 +256,8 @@ def _run(settings: DemoSettings) -> dict:
 def _no_signal_share(rows: list[dict], parts: int = 5) -> list[dict]:
     """The share of generated groups whose G rewards all agreed (no learning signal), averaged over `parts` equal
     stretches of training: [{"steps": "1-30", "share": 0.41}, ...]."""
-    values = [(row["step"], row["frac_groups_no_signal"]) for row in rows if "frac_groups_no_signal" in row]
+    values = [(row["step"], row["frac_groups_no_signal"]) for row in rows
+              if "frac_groups_no_signal" in row and "train_runtime" not in row]  # not train()'s summary row
     stretches = []
     size = max(1, -(-len(values) // parts))
     for start in range(0, len(values), size):
@@ -268,7 +269,7 @@ def _no_signal_share(rows: list[dict], parts: int = 5) -> list[dict]:
 
 def _mean_reward(rows: list[dict], last: int) -> float | None:
     """The mean reward of the last `last` steps (to set beside the lr-0 control's)."""
-    rewards = [row["reward"] for row in rows if "reward" in row][-last:]
+    rewards = [row["reward"] for row in rows if "reward" in row and "train_runtime" not in row][-last:]  # no summary
     return sum(rewards) / len(rewards) if rewards else None
 
 

@@ -108,6 +108,8 @@ class Environments:
             trainer.reward_funcs.append(reward)
             trainer.reward_names.append(reward.__name__)
             trainer.reward_weights = torch.cat([trainer.reward_weights, torch.ones(1)])
+            if getattr(trainer, "reward_processing_classes", None) is not None:
+                trainer.reward_processing_classes.append(None)  # TRL's attribute stays aligned with the rewards
         return environments
 
     def dataset(self, train_dataset):

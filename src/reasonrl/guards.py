@@ -40,6 +40,26 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint, self.signum, self.exit_code = checkpoint, signum, 128 + signum
 
 
+def interrupted(stop: StopSignals, step: int, path: str | None) -> TrainingInterrupted:
+    """The error that stops a run after Ctrl-C or SIGTERM, once the last completed step (`step`) was saved to `path`
+    (None: nothing to save before the first step). A rank that got no signal itself stops because another did
+    (launchers forward SIGTERM to every rank)."""
+    if path is None:
+        message = "interrupted before the first optimizer step; nothing to save"
+    else:
+        message = (f"interrupted after step {step}; saved {path}; continue with `reasonrl train ... --resume` (or "
+                   f"resume_from_checkpoint={path})")
+    return TrainingInterrupted(message, path, stop.signum or 15)
+
+
+def diverged(step: int, consecutive: int, path: str) -> TrainingDiverged:
+    """The error that stops a run whose last `consecutive` steps up to `step` were all skipped (non-finite), once
+    the last good weights were saved to `path`."""
+    return TrainingDiverged(f"training diverged: steps {step - consecutive + 1}-{step} all had a non-finite loss or "
+                            f"gradient norm and were skipped; the last good weights are saved in {path}; lower "
+                            f"learning_rate or max_grad_norm (or check the rewards), then resume with --resume")
+
+
 class StepGuard:
     """Decides whether an optimizer step may be applied; counts the skipped ones."""
 

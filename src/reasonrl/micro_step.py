@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from reasonrl import distributed
-from reasonrl.core import StepNormaliser, grpo_loss, high_entropy_mask, masked_mean, sequence_metrics
+from reasonrl.core import StepNormaliser, entropy_bonus, grpo_loss, high_entropy_mask, masked_mean, sequence_metrics
 from reasonrl.policy import ForwardPlan, PromptPrefix, sequence_logprobs
 from reasonrl.rounds import Batch
 
@@ -30,6 +30,7 @@ class MicroStep:
         self.args, self.plan, self.dist, self.autocast = args, plan, dist, autocast
         self.entropy_masking = args.top_entropy_quantile < 1.0
         self.sequence_metrics = sequence_metrics(args.importance_sampling_level)  # combined over chunks by rows
+        self.entropy_coef = EntropyCoefficient(args)  # the entropy bonus's coefficient (adaptive or not)
 
     def __call__(self, batch: Batch, rows: torch.Tensor, normaliser: StepNormaliser, index: int):
         args, rollout = self.args, batch.rollout
@@ -61,11 +62,11 @@ class MicroStep:
                 else:
                     logps, entropy = sequence_logprobs(self.model, prompt_ids, prompt_mask, completion_ids,
                                                        completion_mask, args.temperature, with_entropy=True,
-                                                       share_prompts=True)
+                                                       share_prompts=self.plan.share_prompts)
             entropy_mask = None
             if self.entropy_masking:  # over the micro-batch's loss tokens on every process, as TRL
-                pool = distributed.all_gather_varlen(entropy[mask[chunk].bool()].float(), self.dist)
-                entropy_mask = high_entropy_mask(entropy, mask[chunk], args.top_entropy_quantile, pool)
+                pool = distributed.all_gather_varlen(entropy.detach()[mask[chunk].bool()].float(), self.dist)
+                entropy_mask = high_entropy_mask(entropy.detach(), mask[chunk], args.top_entropy_quantile, pool)
             loss, metrics = grpo_loss(
                 logps.float(), None if old_logps is None else old_logps[chunk],
                 None if ref_logps is None else ref_logps[chunk], batch.advantages[rows][chunk], mask[chunk],
@@ -75,10 +76,19 @@ class MicroStep:
                 num_items=normaliser.num_items, use_bias_correction_kl=args.use_bias_correction_kl,
                 sapo_temperature_pos=args.sapo_temperature_pos, sapo_temperature_neg=args.sapo_temperature_neg,
                 vespo_k_pos=args.vespo_k_pos, vespo_lambda_pos=args.vespo_lambda_pos, vespo_k_neg=args.vespo_k_neg,
-                vespo_lambda_neg=args.vespo_lambda_neg, entropy_mask=entropy_mask)
+                vespo_lambda_neg=args.vespo_lambda_neg, entropy_mask=entropy_mask,
+                off_policy_threshold=args.off_policy_mask_threshold)
             scaled = normaliser.scaled(loss, index, mask[chunk], mask)
+            if self.entropy_coef.enabled:  # L = L_policy - entropy_coef * H, over the tokens the policy loss uses
+                bonus_mask = mask[chunk] if entropy_mask is None else mask[chunk] * entropy_mask
+                bonus_tokens = mask.sum() if entropy_mask is None else bonus_mask.sum()  # the micro-batch's
+                bonus = entropy_bonus(entropy, bonus_mask, bonus_tokens, len(normaliser.divisors))
+                self.entropy_coef.observe(entropy.detach(), bonus_mask)
+                values["policy_loss"] = values.get("policy_loss", 0.0) + scaled.item() * len(normaliser.divisors)
+                scaled = scaled - self.entropy_coef.applied * bonus
             scaled.backward()
             loss_total += scaled.item()
+            entropy = entropy.detach()
             # over the loss tokens, as TRL: not over tool results (or an environment's tokens) nor, with
             # mask_truncated_completions, truncated completions
             metrics["entropy"] = masked_mean(entropy, mask[chunk])
@@ -95,7 +105,52 @@ class MicroStep:
         return loss_total, values
 
 
-def logps_in_chunks(model, rollout, args, autocast) -> torch.Tensor:
+class EntropyCoefficient:
+    """The entropy bonus's coefficient (entropy_coef). Static, or under use_adaptive_entropy (Skywork-OR1) moved
+    after each optimizer step by the step's mean entropy over the tokens the policy loss used, on every process:
+    up by entropy_coef_delta at or below entropy_target, down above it. `applied` is what the step's micro-batches
+    use: the coefficient, or 0 (adaptive) when the previous step's entropy was above the target (none yet: 0)."""
+
+    def __init__(self, args):
+        self.args = args
+        self.value = args.entropy_coef
+        self.enabled = args.entropy_coef != 0.0 or args.use_adaptive_entropy
+        self.last_entropy = float("inf")  # the mean entropy of the last optimizer step
+        self._window = torch.zeros(2, dtype=torch.float64)  # this step's entropy sum and token count
+
+    @property
+    def applied(self) -> float:
+        if self.args.use_adaptive_entropy and self.last_entropy > self.args.entropy_target:
+            return 0.0
+        return self.value
+
+    def observe(self, entropy: torch.Tensor, mask: torch.Tensor) -> None:
+        self._window += torch.stack([(entropy * mask).sum(), mask.sum()]).double().cpu()
+
+    def end_step(self, dist) -> None:
+        """After the step's last micro-batch: update the coefficient (adaptive) from the step's mean entropy."""
+        if self.args.use_adaptive_entropy:
+            total, tokens = distributed.all_reduce_sum(self._window.to(dist.device, copy=True), dist).tolist()
+            self.last_entropy = total / max(tokens, 1.0)
+            args = self.args
+            if self.last_entropy <= args.entropy_target:
+                self.value = min(self.value + args.entropy_coef_delta, args.entropy_coef_max)
+            else:
+                self.value = max(self.value - args.entropy_coef_delta, args.entropy_coef_min)
+        self._window.zero_()
+
+    def discard_step(self) -> None:
+        """Forget what this step observed (the pre-flight check's stand-in micro-step)."""
+        self._window.zero_()
+
+    def state_dict(self) -> dict:
+        return {"entropy_coef": self.value, "last_entropy": self.last_entropy}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value, self.last_entropy = state["entropy_coef"], state["last_entropy"]
+
+
+def logps_in_chunks(model, rollout, args, autocast, share_prompts: bool = True) -> torch.Tensor:
     """Log-probs [B, C] of a round's completions under `model` (the policy at sampling time, or the reference),
     per_device_train_batch_size rows at a time, in eval mode; call it under torch.no_grad()."""
     was_training = model.training
@@ -107,7 +162,7 @@ def logps_in_chunks(model, rollout, args, autocast) -> torch.Tensor:
         with autocast():  # rows with the same prompt compute it once (share_prompts)
             logps = sequence_logprobs(model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
                                       rollout.completion_ids[rows], rollout.completion_mask[rows], args.temperature,
-                                      share_prompts=True)
+                                      share_prompts=share_prompts)
         pieces.append(logps.float())
     model.train(was_training)
     return torch.cat(pieces)

@@ -299,6 +299,25 @@ def lora_layers(model) -> list:
     return [module for module in model.modules() if hasattr(module, "cast_input_dtype_enabled")]
 
 
+class Autocast:
+    """`autocast()`: the context every forward of the policy runs in. bf16: torch's autocast, and peft's LoRA layers
+    (found once, here) keep their bf16 input instead of casting it to their fp32 weights' dtype (autocast casts it
+    back to bf16 for the matmul: two copies per layer that change nothing but, with dropout, a rare double
+    rounding). fp32: nothing."""
+
+    def __init__(self, model, bf16: bool, device_type: str):
+        self.bf16, self.device_type = bf16, device_type
+        self.lora_layers = lora_layers(model)
+
+    def __call__(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        context = contextlib.ExitStack()
+        context.enter_context(torch.autocast(self.device_type, dtype=torch.bfloat16))
+        context.enter_context(lora_inputs_not_cast(self.lora_layers))
+        return context
+
+
 @contextlib.contextmanager
 def lora_inputs_not_cast(layers: list):
     """peft's disable_input_dtype_casting over `layers` found beforehand (lora_layers): under bf16 autocast a LoRA
@@ -422,4 +441,36 @@ def prepare_for_training(model, args, peft_config=None, *, bf16: bool = False):
                 module.p = 0.0
     if bf16 and is_peft_model(model) and args.cast_frozen_weights_to_bf16:
         cast_frozen_weights(model, torch.bfloat16)  # as if loaded by name in bf16: half the memory
+    if args.cast_lm_head_to_fp32:
+        cast_lm_head_to_fp32(model)
     return model
+
+
+def cast_lm_head_to_fp32(model) -> None:
+    """cast_lm_head_to_fp32 (ScaleRL): the output layer's weight in float32 and its matmul in float32 outside
+    autocast, so the logits are computed in full precision. A weight tied to the input embeddings is shared, so it
+    turns float32 there too; the embeddings' output is cast back to the dtype the layers had."""
+    head = model.get_output_embeddings()
+    if head is None or not isinstance(head, torch.nn.Linear):
+        raise ModelLoadError("cast_lm_head_to_fp32=true needs a model whose output layer is a plain Linear (not one "
+                             "wrapped by LoRA: leave lm_head out of the adapter's target_modules)")
+    embeddings = model.get_input_embeddings()
+    layers_dtype = embeddings.weight.dtype
+    tied = head.weight is embeddings.weight
+    head.float()
+
+    def forward_in_fp32(hidden):
+        with torch.autocast(hidden.device.type, enabled=False):
+            return torch.nn.functional.linear(hidden.float(), head.weight, head.bias)
+
+    head.forward = forward_in_fp32
+    if tied and layers_dtype != torch.float32:
+        embeddings.register_forward_hook(lambda module, inputs, output: output.to(layers_dtype))
+
+
+@torch.no_grad()
+def mix_into_reference(reference, model, alpha: float) -> None:
+    """sync_ref_model (TR-DPO): reference <- alpha * model + (1 - alpha) * reference, parameter by parameter (the
+    reference is a frozen copy of the model, so the parameters pair up in order)."""
+    for reference_param, param in zip(reference.parameters(), model.parameters(), strict=True):
+        reference_param.lerp_(param.to(reference_param.dtype), alpha)

@@ -10,6 +10,7 @@ cache in place, while the prompts' forward, which writes it, runs without checkp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 from dataclasses import dataclass
@@ -156,7 +157,8 @@ class PromptPrefix:
         self.outputs = [t for layer in cache.layers for t in (layer.keys, layer.values)] + [out.logits[:, -1:]]
         if cut_graph:
             grad = torch.is_grad_enabled()
-            self.leaves = [t.detach().requires_grad_(grad) for t in self.outputs]  # [U, ...] each
+            # a cache entry no trainable weight produced (layer 0's keys when LoRA leaves k_proj alone) needs no grad
+            self.leaves = [t.detach().requires_grad_(grad and t.requires_grad) for t in self.outputs]  # [U, ...]
         else:
             self.leaves = self.outputs
 
@@ -185,7 +187,7 @@ class PromptPrefix:
     def backward(self) -> None:
         """Send the gradients the chunks left on the prompts' cache and logits through the prompts' forward."""
         pairs = [(out, leaf.grad) for out, leaf in zip(self.outputs, self.leaves)
-                 if out is not leaf and leaf.grad is not None]
+                 if out is not leaf and leaf.grad is not None and out.requires_grad]
         if pairs:
             torch.autograd.backward([out for out, _ in pairs], [grad for _, grad in pairs])
         self.outputs = self.leaves = []
@@ -204,7 +206,9 @@ def sequence_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion
 class ForwardPlan:
     """How a micro-batch's training forward and backward run, decided once at start-up (`plan_forward`).
 
-    Its prompts always run once (PromptPrefix). `chunked`: its completions then go through forward and backward a
+    Its prompts run once (PromptPrefix) unless the model's cache is not a plain key/value one (`share_prompts`
+    False: a hybrid model with Mamba or linear-attention layers, whose state a prefix cannot hand over; its rows
+    then run whole, not chunked). `chunked`: its completions then go through forward and backward a
     few rows at a time (the prompts' graph cut between them), so activation memory is a chunk's; rows per chunk are
     `chunk_rows`, or as many as fit `chunk_tokens` completion tokens, or all of them. `checkpoint_layers`: decoder
     layers are recomputed in the backward (gradient checkpointing)."""
@@ -213,6 +217,7 @@ class ForwardPlan:
     chunk_rows: int | None
     chunk_tokens: int | None
     checkpoint_layers: bool
+    share_prompts: bool = True  # False for a hybrid model (Mamba layers): each row then runs its own prompt
 
     def rows_per_chunk(self, num_rows: int, width: int) -> int:
         """Rows per forward/backward chunk of a micro-batch of `num_rows` completions `width` tokens wide."""
@@ -245,6 +250,12 @@ def plan_forward(*, gradient_checkpointing: bool, backward_chunk_rows: int | Non
                        checkpoint_layers=gradient_checkpointing and not small_chunks)
 
 
+def key_value_cache(config) -> bool:
+    """Whether every layer of the model caches keys and values (not a Mamba or linear-attention state), so that a
+    prompt's cache can serve several rows (PromptPrefix, the sampler's repeated cache)."""
+    return all(hasattr(layer, "batch_repeat_interleave") for layer in DynamicCache(config=config).layers)
+
+
 def configure_forward(model, args, *, device_type: str, bf16: bool, distributed: bool) -> ForwardPlan:
     """A run's ForwardPlan (plan_forward for its config), with the model's layer checkpointing switched to match: on
     where the plan recomputes layers, off otherwise (a model object may come with it on; the row chunks bound the
@@ -255,9 +266,11 @@ def configure_forward(model, args, *, device_type: str, bf16: bool, distributed:
                        "(backward_chunk_rows=%d is not used), as the entropy threshold is over all its rows; "
                        "lower per_device_train_batch_size if memory is short", args.top_entropy_quantile,
                        args.backward_chunk_rows)
+    share_prompts = key_value_cache(unwrap_model(model).config)
     plan = plan_forward(gradient_checkpointing=args.gradient_checkpointing,
                         backward_chunk_rows=args.backward_chunk_rows, device_type=device_type, bf16=bf16,
-                        distributed=distributed, whole_micro_batch=entropy_masking)
+                        distributed=distributed, whole_micro_batch=entropy_masking or not share_prompts)
+    plan = dataclasses.replace(plan, share_prompts=share_prompts)
     if plan.checkpoint_layers:
         enable_layer_checkpointing(model)
     else:

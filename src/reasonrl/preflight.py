@@ -122,6 +122,7 @@ def check_worst_case_memory(micro_step, model, train_model, args, prompt_length:
     finally:
         for p in trainable:
             p.grad = None
+        micro_step.entropy_coef.discard_step()  # the stand-in's entropy is not the first step's
         del standin
         batch = None
         if device.type == "cuda":

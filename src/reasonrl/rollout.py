@@ -86,6 +86,12 @@ def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty:
     return torch.where(seen, penalised, logits)
 
 
+def _repeatable(cache) -> bool:
+    """Whether transformers' cache can repeat each row's state G times (every layer a key/value cache)."""
+    layers = getattr(cache, "layers", None)
+    return layers is None or all(hasattr(layer, "batch_repeat_interleave") for layer in layers)
+
+
 class ModelDecoder:
     """The generic path: `model.forward` with transformers' KV cache, prefilled once per prompt and repeated G times."""
 
@@ -97,6 +103,17 @@ class ModelDecoder:
         out = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
                          logits_to_keep=last_position(prompt_ids))
         self.cache = output_cache(out)
+        if num_generations > 1 and not _repeatable(self.cache):
+            # a hybrid model's recurrent (Mamba, linear-attention) state cannot be repeated: each sample's copy
+            # of the prompt is prefilled instead
+            out = self.model(input_ids=prompt_ids.repeat_interleave(num_generations, dim=0),
+                             attention_mask=prompt_mask.repeat_interleave(num_generations, dim=0),
+                             position_ids=positions.repeat_interleave(num_generations, dim=0), use_cache=True,
+                             logits_to_keep=last_position(prompt_ids))
+            self.cache = output_cache(out)
+            self.attention_mask = prompt_mask.repeat_interleave(num_generations, dim=0)  # [B, P]
+            self.next_position = positions[:, -1:].repeat_interleave(num_generations, dim=0) + 1  # [B, 1]
+            return out.logits[:, -1].float()  # [B, V]
         if num_generations > 1:
             self.cache.batch_repeat_interleave(num_generations)
         self.attention_mask = prompt_mask.repeat_interleave(num_generations, dim=0)  # [B, P]

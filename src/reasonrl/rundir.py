@@ -112,6 +112,21 @@ def resolve_resume(output_dir: str, resume, settings: dict | None = None) -> str
     return path
 
 
+def claim_for_run(args, dist, resume_from_checkpoint) -> str | None:
+    """Make output_dir the run's, on every process of `dist`: the checkpoint folder to resume from, or None. The one
+    reading of the resume option; an earlier run there is only replaced with overwrite_output_dir, later
+    checkpoints of a resumed one are set aside."""
+    from reasonrl import distributed
+
+    resume = resolve_resume(args.output_dir, resume_from_checkpoint, args.to_dict())
+    check_start(args.output_dir, resume=resume, overwrite=args.overwrite_output_dir)  # on every process
+    distributed.barrier(dist)  # before rank 0 changes the folder
+    if dist.is_main:
+        claim(args.output_dir, resume=resume, overwrite=args.overwrite_output_dir)
+    distributed.barrier(dist)
+    return resume
+
+
 def claim(output_dir: str, *, resume: str | None, overwrite: bool) -> None:
     """Make `output_dir` this run's (one process does this): check again (the folder may have changed since
     check_start), clear an earlier run when overwriting, set later checkpoints aside when resuming from an earlier

@@ -111,6 +111,65 @@ def last_rows(log_history: list[dict]) -> list[dict]:
     return [row for row in log_history if row is step or row is evaluation]
 
 
+def record_round(rows: list[dict], rollout, scores, rewards: torch.Tensor, advantages: torch.Tensor,
+                 reward_names: list[str], args, dist, truncated_prompts: int,
+                 step: int) -> tuple[dict, list, list | None]:
+    """A round's record: its metrics over all processes (rewards [B_all], lengths, truncation, the rewards'
+    log_metric values, tool counts), the samples printed and written to completions.jsonl (the first completion
+    of each prompt, every process's in rank = draw order; rank 0 writes them) and, with log_completions and a
+    tracker, the trackers' table of every completion (else None). `advantages`: this process's rows'."""
+    from reasonrl import distributed
+    from reasonrl.tools import tool_metrics
+
+    model_tokens = rollout.completion_mask if rollout.tool_mask is None else rollout.completion_mask * (
+        rollout.tool_mask)  # as TRL: tool-result tokens are not counted in the lengths
+    lengths = distributed.all_gather_rows(model_tokens.sum(-1).float(), dist)  # [B_all]
+    is_truncated = distributed.all_gather_rows(rollout.is_truncated.float(), dist)  # [B_all]
+    metrics = round_metrics(rewards, scores.rewards_per_func, scores.errors, reward_names, lengths, is_truncated,
+                            args.num_generations, args.scale_rewards, truncated_prompts)
+    add_logged_metrics(metrics, scores.logged_metrics)  # the rewards' log_metric values
+    if rollout.tool_counts is not None:  # tools/*: calls, failures, timeouts and turns over all processes
+        metrics.update(tool_metrics(distributed.all_reduce_sum(rollout.tool_counts.clone(), dist)))
+    mine = distributed.shard(rewards.size(0), dist)
+    # each rollout's own prompt where it has one (an environment's observation added), else the row's
+    prompts = rollout.prompts or [row["prompt"] for row in rows for _ in range(args.num_generations)]
+    extra = {column: values[mine] for column, values in scores.logged_columns.items()}  # the rewards' log_extra
+
+    def gathered_samples(stride: int) -> list[dict]:  # every stride-th completion of every process, in rank order
+        samples = completion_samples(prompts, rollout.texts, scores.rewards_per_func[mine], advantages, reward_names,
+                                     stride, step, extra)
+        return [sample for part in distributed.gather_objects(samples, dist) for sample in part]
+
+    samples = gathered_samples(args.num_generations)
+    table = gathered_samples(1) if args.log_completions and args.loggers else None
+    if dist.is_main:
+        append_jsonl(os.path.join(args.output_dir, "completions.jsonl"), samples, default=str)
+    return metrics, samples, table
+
+
+def train_summary(rows: list[dict], runtime: float, args, state, world_size: int) -> dict:
+    """The row train() ends with, as transformers' Trainer writes it into state.log_history (`train_loss`: the mean
+    step loss of this call; `train_runtime`, `train_samples_per_second`, ...), with the mean of each metric over the
+    last logging_steps step rows, as TRL's rows carry the means of their logging window; no `loss`, like theirs.
+    `rows`: this call's rows (steps and evaluations)."""
+    steps = [row for row in rows if "loss" in row]
+    window = steps[-max(1, int(state.logging_steps or 1)):]
+    means = {key: sum(row[key] for row in window) / len(window) for key in window[-1]
+             if key not in ("step", "epoch", "loss") and all(_is_number(row.get(key)) for row in window)} \
+        if window else {}
+    losses = [row["loss"] for row in steps if math.isfinite(row["loss"])]
+    samples = len(steps) * args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
+    return {**means, "train_runtime": runtime,
+            "train_samples_per_second": samples / runtime if runtime else 0.0,
+            "train_steps_per_second": len(steps) / runtime if runtime else 0.0,
+            "train_loss": sum(losses) / len(losses) if losses else 0.0,
+            "step": state.global_step, "epoch": round(state.epoch, 4)}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def start_logs(output_dir: str, global_step: int) -> None:
     """A new run starts new logs; a resumed one keeps the rows up to its checkpoint's step, so that the steps it
     redoes are not logged twice."""

@@ -232,10 +232,11 @@ def score_round(reward_funcs: list, names: list[str], prompts: list, completions
 
 
 def score_rollout(reward_funcs: list, names: list[str], rows: list[dict], rollout, num_generations: int,
-                  trainer_state, timeout: float | None = None) -> RoundScores:
+                  trainer_state, timeout: float | None = None, warned: set | None = None) -> RoundScores:
     """Every reward function on a rollout's completions of `rows` (num_generations each), with TRL's call: prompts
     and dataset columns repeated per completion; completions as text, or as assistant messages for conversational
-    prompts, or (with tools) each sample's assistant and tool messages."""
+    prompts, or (with tools) each sample's assistant and tool messages. With `warned`, TRL's warning about a
+    completion no reward function scored (warn_unscorable), once: "unscorable" is then added to `warned`."""
     from reasonrl.data import is_conversational
 
     prompts = [row["prompt"] for row in rows]
@@ -251,7 +252,11 @@ def score_rollout(reward_funcs: list, names: list[str], rows: list[dict], rollou
     columns.update({key: value for key, value in (rollout.reward_columns or {}).items()
                     if key not in ("prompt", "completion", "completion_ids")})  # as TRL, these are not passed
     columns["trainer_state"] = trainer_state
-    return score_round(reward_funcs, names, repeated_prompts, completions, ids_list, columns, timeout=timeout)
+    scores = score_round(reward_funcs, names, repeated_prompts, completions, ids_list, columns, timeout=timeout)
+    if warned is not None and "unscorable" not in warned and warn_unscorable(scores.rewards_per_func,
+                                                                             repeated_prompts, completions, columns):
+        warned.add("unscorable")
+    return scores
 
 
 def log_failures_once(scores: RoundScores, seen: set) -> None:
@@ -264,6 +269,21 @@ def log_failures_once(scores: RoundScores, seen: set) -> None:
         logger.warning("%s; its values count as unscorable (None) this round. Later %s failures of this function "
                        "are only counted (metric rewards/%s/errors)", failure, failure.kind, failure.name,
                        exc_info=failure.error)
+
+
+def warn_unscorable(rewards_per_func: torch.Tensor, prompts: list, completions: list, columns: dict) -> bool:
+    """TRL's warning when every reward function returned None (or failed) for a completion, whose advantage is then
+    0: the first such completion's prompt, completion and dataset columns. True when it warned."""
+    unscorable = torch.isnan(rewards_per_func).all(dim=1).nonzero()
+    if unscorable.numel() == 0:
+        return False
+    i = int(unscorable[0])
+    row = {key: values[i] for key, values in columns.items() if key != "trainer_state"}
+    row.update(prompt=prompts[i], completion=completions[i])
+    logger.warning("All reward functions returned None for the following kwargs: %s; a completion no reward function "
+                   "scores gets advantage 0 and teaches nothing: make at least one reward function return a number "
+                   "for it (warned once per run)", row)
+    return True
 
 
 def check_failures(scores: RoundScores, max_fraction: float) -> None:
@@ -341,12 +361,14 @@ def check_reward_columns(reward_funcs: list, names: list[str], columns: list[str
                                   f"remove_unused_columns=false)")
 
 
-def build_rewards(reward_funcs, args, processing_classes=None, device=None) -> tuple[list, list[str], torch.Tensor]:
-    """(functions, names, weights [F]) of a trainer's reward_funcs: callables, built-in names, "module:function"
-    specs, reward models (a PreTrainedModel, or a hub id or folder: reward_models.py), alone or in a list; a name's
-    options from reward_kwargs, the weights from reward_weights (default 1). `processing_classes`: TRL's
-    reward_processing_classes, one tokenizer (or None) per reward, used by the reward models."""
-    from reasonrl.reward_models import is_model, looks_like_reward_model, reward_model
+def build_rewards(reward_funcs, args, processing_classes=None,
+                  device=None) -> tuple[list, list[str], torch.Tensor, list]:
+    """(functions, names, weights [F], processing classes) of a trainer's reward_funcs: callables, built-in names,
+    "module:function" specs, reward models (a PreTrainedModel, or a hub id or folder: reward_models.py), alone or in
+    a list; a name's options from reward_kwargs, the weights from reward_weights (default 1). `processing_classes`:
+    TRL's reward_processing_classes, one tokenizer (or None) per reward, used by the reward models; the list returned
+    holds each reward model's tokenizer (given, or loaded with it) and None for the functions, as TRL's attribute."""
+    from reasonrl.reward_models import RewardModel, is_model, looks_like_reward_model, reward_model
     from reasonrl.rewards import get_reward, reward_name
 
     if reward_funcs is None:  # TRL: optional when an environment owns the reward (environments.py)
@@ -357,8 +379,9 @@ def build_rewards(reward_funcs, args, processing_classes=None, device=None) -> t
     elif not isinstance(processing_classes, (list, tuple)):
         processing_classes = [processing_classes]
     if len(processing_classes) != len(funcs):
-        raise RewardSpecError(f"reward_processing_classes has {len(processing_classes)} entries for {len(funcs)} "
-                              f"reward functions; give one per reward function (None for the functions)")
+        raise RewardSpecError(f"reward_processing_classes: the number of reward processing classes "
+                              f"({len(processing_classes)}) must match the number of reward functions ({len(funcs)}) "
+                              f"(TRL's rule); give one per reward function, None for the functions")
     reward_kwargs = args.reward_kwargs or {}
     for i, (f, tokenizer) in enumerate(zip(funcs, processing_classes)):
         if is_model(f) or isinstance(f, str) and looks_like_reward_model(f):
@@ -369,4 +392,5 @@ def build_rewards(reward_funcs, args, processing_classes=None, device=None) -> t
     if funcs or args.reward_weights is not None:  # none at all: the trainer checks once environments are known
         args.check_reward_weights(len(funcs))
     weights = args.reward_weights or [1.0] * len(funcs)
-    return funcs, names, torch.tensor(weights, dtype=torch.float32)
+    tokenizers = [f.tokenizer if isinstance(f, RewardModel) else None for f in funcs]
+    return funcs, names, torch.tensor(weights, dtype=torch.float32), tokenizers

@@ -46,10 +46,16 @@ import numpy as np
 import torch
 
 from reasonrl import checkpoint as ckpt
-from reasonrl import distributed, preflight, rundir, runlog
+from reasonrl import config_checks, distributed, preflight, rundir, runlog
 from reasonrl.callbacks import Callbacks, TrainerControl, check_callback, new_state, set_intervals
 from reasonrl.config import GRPOConfig
-from reasonrl.core import StepNormaliser, group_advantages
+from reasonrl.core import (
+    StepNormaliser,
+    group_advantages,
+    high_entropy_mask,
+    normalized_sum_advantages,
+    off_policy_mask,
+)
 from reasonrl.cpu import ThreadGovernor, release_freed_memory
 from reasonrl.data import (
     PromptTokenizer,
@@ -60,25 +66,18 @@ from reasonrl.data import (
     load_train_dataset,
 )
 from reasonrl.dynamic_sampling import DynamicSampler
-from reasonrl.errors import CheckpointError, ConfigError, ReasonRLError, reason_of
+from reasonrl.errors import CheckpointError, ConfigError, ReasonRLError, RewardSpecError, reason_of
 from reasonrl.eval_loop import Evaluator, chosen_eval_sets, eval_sets
-from reasonrl.guards import (
-    LearningSignal,
-    StepGuard,
-    StopSignals,
-    TrainingDiverged,
-    TrainingInterrupted,
-    check_finite_weights,
-)
+from reasonrl.guards import LearningSignal, StepGuard, StopSignals, check_finite_weights, diverged, interrupted
 from reasonrl.micro_step import MicroStep, logps_in_chunks
 from reasonrl.models import (
+    Autocast,
     check_causal,
     check_lengths,
     frozen_copy,
     is_peft_model,
     load_policy,
-    lora_inputs_not_cast,
-    lora_layers,
+    mix_into_reference,
     prepare_for_training,
     reference_policy,
 )
@@ -97,7 +96,6 @@ from reasonrl.scoring import (
     log_failures_once,
     score_rollout,
 )
-from reasonrl.tools import tool_metrics
 from reasonrl.tracking import Trackers
 
 logger = logging.getLogger("reasonrl")
@@ -121,6 +119,15 @@ class GRPOTrainer:
         self.args = args = GRPOConfig.coerce(args)
         # mistakes that need no model show before it loads: the output folder, the data, the reward columns
         rundir.check_output_dir(args.output_dir)
+        if reward_funcs is None:  # TRL's order of arguments, where reward_funcs may be left out
+            if environment_factory is not None or args.environment_factory is not None:
+                reward_funcs = args.reward_funcs or []  # its environments' get_reward may be the rewards
+            elif not args.reward_funcs:
+                raise RewardSpecError("No reward source provided: pass reward_funcs= (functions, built-in reward "
+                                      "names, module:function specs or reward models), or set the reward_funcs option")
+            else:
+                reward_funcs = args.reward_funcs
+        config_checks.warn_about_loss_pairings(args, logger.warning)
         self._given_optimizers = check_optimizers(optimizers)
         for callback in callbacks or []:
             check_callback(callback)
@@ -129,8 +136,9 @@ class GRPOTrainer:
         self.device = self.dist.device
         self.bf16 = args.use_bf16()
         _seed_everything(args.seed)
-        # functions, names and reward models (TRL's model ids and PreTrainedModels, with reward_processing_classes)
-        self.reward_funcs, self.reward_names, self.reward_weights = build_rewards(
+        # functions, names and reward models (TRL's model ids and PreTrainedModels, with reward_processing_classes:
+        # TRL's attribute, aligned with reward_funcs, a reward model's tokenizer or None)
+        self.reward_funcs, self.reward_names, self.reward_weights, self.reward_processing_classes = build_rewards(
             reward_funcs, args, reward_processing_classes, self.device)
         # TRL's tools, rollout_func and environment_factory (rollout_hooks.py): environments may add their
         # get_reward to the rewards and make the prompts of a run without a dataset
@@ -170,11 +178,14 @@ class GRPOTrainer:
                                       distributed=self.dist.enabled)
         self.model = model.to(self.device)
         self.reference_model = frozen_copy(self.model) if args.beta != 0.0 and not is_peft_model(self.model) else None
+        if args.sync_ref_model and self.reference_model is None:
+            raise ConfigError("sync_ref_model=true with a LoRA model: its reference is the base model with the adapter "
+                              "off, which cannot move; set sync_ref_model=false or train without LoRA",
+                              "sync_ref_model")
         # the training forward/backward goes through DistributedDataParallel (gradients averaged over processes);
         # generation, old/reference log-probs, peft's disable_adapter and saving use the unwrapped self.model
         self.train_model = distributed.wrap(self.model, self.dist)
-        # peft's LoRA layers, found once: _autocast switches their input casting off and on at every forward
-        self._lora_layers = lora_layers(self.model)
+        self._autocast = Autocast(self.model, self.bf16, self.device.type)  # what every forward of it runs in
         self.micro_step = MicroStep(self.train_model, args, self.plan, self.dist, self._autocast)
 
         # the prompt order: shuffled passes over a dataset, or a stream read round by round (rounds.py)
@@ -194,7 +205,9 @@ class GRPOTrainer:
         self._round: RoundProgress | None = None  # the round being optimized (or resumed in its middle)
         self._last_completions: list | None = None  # the last round's samples, for log_completions
         self._last_table: list = []  # its every completion, for the trackers' tables (log_completions)
-        self._logged_reward_failures: set = set()  # (function, exception type) whose traceback was logged
+        # (function, exception type) whose traceback was logged, and "unscorable" once TRL's warning about a
+        # completion no reward function scored was
+        self._logged_reward_failures: set = set()
         self.make_round = DynamicSampler(args, self.tokenizer.pad_token_id)  # DAPO's refill when dynamic_sampling
         self.control = self.callback_handler.on_init_end(args, self.state, self.control)
 
@@ -202,6 +215,33 @@ class GRPOTrainer:
     def log_history(self) -> list[dict]:
         """Every logged row: one per optimizer step (its metrics, as in metrics.jsonl) and one per evaluation."""
         return self.state.log_history
+
+    @property
+    def entropy_coef(self) -> float:
+        """The entropy bonus's coefficient now (TRL's attribute): entropy_coef, or where adaptive control moved it."""
+        return self.micro_step.entropy_coef.value
+
+    # TRL adds a Mixture-of-Experts model's router load-balancing loss (router_aux_loss_coef) and sets this; reasonrl
+    # trains MoE models on the GRPO loss alone (README, Differences from TRL)
+    aux_loss_enabled = False
+
+    @property
+    def ref_model(self):
+        """The frozen reference policy (TRL's name): a copy of the model when beta != 0, None for a peft model (its
+        adapter is disabled instead) or when beta is 0."""
+        return self.reference_model
+
+    def get_high_entropy_mask(self, entropies: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+        """TRL's method: the tokens of `mask` whose entropy is at least the `threshold` quantile of the masked
+        entropies, bool [B, T] (core.high_entropy_mask keeps the top 1 - threshold of them)."""
+        return high_entropy_mask(entropies, mask, 1.0 - threshold)
+
+    @staticmethod
+    def get_off_policy_mask(advantages: torch.Tensor, per_token_logps: torch.Tensor,
+                            sampling_per_token_logps: torch.Tensor, mask: torch.Tensor,
+                            off_policy_threshold: float) -> torch.Tensor:
+        """TRL's static method: DeepSeek-V3.2's off-policy sequence mask [B, 1] (core.off_policy_mask)."""
+        return off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold)
 
     def add_callback(self, callback) -> None:
         """A transformers TrainerCallback (object or class), called after those already there."""
@@ -218,10 +258,11 @@ class GRPOTrainer:
 
     def train(self, resume_from_checkpoint: str | bool | None = None):
         args = self.args
+        train_start, first_row = time.perf_counter(), len(self.log_history)
         if not args.skip_memory_check:  # one micro-step at the longest prompt + max_completion_length (preflight.py)
             preflight.check_worst_case_memory(self.micro_step, self.model, self.train_model, args, self.longest_prompt,
                                               self.model.get_input_embeddings().num_embeddings, self.dist)
-        resume = self._claim_output_dir(resume_from_checkpoint)  # the checkpoint to resume from, or None
+        resume = rundir.claim_for_run(args, self.dist, resume_from_checkpoint)  # the checkpoint to resume, or None
         # max_steps, or the optimizer steps of num_train_epochs passes over the dataset (a stream needs max_steps)
         total_steps = args.total_steps(self.sampler.size or 0)
         set_intervals(self.state, args, total_steps)  # and the logging, eval and save intervals the callbacks read
@@ -261,7 +302,8 @@ class GRPOTrainer:
                         def generation_batch():  # one batch of the round's prompts (dynamic sampling may draw more)
                             rows, rollout = self._rollout()  # 1. G completions of each of the round's prompts
                             scores, rewards = self._score(rows, rollout)  # 2. every reward function's, combined
-                            batch = self._advantages(rollout, rewards)  # 3. advantages (+ old and reference log-probs)
+                            # 3. advantages (+ old and reference log-probs)
+                            batch = self._advantages(rollout, rewards, scores.rewards_per_func)
                             return batch, self._round_metrics(rows, rollout, scores, rewards, batch)
 
                         batch, round_metrics = self.make_round(generation_batch)  # DAPO's refill when it is on
@@ -291,6 +333,8 @@ class GRPOTrainer:
                         release_freed_memory()  # the step's activations, so that the next phase's peak is its own
                     round_.next_window = window.index + 1
                     state.global_step += 1
+                    if args.sync_ref_model and state.global_step % args.ref_model_sync_steps == 0:  # TR-DPO
+                        mix_into_reference(self.reference_model, self.model, args.ref_model_mixup_alpha)
                     state.epoch = self.sampler.epochs_done
 
                     # log: the round's metrics (its rollout's on its first step only), the step's, and speed
@@ -322,8 +366,14 @@ class GRPOTrainer:
                     round_start = time.perf_counter()
                     if self.control.should_training_stop:  # max_steps, or a callback's decision
                         break
+            # transformers' closing row (train_loss, train_runtime, ...): in state.log_history, not in what train()
+            # returns (the step and evaluation rows)
+            summary = runlog.train_summary(self.log_history[first_row:], time.perf_counter() - train_start, args,
+                                           state, self.dist.world_size)
+            self.log_history.append(summary)
+            self.control = events.on_log(args, state, self.control, logs=summary)
             self.control = events.on_train_end(args, state, self.control)
-        return self.log_history
+        return [row for row in self.log_history if "train_runtime" not in row]
 
     def _evaluate_and_save_if_asked(self, optimizer, scheduler) -> None:
         """What the callbacks asked for at this step (transformers' order: evaluate, then save)."""
@@ -349,19 +399,6 @@ class GRPOTrainer:
             yield
         finally:
             self._logs_open = False
-
-    def _claim_output_dir(self, resume_from_checkpoint) -> str | None:
-        """Make output_dir this run's; the checkpoint folder to resume from, or None."""
-        args = self.args
-        # the one reading of the resume option; the folder is checked and made this run's (rundir.py): an earlier
-        # run there is only replaced with overwrite_output_dir, later checkpoints of a resumed one are set aside
-        resume = rundir.resolve_resume(args.output_dir, resume_from_checkpoint, args.to_dict())
-        rundir.check_start(args.output_dir, resume=resume, overwrite=args.overwrite_output_dir)  # on every process
-        distributed.barrier(self.dist)  # before rank 0 changes the folder
-        if self.dist.is_main:
-            rundir.claim(args.output_dir, resume=resume, overwrite=args.overwrite_output_dir)
-        distributed.barrier(self.dist)
-        return resume
 
     # ------------------------------------------------------------------ 1-3: a scored round
 
@@ -397,7 +434,7 @@ class GRPOTrainer:
         completion's reward [B_all], their weighted sum."""
         # a call that raises or times out gives NaN values (None semantics); too many of them stop the run
         scores = score_rollout(self.reward_funcs, self.reward_names, rows, rollout, self.args.num_generations,
-                               self.state, timeout=self.args.reward_timeout)
+                               self.state, timeout=self.args.reward_timeout, warned=self._logged_reward_failures)
         log_failures_once(scores, self._logged_reward_failures)
         # from here on the failure fraction, the advantages (also scale_rewards=batch) and the metrics are those of
         # one process with the whole round
@@ -406,12 +443,15 @@ class GRPOTrainer:
         return scores, combine_rewards(scores.rewards_per_func, self.reward_weights, self.reward_names)
 
     @torch.no_grad()
-    def _advantages(self, rollout: Rollout, rewards: torch.Tensor) -> Batch:
+    def _advantages(self, rollout: Rollout, rewards: torch.Tensor, rewards_per_func: torch.Tensor) -> Batch:
         """3. Each completion's advantage over its group, and what the loss compares the policy with: the log-probs
         at sampling time when the round is reused (else the step's own, detached), the reference's when beta > 0."""
         args = self.args
         mine = distributed.shard(rewards.size(0), self.dist)  # this process's rows
-        advantages = group_advantages(rewards, args.num_generations, scale=args.scale_rewards)[mine]  # [B]
+        if args.multi_objective_aggregation == "normalize_then_sum":
+            advantages = normalized_sum_advantages(rewards_per_func, self.reward_weights, args.num_generations)[mine]
+        else:  # sum_then_normalize: the weighted sum's group statistics
+            advantages = group_advantages(rewards, args.num_generations, scale=args.scale_rewards)[mine]  # [B]
         if self.dist.is_main:  # warns when every group's rewards agree (nothing to learn from this round)
             self.learning_signal.check(rewards, args.num_generations, self.state.global_step + 1,
                                        rollout.texts if not self.dist.enabled else None, args.beta)
@@ -421,44 +461,22 @@ class GRPOTrainer:
         if args.mask_truncated_completions:
             loss_mask = loss_mask * (~rollout.is_truncated).long()[:, None]
         reuses_round = args.num_iterations > 1 or args.effective_steps_per_generation > args.gradient_accumulation_steps
-        old_logps = logps_in_chunks(self.model, rollout, args, self._autocast) if reuses_round else None
+        old_logps = logps_in_chunks(self.model, rollout, args, self._autocast,
+                                    self.plan.share_prompts) if reuses_round else None
         ref_logps = None
         if args.beta != 0.0:
             with reference_policy(self.model, self.reference_model) as reference:
-                ref_logps = logps_in_chunks(reference, rollout, args, self._autocast)
+                ref_logps = logps_in_chunks(reference, rollout, args, self._autocast, self.plan.share_prompts)
         return Batch(rollout, advantages.to(self.device), loss_mask, old_logps, ref_logps, rewards[mine])
 
     @torch.no_grad()
     def _round_metrics(self, rows: list[dict], rollout: Rollout, scores: RoundScores, rewards: torch.Tensor,
                        batch: Batch) -> dict:
         """The round's rewards, lengths and truncation over all processes; its samples go to completions.jsonl."""
-        args = self.args
-        model_tokens = rollout.completion_mask if rollout.tool_mask is None else rollout.completion_mask * (
-            rollout.tool_mask)  # as TRL: tool-result tokens are not counted in the lengths
-        lengths = distributed.all_gather_rows(model_tokens.sum(-1).float(), self.dist)  # [B_all]
-        is_truncated = distributed.all_gather_rows(rollout.is_truncated.float(), self.dist)  # [B_all]
-        metrics = runlog.round_metrics(rewards, scores.rewards_per_func, scores.errors, self.reward_names, lengths,
-                                       is_truncated, args.num_generations, args.scale_rewards,
-                                       self.prompt_tokenizer.truncated)
-        runlog.add_logged_metrics(metrics, scores.logged_metrics)  # the rewards' log_metric values
-        if rollout.tool_counts is not None:  # tools/*: calls, failures, timeouts and turns over all processes
-            metrics.update(tool_metrics(distributed.all_reduce_sum(rollout.tool_counts.clone(), self.dist)))
-        # the first completion of each prompt, every process's in rank (= draw) order; rank 0 writes them
-        mine = distributed.shard(rewards.size(0), self.dist)
-        prompts = rollout.prompts or [row["prompt"] for row in rows for _ in range(args.num_generations)]
-        extra = {column: values[mine] for column, values in scores.logged_columns.items()}  # the rewards' log_extra
-
-        def gathered_samples(stride: int) -> list[dict]:  # every stride-th completion of every process, in rank order
-            samples = runlog.completion_samples(prompts, rollout.texts, scores.rewards_per_func[mine],
-                                                batch.advantages, self.reward_names, stride,
-                                                self.state.global_step + 1, extra)
-            return [sample for part in distributed.gather_objects(samples, self.dist) for sample in part]
-
-        self._last_completions = samples = gathered_samples(args.num_generations)
-        if args.log_completions and args.loggers:  # the trackers' table holds every completion, as TRL's
-            self._last_table = gathered_samples(1)
-        if self.dist.is_main:
-            runlog.append_jsonl(os.path.join(args.output_dir, "completions.jsonl"), samples, default=str)
+        metrics, self._last_completions, table = runlog.record_round(
+            rows, rollout, scores, rewards, batch.advantages, self.reward_names, self.args, self.dist,
+            self.prompt_tokenizer.truncated, self.state.global_step + 1)
+        self._last_table = table if table is not None else self._last_table
         return metrics
 
     # ------------------------------------------------------------------ 4: one optimizer step's gradients
@@ -484,7 +502,10 @@ class GRPOTrainer:
             loss_sum += loss_value
             for key, value in metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + value
+        self.micro_step.entropy_coef.end_step(self.dist)  # the adaptive coefficient moves once per optimizer step
         means = {"loss": loss_sum, **{key: value / len(micro_batches) for key, value in metric_sums.items()}}
+        if self.micro_step.entropy_coef.enabled:
+            means["entropy_coef"] = self.micro_step.entropy_coef.value
         # the step's loss and metrics over all processes: means (the loss is the averaged objective), tokens summed;
         # every process then takes the same skip decision
         means = distributed.mean_over_processes({**means, "tokens": processed}, self.dist)
@@ -498,17 +519,6 @@ class GRPOTrainer:
                               f"them (the last checkpoint is {last}); lower learning_rate")
 
     # ------------------------------------------------------------------ pieces
-
-    def _autocast(self):
-        """bf16: autocast, and peft's LoRA layers keep their bf16 input instead of casting it to their fp32 weights'
-        dtype (autocast casts it back to bf16 for the matmul: two copies per layer that change nothing but, with
-        dropout, a rare double rounding)."""
-        if not self.bf16:
-            return contextlib.nullcontext()
-        context = contextlib.ExitStack()
-        context.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
-        context.enter_context(lora_inputs_not_cast(self._lora_layers))
-        return context
 
     def _log(self, metrics: dict, evaluation: bool = False) -> None:
         """A row of metrics (a step's, or an evaluation's) into log_history and, during train(), metrics.jsonl and
@@ -573,7 +583,7 @@ class GRPOTrainer:
                  "log_history": runlog.last_rows(self.log_history),  # the last step's row, the last evaluation's
                  "model_name": self.model_name, "skipped_steps": self.step_guard.skipped_steps,
                  "consecutive_skips": self.step_guard.consecutive, "world_size": self.dist.world_size,
-                 "epochs_ended": self._epochs_ended}
+                 "epochs_ended": self._epochs_ended, "entropy_coef": self.micro_step.entropy_coef.state_dict()}
         # rank 0 saves (the weights, optimizer and generator are the same on every rank; the sampler is global); a
         # multi-process round in progress is not saved: it lives in shards, and resuming starts at the next round
         path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
@@ -605,6 +615,8 @@ class GRPOTrainer:
         self.prompt_tokenizer.truncated = state.get("truncated_prompts", 0)
         self.step_guard = StepGuard(state.get("skipped_steps", 0))
         self.step_guard.consecutive = state.get("consecutive_skips", 0)
+        if "entropy_coef" in state:
+            self.micro_step.entropy_coef.load_state_dict(state["entropy_coef"])
         self._round = RoundProgress.from_checkpoint(path, self.device, self.args)
         if self._round is not None:
             self._last_completions = self._round.last_completions
@@ -641,17 +653,9 @@ class GRPOTrainer:
 
     def _stop_if_asked(self, stop: StopSignals, optimizer, scheduler) -> None:
         """At a safe point (no step half-applied): after Ctrl-C or SIGTERM, save the last completed step and stop."""
-        if not distributed.any_process(stop.requested, self.dist):  # all ranks stop at the same step, or none
-            return
-        step = self.state.global_step
-        if step == 0:
-            message, path = "interrupted before the first optimizer step; nothing to save", None
-        else:
-            path = self._checkpoint_once(optimizer, scheduler)
-            message = (f"interrupted after step {step}; saved {path}; continue with "
-                       f"`reasonrl train ... --resume` (or resume_from_checkpoint={path})")
-        # a rank that got no signal itself stops because another did (launchers forward SIGTERM to every rank)
-        raise TrainingInterrupted(message, path, stop.signum or 15)
+        if distributed.any_process(stop.requested, self.dist):  # all ranks stop at the same step, or none
+            step = self.state.global_step
+            raise interrupted(stop, step, self._checkpoint_once(optimizer, scheduler) if step else None)
 
     def _checkpoint_once(self, optimizer, scheduler) -> str:
         """The checkpoint of the current step, saved now unless this run already saved (or resumed from) it."""
@@ -662,11 +666,7 @@ class GRPOTrainer:
     def _stop_diverged(self, optimizer, scheduler) -> None:
         """Save a checkpoint (its weights are the last good step's: the skipped steps applied nothing) and stop."""
         path = self._checkpoint_once(optimizer, scheduler)
-        step = self.state.global_step
-        raise TrainingDiverged(f"training diverged: steps {step - self.step_guard.consecutive + 1}-{step} all had a "
-                               f"non-finite loss or gradient norm and were skipped; the last good weights are saved "
-                               f"in {path}; lower learning_rate or max_grad_norm (or check the rewards), then "
-                               f"resume with --resume")
+        raise diverged(self.state.global_step, self.step_guard.consecutive, path)
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
                     token: str | None = None, revision: str | None = None, private: bool | None = None, **kwargs):

@@ -1,6 +1,6 @@
 """Pure tensor maths of GRPO: tensors in, tensors out. No model, tokenizer, file or network."""
 
-from reasonrl.core.advantages import group_advantages, nanstd
+from reasonrl.core.advantages import group_advantages, nanstd, normalized_sum_advantages
 from reasonrl.core.dropout import dropout
 from reasonrl.core.logprobs import token_entropy, token_logprobs
 from reasonrl.core.losses import (
@@ -10,12 +10,14 @@ from reasonrl.core.losses import (
     WINDOW_TOKENS,
     StepNormaliser,
     chunk_weight,
+    entropy_bonus,
     grpo_loss,
     high_entropy_mask,
     k3_kl,
     masked_mean,
     micro_batch_divisors,
     normalised_by,
+    off_policy_mask,
     sequence_metrics,
 )
 
@@ -27,6 +29,7 @@ __all__ = [
     "StepNormaliser",
     "chunk_weight",
     "dropout",
+    "entropy_bonus",
     "group_advantages",
     "grpo_loss",
     "high_entropy_mask",
@@ -35,6 +38,8 @@ __all__ = [
     "micro_batch_divisors",
     "nanstd",
     "normalised_by",
+    "normalized_sum_advantages",
+    "off_policy_mask",
     "sequence_metrics",
     "token_entropy",
     "token_logprobs",

@@ -55,3 +55,26 @@ def group_advantages(
     elif scale == "batch":
         advantages = advantages / (nanstd(rewards) + eps)
     return torch.nan_to_num(advantages.reshape(-1), nan=0.0).float()  # [N]
+
+
+def normalized_sum_advantages(
+    rewards_per_func: torch.Tensor, weights: torch.Tensor, num_generations: int, eps: float = 1e-4
+) -> torch.Tensor:
+    """Advantages under multi_objective_aggregation="normalize_then_sum" (GDPO, as TRL): each reward function's
+    values [N, F] are standardised within their group, (r - group mean) / (group std + eps), their weighted sum is
+    standardised over the whole batch, (s - mean) / (std + eps). NaN (None) values are left out of every mean and
+    std and out of the sum; a completion no function scored gets advantage 0. Computed in float64 -> float32 [N]."""
+    per_func = torch.as_tensor(rewards_per_func).double()  # [N, F]
+    n, num_funcs = per_func.shape
+    if n % num_generations != 0:
+        raise ValueError(f"{n} rewards cannot be split into groups of num_generations={num_generations}")
+    grouped = per_func.view(-1, num_generations, num_funcs)  # [N/G, G, F]
+    standardised = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (
+        nanstd(grouped, dim=1, keepdim=True) + eps)
+    if num_generations == 1:  # no group statistics: a group of one has no spread
+        standardised = grouped - grouped
+    standardised = standardised.view(n, num_funcs)  # [N, F]
+    summed = (standardised * torch.as_tensor(weights).double()[None]).nansum(dim=1)  # [N]
+    summed[torch.isnan(per_func).all(dim=1)] = float("nan")
+    advantages = (summed - torch.nanmean(summed)) / (nanstd(summed) + eps)
+    return torch.nan_to_num(advantages, nan=0.0).float()

@@ -50,26 +50,35 @@ class _TokenLogprobs(torch.autograd.Function):
             logps[rows, columns] = scaled.gather(-1, token_ids[rows, columns, None]).squeeze(-1) - lse
             if with_entropy:  # H = logsumexp - sum_j p_j x_j
                 entropy[rows, columns] = lse - (exp.mul_(scaled)).sum(-1) / total
-        ctx.save_for_backward(logits, token_ids, logsumexp)
+        ctx.save_for_backward(logits, token_ids, logsumexp, entropy)
         ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
-        if with_entropy:
-            ctx.mark_non_differentiable(entropy)
-            return logps, entropy
-        return logps
+        ctx.set_materialize_grads(False)  # a gradient that does not reach an output stays None: nothing to add
+        return (logps, entropy) if with_entropy else logps
 
     @staticmethod
-    def backward(ctx, grad_logps, *unused):
-        logits, token_ids, logsumexp = ctx.saved_tensors
+    def backward(ctx, grad_logps, grad_entropy=None):
+        logits, token_ids, logsumexp, entropy = ctx.saved_tensors
         temperature = ctx.temperature
+        if grad_logps is None and grad_entropy is None:
+            return None, None, None, None, None
         grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
         for rows, columns in _chunks(logits, ctx.chunk_rows):
             scaled = logits[rows, columns].float()
             if temperature != 1.0:
                 scaled = scaled / temperature
-            weight = grad_logps[rows, columns, None].float() / temperature  # [n, c, 1]
-            # d logp / d logits = (onehot - softmax) / T, times the incoming gradient
-            piece = (scaled - logsumexp[rows, columns, None]).exp_().mul_(-weight)
-            piece.scatter_add_(-1, token_ids[rows, columns, None], weight)
+            log_probs = scaled - logsumexp[rows, columns, None]  # [n, c, V] (scaled may be a view of the logits)
+            piece = log_probs.exp()  # softmax p
+            if grad_entropy is not None:  # dH/dx_j = -p_j (log p_j + H), H the entropy (the entropy bonus)
+                weight_h = grad_entropy[rows, columns, None].float() / temperature  # [n, c, 1]
+                piece_h = (log_probs + entropy[rows, columns, None]).mul_(piece).mul_(-weight_h)
+            if grad_logps is not None:  # d logp / d logits = (onehot - softmax) / T, times the incoming gradient
+                weight = grad_logps[rows, columns, None].float() / temperature  # [n, c, 1]
+                piece.mul_(-weight)
+                piece.scatter_add_(-1, token_ids[rows, columns, None], weight)
+                if grad_entropy is not None:
+                    piece.add_(piece_h)
+            else:
+                piece = piece_h
             grad[rows, columns] = piece
         return grad, None, None, None, None
 
@@ -79,7 +88,8 @@ def token_logprobs(
     with_entropy: bool = False,
 ):
     """log softmax(logits / temperature) at `token_ids`.  logits [B, T, V] (any strides), token_ids [B, T] -> [B, T]
-    fp32; with `with_entropy`, also the entropy [B, T] of softmax(logits / temperature) (not differentiable).
+    fp32; with `with_entropy`, also the entropy [B, T] of softmax(logits / temperature), differentiable too (the
+    entropy bonus, entropy_coef); where only one of them reaches the loss, the backward computes that one's gradient.
 
     Differentiable in the logits, with the backward described in the module docstring. Chunks of about `chunk_rows`
     positions (default: CHUNK_ELEMENTS / V) are upcast to fp32 one at a time, so the extra memory is two fp32

@@ -241,6 +241,27 @@ def high_entropy_mask(entropies: Tensor, mask: Tensor, top_entropy_quantile: flo
     return (entropies >= threshold) & keep
 
 
+def entropy_bonus(entropy: Tensor, mask: Tensor, micro_batch_tokens: Tensor | float, micro_batches: int) -> Tensor:
+    """The entropy term of a row chunk (entropy_coef): its share of the micro-batch's mean per-token entropy over
+    the tokens the policy loss uses (`micro_batch_tokens` of them in the micro-batch), divided by the step's
+    micro-batches as the loss is, so that the chunks and micro-batches add up to the step's mean entropy H. The
+    same for every loss_type (TRL: L = L_policy - entropy_coef * H). entropy and mask [b, T] -> scalar."""
+    return (entropy * mask).sum() / torch.as_tensor(micro_batch_tokens).clamp(min=1.0) / micro_batches
+
+
+def off_policy_mask(advantages: Tensor, logps: Tensor, sampling_logps: Tensor, mask: Tensor,
+                    threshold: float) -> Tensor:
+    """DeepSeek-V3.2's off-policy sequence mask (TRL's off_policy_mask_threshold): a sequence is dropped from the
+    loss when its advantage is negative and the policy has drifted from the one that sampled it by more than
+    `threshold`, the drift being the mean over its tokens of log pi_sampling - log pi (a k1 estimate of
+    KL(pi_sampling || pi)). advantages [B] or [B, 1], logps and sampling_logps [B, T], mask [B, T] -> [B, 1] in
+    mask's dtype, 1 = kept. Tokens without a sampling log-prob (NaN) add no drift."""
+    drift = torch.nan_to_num(sampling_logps - logps.detach(), nan=0.0) * mask  # [B, T]
+    mean_drift = drift.sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)  # [B, 1]
+    keep = (advantages.reshape(-1, 1) >= 0) | (mean_drift <= threshold)
+    return keep.to(mask.dtype)
+
+
 def grpo_loss(
     logps: Tensor,
     old_logps: Tensor | None,
@@ -264,6 +285,7 @@ def grpo_loss(
     vespo_k_neg: float = 3.0,
     vespo_lambda_neg: float = 2.0,
     entropy_mask: Tensor | None = None,
+    off_policy_threshold: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO loss of one micro-batch and its metrics, for any of TRL 1.16's loss types (`LOSS_TYPES`).
 
@@ -272,7 +294,8 @@ def grpo_loss(
     the importance ratio (TRL's option of that name); off gives the classic k3 penalty. epsilon_high (None: epsilon)
     is also cispo's cap on the importance weight; delta applies to the clipped loss types only. `entropy_mask`
     [B, T] (see high_entropy_mask) keeps the policy term on its tokens only; the KL term and the normaliser still
-    count every token of `mask`, as in TRL.
+    count every token of `mask`, as in TRL. `off_policy_threshold` (TRL's off_policy_mask_threshold) drops from the
+    policy term the sequences off_policy_mask drops (old_logps stand for the sampling policy's).
     Returns (loss, metrics) where metrics holds detached scalars: kl, and per loss type what TRL logs:
     clip_ratio/{low,high,region}_mean (grpo, bnpo, dr_grpo, dapo, luspo), cispo_clip_ratio, vespo/phi_seq_mean.
     """
@@ -322,6 +345,8 @@ def grpo_loss(
 
     if entropy_mask is not None:
         per_token_loss = per_token_loss * entropy_mask.to(logps.dtype)  # [B, T]
+    if off_policy_threshold is not None:
+        per_token_loss = per_token_loss * off_policy_mask(advantages, logps, old_logps, mask, off_policy_threshold)
     if beta != 0.0:
         per_token_kl = k3_kl(logps, ref_logps)  # [B, T]
         if use_bias_correction_kl:
