@@ -321,3 +321,18 @@ def test_cli_eval_strategy_without_an_eval_split_is_one_error_line(tmp_path, cap
     assert_one_line_error(code, err, "train", ["eval_strategy='steps' evaluates on dataset_test_split='test'",
                                                "has one split, 'train'", "dataset_test_split='train[90%:]'"])
     assert not (tmp_path / "run").exists()
+
+
+def test_a_streamed_eval_set_stays_the_trainers_eval_dataset_and_evaluates_as_the_same_rows(tmp_path,
+                                                                                           char_tokenizer):
+    rows = [{"prompt": "p6"}, {"prompt": "p7"}]
+    stream = Dataset.from_list(rows).to_iterable_dataset()
+    streamed = GRPOTrainer(build_tiny_model(char_tokenizer, hidden_size=32, intermediate_size=64, seed=0),
+                           [distinct_chars], args=_config(tmp_path / "a", num_generations_eval=2),
+                           train_dataset=Dataset.from_list([{"prompt": f"p{i}"} for i in range(6)]),
+                           eval_dataset=stream, processing_class=char_tokenizer)
+    assert streamed.eval_dataset is stream  # TRL's attribute: the object given (the trainer reads it once)
+    listed = _trainer(tmp_path / "b", char_tokenizer, eval_rows=rows, num_generations_eval=2)
+    a, b = streamed.evaluate(), listed.evaluate()
+    assert a["eval_reward"] == b["eval_reward"]
+    assert a["eval_completions/mean_length"] == b["eval_completions/mean_length"]

@@ -147,8 +147,10 @@ class GRPOTrainer:
         self.train_dataset = load_train_dataset(sources.train_dataset, args)
         check_reward_columns(self.reward_funcs, self.reward_names,
                              column_names(self.train_dataset) + sources.reward_columns)
-        self.eval_dataset = load_eval_dataset(eval_dataset, args, data_from_config=train_dataset is None)
-        for name, data in eval_sets(self.eval_dataset):
+        # the eval sets prepared (a stream read, prompts formatted); eval_dataset stays the object given, as TRL's
+        self._eval_data = load_eval_dataset(eval_dataset, args, data_from_config=train_dataset is None)
+        self.eval_dataset = self._eval_data if eval_dataset is None else eval_dataset
+        for name, data in eval_sets(self._eval_data):
             check_reward_columns(self.reward_funcs, self.reward_names, data.column_names, f"eval set {name!r}")
 
         # the policy and its tokenizer
@@ -168,7 +170,7 @@ class GRPOTrainer:
         # each round's prompts); the eval prompts must fit the model's positions too
         self.longest_prompt = self.prompt_tokenizer.longest(
             first_prompts(self.train_dataset, 64 if is_stream(self.train_dataset) else None))
-        eval_prompts = [prompt for _, data in eval_sets(self.eval_dataset) for prompt in data["prompt"]]
+        eval_prompts = [prompt for _, data in eval_sets(self._eval_data) for prompt in data["prompt"]]
         longest_eval = self.prompt_tokenizer.longest(eval_prompts) if eval_prompts else 0
         check_lengths(model.config, args.max_completion_length, max(self.longest_prompt, longest_eval))
         model = prepare_for_training(model, args, peft_config, bf16=self.bf16)  # LoRA, dropout, frozen weights
@@ -563,7 +565,7 @@ class GRPOTrainer:
             self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
 
         metrics = {}
-        for prefix, data in chosen_eval_sets(eval_dataset, self.eval_dataset, self.args, metric_key_prefix, check):
+        for prefix, data in chosen_eval_sets(eval_dataset, self._eval_data, self.args, metric_key_prefix, check):
             result = self.evaluator([dict(row) for row in data], self.state, prefix, after_batch)
             result["epoch"] = self.state.epoch
             self._log(result, evaluation=True)
