@@ -56,7 +56,8 @@ _EXACT = {
 
 def out_of_scope_reason(nodeid: str) -> str | None:
     """The reason a test (a pytest node id) is out of scope, or None when it is in scope."""
-    test = nodeid.split("::", 1)[1] if "::" in nodeid else nodeid
+    path, _, rest = nodeid.partition("::")
+    test = rest if path.endswith(".py") else nodeid  # a pytest node id (file.py::Class::test) or Class::test
     if test in _EXACT:
         return _EXACT[test]
     name, _, params = test.rpartition("::")[2].partition("[")
