@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from test_distributed import TORCHRUN, _free_port, _launch, _max_difference, _rows
+from test_distributed import TORCHRUN, WORKER_FILE, _free_port, _launch, _max_difference, _rows
 
 TOLERANCE = 1e-5
 
@@ -51,23 +51,9 @@ def scripted(model, prompt_ids, prompt_mask, *, num_generations, max_new_tokens,
 
 
 tools_module.generate = scripted
-original_train = trainer_module.GRPOTrainer.train
-
-
-def train_and_dump(self, *args, **kwargs):
-    result = original_train(self, *args, **kwargs)
-    from safetensors.torch import save_file
-
-    weights = {name: p.detach().contiguous() for name, p in self.model.named_parameters() if p.requires_grad}
-    save_file(weights, os.path.join(self.args.output_dir, f"rank{self.dist.rank}.safetensors"))
-    return result
-
-
-trainer_module.GRPOTrainer.train = train_and_dump
-from reasonrl.cli import main
-
-sys.exit(main(sys.argv[1:]))
 '''
+# then test_distributed's worker: the real CLI, each rank's trainable weights saved at the end
+SCRIPT += WORKER_FILE
 
 TOOLS = '''
 def add(a: int, b: int) -> int:
