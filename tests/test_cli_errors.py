@@ -338,6 +338,47 @@ def test_eval_formats_prompts_as_training_does(tiny_model_dir, capsys, monkeypat
     assert not seen
 
 
+def test_sft_trains_on_prompts_formatted_as_training_formats_them(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import reasonrl.sft
+
+    seen = {}
+
+    def recording(model, tokenizer, rows, **options):
+        seen["rows"] = rows
+        return [0.5]
+
+    monkeypatch.setattr(reasonrl.sft, "sft", recording)
+    code, _ = run_main(capsys, ["sft", "--task", "arithmetic", "--n", "3", "--model", str(tiny_model_dir),
+                                  "--out", str(tmp_path / "warm"), "--system-prompt", "Think first.",
+                                  "--prompt-template", "Q: {prompt} A?"])
+    assert code == 0 and len(seen["rows"]) == 3
+    for row in seen["rows"]:
+        system, user = row["prompt"]
+        assert system == {"role": "system", "content": "Think first."}
+        assert user["content"].startswith("Q: ") and user["content"].endswith(" A?")
+        assert row["completion"].endswith("</answer>")  # the trace itself is untouched
+    # a tokenizer without a chat template cannot render a system message: one line, nothing trained, no --out
+    import reasonrl.models
+
+    loaded = reasonrl.models.load_tokenizer
+
+    def without_template(*args, **kwargs):
+        tokenizer = loaded(*args, **kwargs)
+        tokenizer.chat_template = None
+        return tokenizer
+
+    monkeypatch.setattr(reasonrl.models, "load_tokenizer", without_template)
+    seen.clear()
+    code, err = run_main(capsys, ["sft", "--task", "arithmetic", "--n", "3", "--model", str(tiny_model_dir),
+                                  "--out", str(tmp_path / "tiny"), "--system-prompt", "Think first."])
+    assert_one_line_error(code, err, "sft", ["--system-prompt needs a chat template",
+                                             "--prompt-template instead"])
+    code, err = run_main(capsys, ["sft", "--task", "arithmetic", "--n", "3", "--out", str(tmp_path / "tiny"),
+                                  "--prompt-template", "Q: A?"])
+    assert_one_line_error(code, err, "sft", ["--prompt-template must contain {prompt}"])
+    assert not seen and not (tmp_path / "tiny").exists()
+
+
 def test_eval_report_that_cannot_be_written_is_one_line_after_the_report(tiny_model_dir, tmp_path, capsys,
                                                                          monkeypatch):
     reports = []

@@ -183,10 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--data", help="a JSONL/JSON/CSV/parquet file with prompt and answer columns")
     p.add_argument("--task-config", help=TASK_CONFIG_HELP)
     p.add_argument("--prompt-column", default="prompt", help="with --data: the column holding the prompts")
-    p.add_argument("--system-prompt", help="a system message before each prompt, as GRPOConfig's system_prompt "
-                                           "(evaluate a model with the prompts it was trained on)")
-    p.add_argument("--prompt-template", help="text around each prompt, with {prompt} where it goes, as "
-                                             "GRPOConfig's prompt_template")
+    _add_prompt_format_arguments(p, "evaluate a model with the prompts it was trained on")
     p.add_argument("--seed", type=int, default=2, help="seed of the task's problems (default 2, the demo's held-out)")
     p.add_argument("--n", type=int, default=500, help="number of task problems (default 500)")
     p.add_argument("--k", type=int, default=1, help="pass@1..k from sampled completions (default 1: greedy only)")
@@ -211,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(answer-only traces)")
     source.add_argument("--data", help="a JSONL/JSON/CSV/parquet file (or hub id) with prompt and completion")
     p.add_argument("--task-config", help=TASK_CONFIG_HELP)
+    _add_prompt_format_arguments(p, "warm-start a model on the prompts GRPO will give it")
     p.add_argument("--model", help="model to fine-tune (default: build a ~1M-parameter character-level Qwen2)")
     p.add_argument("--out", required=True, help="folder to save the model and tokenizer to")
     p.add_argument("--n", type=int, default=20000, help="task problems to generate (default 20000)")
@@ -366,9 +364,7 @@ def _cmd_eval(args) -> int:
     folder = os.path.dirname(os.path.abspath(args.json)) if args.json else None
     if folder and not os.path.isdir(folder):  # checked now, not after the evaluation has run
         raise UsageError(f"--json {args.json}: the folder {folder} does not exist; create it or give another path")
-    if args.prompt_template is not None and "{prompt}" not in args.prompt_template:
-        raise UsageError(f"--prompt-template must contain {{prompt}} where the prompt goes (got "
-                         f"{args.prompt_template!r:.80})")
+    _check_prompt_template(args)
     if args.tools is None and (args.max_tool_calling_iterations is not None or args.tool_timeout != 10.0):
         raise UsageError("--max-tool-calling-iterations and --tool-timeout set how --tools run; add --tools")
     if args.max_tool_calling_iterations is not None and args.max_tool_calling_iterations < 0:
@@ -389,14 +385,7 @@ def _cmd_eval(args) -> int:
 
         reward = get_reward(args.reward)
     model, tokenizer = load_for_inference(args.model, trust_remote_code=args.trust_remote_code)
-    if args.system_prompt is not None and tokenizer.chat_template is None:
-        raise UsageError(f"--system-prompt needs a chat template, and the tokenizer of {args.model} has none; put "
-                         f"the instruction in --prompt-template instead")
-    if args.system_prompt is not None or args.prompt_template is not None:
-        from reasonrl.data import format_prompt
-
-        rows = [{**row, "prompt": format_prompt(row["prompt"], args.prompt_template, args.system_prompt)}
-                for row in rows]
+    rows = _formatted_prompts(args, rows, tokenizer, args.model)
     report = evaluate(model, tokenizer, rows, reward, k=args.k, num_samples=args.samples,
                       max_new_tokens=args.max_new_tokens or default_tokens or 256, temperature=args.temperature,
                       batch_size=args.batch_size, seed=args.seed, tools=tools,
@@ -410,12 +399,39 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _add_prompt_format_arguments(parser, purpose: str) -> None:
+    """--system-prompt and --prompt-template, as GRPOConfig's system_prompt and prompt_template."""
+    parser.add_argument("--system-prompt", help=f"a system message before each prompt, as GRPOConfig's system_prompt "
+                                                f"({purpose})")
+    parser.add_argument("--prompt-template", help="text around each prompt, with {prompt} where it goes, as "
+                                                  "GRPOConfig's prompt_template")
+
+
+def _check_prompt_template(args) -> None:
+    if args.prompt_template is not None and "{prompt}" not in args.prompt_template:
+        raise UsageError(f"--prompt-template must contain {{prompt}} where the prompt goes (got "
+                         f"{args.prompt_template!r:.80})")
+
+
+def _formatted_prompts(args, rows: list[dict], tokenizer, model_name: str) -> list[dict]:
+    """rows with --prompt-template and --system-prompt applied to their prompts (as training applies them)."""
+    if args.system_prompt is not None and tokenizer.chat_template is None:
+        raise UsageError(f"--system-prompt needs a chat template, and the tokenizer of {model_name} has none; put "
+                         f"the instruction in --prompt-template instead")
+    if args.system_prompt is None and args.prompt_template is None:
+        return rows
+    from reasonrl.data import format_prompt
+
+    return [{**row, "prompt": format_prompt(row["prompt"], args.prompt_template, args.system_prompt)} for row in rows]
+
+
 def _cmd_sft(args) -> int:
     from reasonrl.export import check_model_folder, save_model_folder
     from reasonrl.sft import sft
 
     _require_positive(args, "n", "batch_size", "lr", "epochs", "steps")
     _require_positive(args, "lora", allow_zero=True)  # 0: no LoRA
+    _check_prompt_template(args)
     check_model_folder(args.out, overwrite=args.overwrite)  # before minutes of training, not after
     if args.task is not None or args.task_config is not None:
         task = _task(args)
@@ -439,6 +455,7 @@ def _cmd_sft(args) -> int:
 
         model = load_model(args.model, trust_remote_code=args.trust_remote_code)
         tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    rows = _formatted_prompts(args, rows, tokenizer, args.model or "the built-in tiny model")
     if args.lora:
         from peft import LoraConfig, get_peft_model
 
