@@ -27,6 +27,11 @@ REWARD_FILE = '''
 def distinct_chars(completions, **kwargs):
     """Varies from sample to sample, so every group has a spread and every step a gradient."""
     return [float(len(set(c))) for c in completions]
+
+
+def signal_on_odd_prompts(prompts, completions, **kwargs):
+    """distinct_chars on "Write about 1:", 3, ...; 0.0 on the even ones: their groups have no learning signal."""
+    return [float(len(set(c))) if int(p.split()[-1].rstrip(":")) % 2 else 0.0 for p, c in zip(prompts, completions)]
 '''
 
 # the launched processes run the real CLI; this wrapper also saves each rank's trainable weights at the end
@@ -224,6 +229,35 @@ def test_bnpo_with_one_micro_batch_per_step_and_a_one_process_checkpoint_resumed
     rows = _rows(str(resumed))
     assert [row["step"] for row in rows] == [3]  # rank 0 alone logged the resumed step
     assert rows[0]["completions/min_length"] < rows[0]["completions/max_length"]  # token counts differ by rank
+
+
+def test_dynamic_sampling_under_torchrun_keeps_each_process_s_share_and_resumes_exactly(root):
+    # the even prompts' groups are all alike: each process draws further prompts until it holds 2 odd ones
+    overrides = {"dynamic_sampling": "true", "reward_funcs": f"[{root / 'rewards.py'}:signal_on_odd_prompts]",
+                 "gradient_checkpointing": "false"}
+    two = _torchrun(root, "dynamic-2", 4, **overrides)
+    from safetensors.torch import load_file
+
+    rank0, rank1 = (load_file(os.path.join(two, f"rank{rank}.safetensors")) for rank in (0, 1))
+    assert rank0.keys() == rank1.keys() and all(torch.equal(rank0[name], rank1[name]) for name in rank0)
+    _assert_trained(_adapter(two))
+    rows = _rows(two)
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    for row in rows:  # counts over both processes: generation batches of 4 prompts x G 4
+        batches = row["dynamic_sampling/num_gen_batches"]
+        assert row["completions_generated"] == batches * 16 and batches >= 2
+        assert row["dynamic_sampling/extra_prompts"] == (batches - 1) * 4
+        # a second batch was drawn because a process had fewer than 2 odd prompts; none had to fill up
+        assert row["dynamic_sampling/groups_filled"] == 0
+        assert 1 <= row["dynamic_sampling/groups_dropped"] <= batches * 4 - 4
+    resumed = root / "dynamic-2-resumed"
+    resumed.mkdir()
+    shutil.copytree(os.path.join(two, "checkpoint-2"), resumed / "checkpoint-2")
+    _torchrun(root, "dynamic-2-resumed", 4, "--resume", **overrides)
+    difference = _max_difference(_adapter(two), _adapter(str(resumed)))
+    print(f"dynamic sampling, 2 processes, resumed at step 2: max |param| difference = {difference:.3g}")
+    assert difference == 0.0
+    assert _rows(str(resumed))[-1]["dynamic_sampling/num_gen_batches"] == rows[-1]["dynamic_sampling/num_gen_batches"]
 
 
 # ---------------------------------------------------------------- pieces, no processes launched

@@ -145,12 +145,57 @@ def test_concatenate_and_combine_of_one_batch_change_nothing():
     assert combine_metrics([{"reward": 0.5, "prompts/truncated": 3}]) == {"reward": 0.5, "prompts/truncated": 3}
 
 
-def test_options_are_checked(monkeypatch):
+def test_options_are_checked():
     with pytest.raises(ConfigError, match="max_num_gen_batches must be >= 1"):
         GRPOConfig(max_num_gen_batches=0)
+
+
+def test_each_process_keeps_its_share_and_all_draw_until_every_one_has_it(monkeypatch):
+    """Rank 0 of 2 processes; the other process's counts and kept rewards are scripted answers of the gathers."""
+    import reasonrl.distributed
+
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="dynamic_sampling runs in one process for now"):
-        GRPOConfig(dynamic_sampling=True, per_device_train_batch_size=8, num_generations=4)
+    config = _config(scale_rewards="batch", max_num_gen_batches=3)  # 2 prompts x G 2 per process, 4 in the round
+    assert config.prompts_per_generation == 4
+    other = [2, 3, torch.tensor([0.0, 1.0, 1.0, 0.0])]  # rank 1: 2 groups with a signal, then 3; its kept rewards
+    gathered = []
+
+    def gather(value, state):
+        gathered.append(value)
+        return [value, other.pop(0)]
+
+    monkeypatch.setattr(reasonrl.distributed, "gather_objects", gather)
+    made = iter([
+        (_batch([1.0, 0.0, 1.0, 1.0], 3, 3, tag=1), _metrics(0.75, 3)),  # 1 group with a signal: rank 1 has 2
+        (_batch([0.0, 1.0, 0.0, 0.0], 3, 3, tag=2), _metrics(0.25, 3)),  # 2: both processes have their share
+        (_batch([0.0, 1.0, 1.0, 0.0], 3, 3, tag=3), _metrics(0.5, 3)),  # never drawn
+    ])
+    state = reasonrl.distributed.DistributedState(rank=0, world_size=2)
+    batch, metrics = DynamicSampler(config, pad_token_id=0, dist_state=state)(lambda: next(made))
+    assert gathered[:2] == [1, 2] and not other  # one count gather per generation batch, then the kept rewards
+    assert batch.rollout.completion_ids[:, 0].tolist() == [100, 101, 200, 201]  # this process's share: 2 groups
+    # advantages with the batch std of all 8 kept rewards [1, 0, 0, 1, 0, 1, 1, 0]: sqrt(2/7); this process's half
+    expected = 0.5 / (math.sqrt(2 / 7) + 1e-4)
+    assert torch.allclose(batch.advantages, torch.tensor([expected, -expected, -expected, expected]))
+    # global counts: 2 batches x 2 processes x 2 groups generated, 5 of them with a signal
+    assert metrics["completions_generated"] == 16 and metrics["frac_groups_no_signal"] == 3 / 8
+    assert metrics["dynamic_sampling/num_gen_batches"] == 2 and metrics["dynamic_sampling/extra_prompts"] == 4
+    assert metrics["dynamic_sampling/groups_dropped"] == 3 and metrics["dynamic_sampling/groups_filled"] == 0
+
+
+def test_a_process_short_at_max_num_gen_batches_fills_up_and_the_fill_is_counted_over_processes(monkeypatch):
+    import reasonrl.distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    other = [0, torch.tensor([1.0, 1.0, 0.0, 0.0])]  # rank 1 found no group with a signal: it fills up with 2
+
+    monkeypatch.setattr(reasonrl.distributed, "gather_objects", lambda value, state: [value, other.pop(0)])
+    state = reasonrl.distributed.DistributedState(rank=0, world_size=2)
+    sampler = DynamicSampler(_config(max_num_gen_batches=1), pad_token_id=0, dist_state=state)
+    batch, metrics = sampler(lambda: (_batch([1.0, 0.0, 0.0, 1.0], 3, 3, tag=1), _metrics(0.5, 3)))
+    assert batch.rollout.completion_ids[:, 0].tolist() == [100, 101, 102, 103]  # this process had its 2
+    assert metrics["dynamic_sampling/groups_filled"] == 2 and metrics["dynamic_sampling/groups_dropped"] == 2
+    assert metrics["dynamic_sampling/num_gen_batches"] == 1 and sampler.short_rounds == 1
 
 
 # ---------------------------------------------------------------- training with it, resumed exactly

@@ -230,7 +230,8 @@ class GRPOConfig:
     max_num_gen_batches is reached first, the round is filled up with dropped groups (in draw order) so that it
     keeps its size and its number of optimizer steps, and a warning says so. Logged per round:
     dynamic_sampling/num_gen_batches, /extra_prompts, /groups_dropped, /groups_filled; the reward metrics are those
-    of every completion generated. One process only for now (a ConfigError under torchrun or accelerate launch)."""
+    of every completion generated. Under torchrun or accelerate launch each process keeps its share of the round
+    from its own groups (dynamic_sampling.py)."""
     max_num_gen_batches: int = 10
     """reasonrl (verl: algorithm.filter_groups.max_num_gen_batches): with dynamic_sampling, the most generation
     batches (of the round's usual number of prompts each) one round may draw, the first included; >= 1 (verl's 0,

@@ -76,10 +76,6 @@ def check(config) -> None:
     _require(config, "top_p", 0 < config.top_p <= 1, "must be in (0, 1]")
     _require(config, "max_num_gen_batches", config.max_num_gen_batches >= 1,
              "must be >= 1 (generation batches a round may draw with dynamic_sampling, the first included)")
-    if config.dynamic_sampling and config.world_size > 1:
-        raise ConfigError(f"dynamic_sampling runs in one process for now (WORLD_SIZE={config.world_size}): each "
-                          f"process would drop other groups and the processes' rounds would differ in size; "
-                          f"train with one process or set dynamic_sampling=false", "dynamic_sampling")
     _require(config, "top_entropy_quantile", 0 <= config.top_entropy_quantile <= 1,
              "must be in [0, 1] (1.0 keeps every token in the loss; the paper uses 0.2)")
     for name in ("sapo_temperature_pos", "sapo_temperature_neg"):

@@ -4,6 +4,15 @@ learning signal (config: dynamic_sampling, max_num_gen_batches; the filter itsel
 Each generation batch is an ordinary round (the trainer's make_round: draw prompts, generate, score), so a prompt
 samples the same completions whether or not dynamic sampling is on (its seed is its draw number), and the prompt
 sampler's position after the extra draws is what a checkpoint saves: resuming redoes nothing and skips nothing.
+
+Several processes (DDP): every process draws each generation batch's global prompts and generates for its own
+slice, so each holds the groups of its slice. A process keeps its own groups with a signal, up to its share of the
+round (prompts_per_generation / world size), so that every process trains on as many rows as the others; the
+signal counts are gathered after each generation batch and all processes draw another one until every one has its
+share (or max_num_gen_batches is reached), the same decision everywhere, so the prompt sampler stays in step and
+resume stays exact. Which groups are kept can differ from one process's choice over the whole round (each process
+takes its first, not the round's first), so 2 processes with batch b train like 1 with 2b in expectation, not
+exactly. Advantages are computed over the kept groups of all processes, as by one process.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import math
 
 import torch
 
+from reasonrl import distributed
 from reasonrl.core import group_advantages
 from reasonrl.core.filtering import groups_with_signal, select_groups
 from reasonrl.rollout import Rollout
@@ -31,8 +41,9 @@ class DynamicSampler:
     eight 1.2 = 1 + 0.2, whose float32 std is about 1e-7, not 0).
     """
 
-    def __init__(self, args, pad_token_id: int):
+    def __init__(self, args, pad_token_id: int, dist_state: distributed.DistributedState | None = None):
         self.args, self.pad_token_id = args, pad_token_id
+        self.dist = dist_state or distributed.DistributedState()
         self.short_rounds = 0  # rounds that hit max_num_gen_batches (the warning is throttled by it)
 
     def __call__(self, make_round) -> tuple[Batch, dict]:
@@ -43,36 +54,43 @@ class DynamicSampler:
             # frac_groups_no_signal: of this process's groups (all of them in one process)
             return batch, {**metrics, "completions_generated": args.prompts_per_generation * g,  # all processes
                            "frac_groups_no_signal": 1.0 - groups_with_signal(batch.rewards, g).double().mean().item()}
-        wanted = args.prompts_per_generation
+        wanted = args.prompts_per_generation // self.dist.world_size  # this process's groups in a round
         batches, metrics, signal = [], [], []
         while True:
             batch, batch_metrics = make_round()
             batches.append(batch)
             metrics.append(batch_metrics)
-            signal.append(groups_with_signal(batch.rewards, g))
-            if sum(int(s.sum()) for s in signal) >= wanted or len(batches) >= args.max_num_gen_batches:
+            signal.append(groups_with_signal(batch.rewards, g))  # this process's groups [n]
+            counts = distributed.gather_objects(sum(int(s.sum()) for s in signal), self.dist)  # per process
+            if min(counts) >= wanted or len(batches) >= args.max_num_gen_batches:  # alike on every process
                 break
-        kept, filler = select_groups(signal, wanted)
-        if filler:
+        kept, _ = select_groups(signal, wanted)
+        fillers = [wanted - min(count, wanted) for count in counts]  # what select_groups filled on each process
+        if self.dist.is_main and sum(fillers):
+            filler, wanted_all = sum(fillers), wanted * self.dist.world_size
             self.short_rounds += 1
             if math.log10(self.short_rounds).is_integer():
                 logger.warning("dynamic sampling: %d generation batches (max_num_gen_batches) gave %d of the %d groups "
                                "with a learning signal the round needs; it is filled up with %d groups whose "
                                "rewards all agree (%d such round%s so far); raise max_num_gen_batches, or make the "
-                               "task easier/harder for the model", len(batches), wanted - filler, wanted, filler,
-                               self.short_rounds, "" if self.short_rounds == 1 else "s")
+                               "task easier/harder for the model", len(batches), wanted_all - filler, wanted_all,
+                               filler, self.short_rounds, "" if self.short_rounds == 1 else "s")
         round_batch = concatenate([_rows_of(b, groups, g) for b, groups in zip(batches, kept)], self.pad_token_id)
-        round_batch.advantages = group_advantages(round_batch.rewards, g, scale=args.scale_rewards).to(
+        # advantages over the kept groups of every process (scale_rewards=batch needs them all), rank order
+        rewards = torch.cat(distributed.gather_objects(round_batch.rewards.cpu(), self.dist))  # [all kept rows]
+        mine = distributed.shard(rewards.numel(), self.dist)
+        round_batch.advantages = group_advantages(rewards, g, scale=args.scale_rewards)[mine].to(
             round_batch.advantages.device)
-        generated = sum(int(s.numel()) for s in signal)
+        generated = sum(int(s.numel()) for s in signal) * self.dist.world_size  # groups of all processes
+        with_signal = sum(counts)
         round_metrics = combine_metrics(metrics)
         round_metrics.update({
             "completions_generated": generated * g,
-            "frac_groups_no_signal": 1.0 - sum(int(s.sum()) for s in signal) / generated,
+            "frac_groups_no_signal": 1.0 - with_signal / generated,
             PREFIX + "num_gen_batches": len(batches),
-            PREFIX + "extra_prompts": generated - wanted,
-            PREFIX + "groups_dropped": generated - sum(int(s.sum()) for s in signal),
-            PREFIX + "groups_filled": filler,
+            PREFIX + "extra_prompts": generated - args.prompts_per_generation,
+            PREFIX + "groups_dropped": generated - with_signal,
+            PREFIX + "groups_filled": sum(fillers),
         })
         return round_batch, round_metrics
 

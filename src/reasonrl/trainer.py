@@ -210,7 +210,7 @@ class GRPOTrainer:
         # (function, exception type) whose traceback was logged, and "unscorable" once TRL's warning about a
         # completion no reward function scored was
         self._logged_reward_failures: set = set()
-        self.make_round = DynamicSampler(args, self.tokenizer.pad_token_id)  # DAPO's refill when dynamic_sampling
+        self.make_round = DynamicSampler(args, self.tokenizer.pad_token_id, self.dist)  # DAPO refill (dynamic_sampling)
         self.control = self.callback_handler.on_init_end(args, self.state, self.control)
 
     @property
