@@ -3,6 +3,11 @@
 from reasonrl.core.advantages import group_advantages, nanstd, normalized_sum_advantages
 from reasonrl.core.dropout import dropout
 from reasonrl.core.logprobs import token_entropy, token_logprobs
+from reasonrl.core.sampler_correction import (
+    SAMPLER_CORRECTION_MODES,
+    sampler_importance_weights,
+    sampler_mismatch_metrics,
+)
 from reasonrl.core.losses import (
     LOSS_TYPES,
     MICRO_BATCH_TOKENS,
@@ -25,6 +30,7 @@ __all__ = [
     "LOSS_TYPES",
     "MICRO_BATCH_TOKENS",
     "ROWS",
+    "SAMPLER_CORRECTION_MODES",
     "WINDOW_TOKENS",
     "StepNormaliser",
     "chunk_weight",
@@ -40,6 +46,8 @@ __all__ = [
     "normalised_by",
     "normalized_sum_advantages",
     "off_policy_mask",
+    "sampler_importance_weights",
+    "sampler_mismatch_metrics",
     "sequence_metrics",
     "token_entropy",
     "token_logprobs",
