@@ -85,10 +85,11 @@ def test_vespo_takes_the_sampler_weights_into_its_sequence_weight():
     phi = vespo_weights(torch.zeros(2, 3), MASK.float(), torch.tensor([[1.0], [1.0]]), 2.0, 3.0, 3.0, 2.0, weights)
     assert phi[0, 0].item() == pytest.approx(E ** 3 * 0.75 ** 2 * E ** (-3 * 0.75), rel=1e-6)
     assert phi[1, 0].item() == pytest.approx(1.0)  # w = 1: phi(1) = 1
-    # and the loss is not multiplied by them a second time
+    # and the loss is not multiplied by them a second time: -phi * A * logp summed over the 5 tokens, divided by 5
     loss, metrics = grpo_loss(LOGPS, None, None, torch.tensor([1.0, 1.0]), MASK, loss_type="vespo",
                               sampler_weights=weights)
     assert metrics["vespo/phi_seq_mean"].item() == pytest.approx((phi[0, 0].item() + 1.0) / 2, rel=1e-6)
+    assert loss.item() == pytest.approx((3.5 * phi[0, 0].item() + 2.0) / 5, rel=1e-6)
 
 
 def test_off_policy_mask_uses_the_samplers_logprobs_when_given():

@@ -3,11 +3,6 @@
 from reasonrl.core.advantages import group_advantages, nanstd, normalized_sum_advantages
 from reasonrl.core.dropout import dropout
 from reasonrl.core.logprobs import token_entropy, token_logprobs
-from reasonrl.core.sampler_correction import (
-    SAMPLER_CORRECTION_MODES,
-    sampler_importance_weights,
-    sampler_mismatch_metrics,
-)
 from reasonrl.core.losses import (
     LOSS_TYPES,
     MICRO_BATCH_TOKENS,
@@ -24,6 +19,11 @@ from reasonrl.core.losses import (
     normalised_by,
     off_policy_mask,
     sequence_metrics,
+)
+from reasonrl.core.sampler_correction import (
+    SAMPLER_CORRECTION_MODES,
+    sampler_importance_weights,
+    sampler_mismatch_metrics,
 )
 
 __all__ = [
