@@ -4,7 +4,7 @@ same tensors plus the log-probs vLLM sampled with.
 
 Colocate mode, as TRL's: one in-process vLLM `LLM` (VLLM_ENABLE_V1_MULTIPROCESSING=0, so no worker process; on a CPU
 the KV cache is VLLM_CPU_KVCACHE_SPACE GiB, 1 unless set). It starts from a safetensors copy of the policy (LoRA
-merged) in a temporary folder, is given token ids (no tokenizer of its own), and after each optimizer step gets the
+merged) in a temporary folder (removed once loaded), is given token ids (no tokenizer of its own), and after each optimizer step gets the
 new weights in place before its next generation: the merged weights go through the worker's `reload_weights`
 (vLLM's CPU backend repacks its linear weights at load, so `model.load_weights` on the running model fails there),
 and a tied lm_head is re-processed after it, since the reload leaves the packed copy of the embedding it shares.
@@ -80,9 +80,9 @@ class VLLMEngine:
     `generate` takes and returns what rollout.generate does; `policy_changed()` after an optimizer step (or a
     resume) makes the next `generate` push the weights first."""
 
-    def __init__(self, model, llm, dtype: torch.dtype, folder: str):
-        self.model, self.llm, self.dtype, self.folder = model, llm, dtype, folder
-        self.stale = False
+    def __init__(self, model, llm, dtype: torch.dtype):
+        self.model, self.llm, self.dtype = model, llm, dtype
+        self.stale, self.sleeps = False, False
         self.tied = bool(getattr(unwrap_model(model).config, "tie_word_embeddings", False))
 
     @classmethod
@@ -108,10 +108,9 @@ class VLLMEngine:
                       tensor_parallel_size=args.vllm_tensor_parallel_size, model_impl=args.vllm_model_impl,
                       skip_tokenizer_init=True, generation_config="vllm", logprobs_mode="processed_logprobs",
                       enable_sleep_mode=args.vllm_enable_sleep_mode, enforce_eager=True)
-        except Exception:
+        finally:  # loaded: later weights come from memory (push_weights), not from this folder
             shutil.rmtree(folder, ignore_errors=True)
-            raise
-        engine = cls(model, llm, dtype, folder)
+        engine = cls(model, llm, dtype)
         engine.sleeps = args.vllm_enable_sleep_mode
         if engine.sleeps:
             llm.sleep(level=1)
@@ -192,7 +191,3 @@ class VLLMEngine:
         is_truncated = torch.tensor([not tokens or tokens[-1] not in eos_ids for tokens in rows])
         return (completion_ids.to(device), completion_mask.to(device), sampling_logps.to(device),
                 is_truncated.to(device))
-
-    def close(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.llm = None
