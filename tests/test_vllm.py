@@ -18,11 +18,11 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 pytest.importorskip("vllm")
 
-from reasonrl import GRPOConfig, GRPOTrainer  # noqa: E402
-from reasonrl.policy import sequence_logprobs  # noqa: E402
-from reasonrl.rollout import generate  # noqa: E402
-from reasonrl.tiny import build_char_tokenizer, build_tiny_model  # noqa: E402
-from reasonrl.vllm_engine import VLLMEngine  # noqa: E402
+from reasonrl import GRPOConfig, GRPOTrainer
+from reasonrl.policy import sequence_logprobs
+from reasonrl.rollout import generate
+from reasonrl.tiny import build_char_tokenizer, build_tiny_model
+from reasonrl.vllm_engine import VLLMEngine
 
 pytestmark = pytest.mark.slow
 

@@ -4,10 +4,11 @@ same tensors plus the log-probs vLLM sampled with.
 
 Colocate mode, as TRL's: one in-process vLLM `LLM` (VLLM_ENABLE_V1_MULTIPROCESSING=0, so no worker process; on a CPU
 the KV cache is VLLM_CPU_KVCACHE_SPACE GiB, 1 unless set). It starts from a safetensors copy of the policy (LoRA
-merged) in a temporary folder (removed once loaded), is given token ids (no tokenizer of its own), and after each optimizer step gets the
-new weights in place before its next generation: the merged weights go through the worker's `reload_weights`
-(vLLM's CPU backend repacks its linear weights at load, so `model.load_weights` on the running model fails there),
-and a tied lm_head is re-processed after it, since the reload leaves the packed copy of the embedding it shares.
+merged) in a temporary folder (removed once loaded), is given token ids (no tokenizer of its own), and after each
+optimizer step gets the new weights in place before its next generation: the merged weights go through the worker's
+`reload_weights` (vLLM's CPU backend repacks its linear weights at load, so `model.load_weights` on the running model
+fails there), and a tied lm_head is re-processed after it, since the reload leaves the packed copy of the embedding
+it shares.
 
 The log-probs are vLLM's "processed" ones (TRL's choice): of the distribution that sampled, after temperature,
 penalties and top-k/top-p/min-p. The trainer compares them with its own forward's (core.sampler_importance_weights).
