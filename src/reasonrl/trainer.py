@@ -2,7 +2,8 @@
 
 Group Relative Policy Optimization (DeepSeekMath, arXiv 2402.03300) with TRL's options. One round:
 
-  1. rollout: sample G completions for each of a batch of prompts (rollout.generate: KV cache, stop at EOS);
+  1. rollout: sample G completions for each of a batch of prompts (rollout.generate: KV cache, stop at EOS; or
+     vLLM with use_vllm, vllm_engine.py, whose weights follow each optimizer step);
   2. score every completion with the reward functions (TRL's signature) and combine them (scoring.py);
   3. advantages = reward relative to the prompt's group (core.group_advantages): no value network;
   4. optimizer steps: num_iterations passes over the round in shuffled micro-batches; each step accumulates the
