@@ -60,12 +60,12 @@ def sampling(tokenizer, **overrides):
             "pad_token_id": tokenizer.pad_token_id, **overrides}
 
 
-def perturb(model, seed: int) -> None:
+def perturb(model, seed: int, scale: float = 0.05) -> None:
     """Move every weight (embeddings, hence the tied lm_head, included) as an optimizer step would, a lot."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+            parameter.add_(torch.randn(parameter.shape, generator=generator).to(parameter.dtype) * scale)
 
 
 def test_greedy_tokens_equal_the_lean_decoders_after_weight_updates(policy_and_engine, tokenizer, prompts):
@@ -126,6 +126,18 @@ def test_a_prompts_samples_depend_on_its_seed_only(policy_and_engine, tokenizer,
     assert not torch.equal(both[0], both[1])  # the G samples of a prompt differ
 
 
+def test_sleep_mode_where_vllm_has_none_is_one_error_line(tokenizer):
+    from reasonrl.errors import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("vLLM has sleep mode on CUDA")
+    model = build_tiny_model(tokenizer, arch="llama", hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                             num_key_value_heads=1, intermediate_size=128)
+    with pytest.raises(ConfigError, match=r"^vllm_enable_sleep_mode=true: vLLM has no sleep mode on this platform "
+                                          r"\(cpu\); set vllm_enable_sleep_mode=false$"):
+        VLLMEngine.build(model, engine_options(vllm_enable_sleep_mode=True), bf16=False, max_model_len=64)
+
+
 def test_lora_policy_is_pushed_merged(tokenizer, prompts):
     from peft import LoraConfig, get_peft_model
 
@@ -182,3 +194,34 @@ def test_grpo_with_vllm_rollouts_learns_the_length_task(tmp_path, tokenizer):
     lean, lean_mask, _, _ = generate(trainer.model, prompt.input_ids, prompt.attention_mask, **options)
     ids, mask, _, _ = trainer.vllm.generate(trainer.model, prompt.input_ids, prompt.attention_mask, **options)
     assert torch.equal(ids * mask, lean * lean_mask)
+
+
+@pytest.mark.real_model
+def test_real_model_greedy_tokens_equal_the_lean_decoders_after_a_push(smollm2_dir):
+    """SmolLM2-135M-Instruct (tied embeddings, a real chat template and EOS): 32 greedy tokens of three chat prompts
+    from vLLM equal the lean decoder's, at start and after a weight update pushed in place; fp32."""
+    from reasonrl.data import PromptTokenizer
+    from reasonrl.models import load_model, load_tokenizer
+
+    model, tokenizer = load_model(smollm2_dir).eval(), load_tokenizer(smollm2_dir)
+    questions = ["What is the capital of France?", "Write a haiku about the sea.", "Hi"]
+    prompt_ids, prompt_mask = PromptTokenizer(tokenizer, max_prompt_length=None)(
+        [[{"role": "user", "content": q}] for q in questions])
+    options = sampling(tokenizer, greedy=True, num_generations=1, max_new_tokens=32)
+    engine = VLLMEngine.build(model, engine_options(), bf16=False, max_model_len=512)
+    try:
+        for update in range(2):
+            if update:
+                perturb(model, 7, scale=0.002)
+                engine.policy_changed()
+            lean, lean_mask, lean_logps, _ = generate(model, prompt_ids, prompt_mask, **options)
+            ids, mask, logps, _ = engine.generate(model, prompt_ids, prompt_mask, **options)
+            assert torch.equal(ids * mask, lean * lean_mask), f"after {update} updates"
+            assert ((logps - lean_logps).abs() * mask).max().item() < 1e-3
+            if update == 0:
+                assert mask[2].sum() < 32  # "Hi" is answered within 32 tokens: both stopped at the same EOS
+                first = ids
+        assert not torch.equal(first, ids)
+    finally:
+        del engine
+        gc.collect()

@@ -207,8 +207,8 @@ class GRPOConfig:
     vllm_model_impl: str = "vllm"
     """The model implementation vLLM runs: 'vllm' (its own) or 'transformers' (its transformers backend)."""
     vllm_enable_sleep_mode: bool = False
-    """Put the engine to sleep (its KV cache freed) between generations, waking it before each. On a CPU vLLM's
-    sleep and wake do nothing."""
+    """Put the engine to sleep (its KV cache freed) between generations, waking it before each. vLLM has sleep mode
+    on CUDA, ROCm and XPU only: true on a CPU is a ConfigError when the engine is built."""
     vllm_gpu_memory_utilization: float = 0.3
     """Fraction of a GPU's memory the colocated engine may take (weights and KV cache). On a CPU vLLM sizes its KV
     cache from the environment variable VLLM_CPU_KVCACHE_SPACE (GiB) instead, which reasonrl sets to 1 unless it is

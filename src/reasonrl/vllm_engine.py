@@ -95,6 +95,12 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocate: the engine in this process
         from safetensors.torch import save_file
         from vllm import LLM
+        from vllm.platforms import current_platform
+
+        if args.vllm_enable_sleep_mode and not current_platform.is_sleep_mode_available():
+            raise ConfigError(f"vllm_enable_sleep_mode=true: vLLM has no sleep mode on this platform "
+                              f"({current_platform.device_name}); set vllm_enable_sleep_mode=false",
+                              "vllm_enable_sleep_mode")
 
         dtype = torch.bfloat16 if bf16 else torch.float32
         folder = tempfile.mkdtemp(prefix="reasonrl-vllm-")
