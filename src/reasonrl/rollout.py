@@ -24,6 +24,7 @@ class Rollout:
     completion_ids: torch.Tensor  # [B, C] right-padded with pad_token_id
     completion_mask: torch.Tensor  # [B, C] 1 up to and including the first EOS
     sampling_logps: torch.Tensor  # [B, C] log p(token) at the sampling temperature, unfiltered, at sampling time
+    # (None from reasonrl's sampler, which does not keep them; vLLM's are of the filtered distribution that sampled)
     is_truncated: torch.Tensor  # [B] no EOS within max_completion_length
     texts: list[str] = field(default_factory=list)  # decoded completions (special tokens removed)
     # with tools (tools.py): each row is turns and tool results; tool_mask [B, C] is 0 on tool-result tokens,
