@@ -3,7 +3,8 @@
     /work/vllm-venv/bin/python benchmarks/bench_vllm.py        # needs vLLM: docs/SCALING.md, "vLLM rollouts"
 
 For each precision, in its own subprocess: the SmolLM-135M-shaped model (random weights), 8 completions (2 prompts x
-4) of 96 sampled tokens (temperature 1, no EOS: every completion runs to its end) after 64 prompt tokens; the best
+4) of 96 sampled tokens (temperature 1; EOS is the last vocabulary id, which the random model samples about once in
+49152 tokens) after 64 prompt tokens; the best
 of 3 timed repeats after a warm-up, for each engine, side by side in one process. Also the engine's start-up and one
 weight push (what each optimizer step adds). Times on a shared machine are only comparable within one run.
 """
@@ -45,7 +46,7 @@ def measure(precision: str) -> str:
         model = model.to(torch.bfloat16)
     ids = torch.randint(4, 49152, (2, 64))
     mask = torch.ones_like(ids)
-    never = 49151 + 1  # an EOS id no sampled token has: every completion is 96 tokens
+    never = 49151  # an EOS id sampled with probability ~1/49152 per token: completions run to 96 tokens
     options = dict(num_generations=4, max_new_tokens=96, eos_token_id=never, pad_token_id=0, temperature=1.0,
                    seeds=[1, 2])
     lengths = {}
