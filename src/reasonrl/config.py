@@ -195,6 +195,46 @@ class GRPOConfig:
     """Completions sampled per prompt during evaluation (eval_reward and pass@k are computed over them); fewer than
     num_generations saves time. None uses num_generations."""
 
+    # ---- vLLM rollouts (vllm_engine.py; TRL's names and defaults)
+    use_vllm: bool = False
+    """Sample the rounds (and evaluations) with vLLM instead of reasonrl's own decoder. Needs vLLM, which pins
+    transformers below 5.20, so it usually lives in a virtualenv of its own: docs/SCALING.md, "vLLM rollouts", has
+    the install commands. One process, no tools, environments or rollout_func for now."""
+    vllm_mode: str = "colocate"
+    """'colocate': the vLLM engine runs in the training process (in-process, no worker process), built from the
+    policy's weights, which are pushed into it after each optimizer step. TRL's 'server' mode (a separate vLLM server)
+    is not built in reasonrl yet."""
+    vllm_model_impl: str = "vllm"
+    """The model implementation vLLM runs: 'vllm' (its own) or 'transformers' (its transformers backend)."""
+    vllm_enable_sleep_mode: bool = False
+    """Put the engine to sleep (its KV cache freed) between generations, waking it before each. vLLM has sleep mode
+    on CUDA, ROCm and XPU only: true on a CPU is a ConfigError when the engine is built."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Fraction of a GPU's memory the colocated engine may take (weights and KV cache). On a CPU vLLM sizes its KV
+    cache from the environment variable VLLM_CPU_KVCACHE_SPACE (GiB) instead, which reasonrl sets to 1 unless it is
+    set."""
+    vllm_max_model_length: int | None = None
+    """The engine's context window. None: max_prompt_length + max_completion_length (prompts are cut to the former),
+    at most the model's max_position_embeddings."""
+    vllm_tensor_parallel_size: int = 1
+    """GPUs one colocated engine is split over; only 1 is supported by reasonrl."""
+    vllm_importance_sampling_correction: bool = True
+    """Correct for the difference between vLLM's sampling log-probs and the trainer's own forward (kernels,
+    precision): the trainer recomputes each round's log-probs and weighs each token's policy loss by the truncated or
+    masked importance ratio pi_trainer / pi_vllm (vllm_importance_sampling_mode). False trains on vLLM's samples as
+    if the trainer had drawn them."""
+    vllm_importance_sampling_mode: str = "sequence_mask"
+    """How the importance ratio is formed and bounded: token_truncate, token_mask, sequence_truncate or
+    sequence_mask. token_*: one ratio per token; sequence_*: one per completion (the product of its token ratios).
+    *_truncate clips ratios to [clip_min, clip_max]; *_mask sets ratios outside it to 0 (the token or completion
+    leaves the policy loss)."""
+    vllm_importance_sampling_clip_max: float | None = 3.0
+    """The importance ratio's upper bound C_max (None: none)."""
+    vllm_importance_sampling_clip_min: float | None = None
+    """The importance ratio's lower bound C_min (None: none)."""
+    vllm_importance_sampling_cap: float | None = None
+    """Deprecated in TRL: the old name of vllm_importance_sampling_clip_max; when set, it replaces that value."""
+
     # ---- the GRPO objective
     beta: float = 0.0
     """KL coefficient against the reference policy. 0.0 loads no reference model; DeepSeek-R1 used 0.001."""
@@ -455,6 +495,8 @@ class GRPOConfig:
             setattr(self, f.name, config_parse.coerce(f.name, getattr(self, f.name), hints[f.name], f.type))
         if isinstance(self.dtype, str):
             self.dtype = _DTYPE_ALIASES.get(self.dtype.lower(), self.dtype.lower())
+        if self.vllm_importance_sampling_cap is not None:  # TRL's deprecated name wins when given, as in TRL
+            self.vllm_importance_sampling_clip_max = self.vllm_importance_sampling_cap
 
         config_checks.check(self)
 

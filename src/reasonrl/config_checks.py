@@ -29,6 +29,9 @@ EVAL_STRATEGIES = ("no", "steps", "epoch")
 SAVE_STRATEGIES = ("no", "steps", "epoch")
 TOOL_ISOLATIONS = ("thread", "process")
 MULTI_OBJECTIVE_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
+VLLM_MODES = ("colocate", "server")
+VLLM_MODEL_IMPLS = ("vllm", "transformers")
+VLLM_IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
 def check(config) -> None:
@@ -122,6 +125,7 @@ def check(config) -> None:
     _check_report_to(config)
     _check_generation_batch(config)
     _check_rewards(config)
+    _check_vllm(config)
 
 
 def _check_trl_compatibility_options(config) -> None:
@@ -149,6 +153,51 @@ def _check_trl_compatibility_options(config) -> None:
     if config.sync_ref_model and config.beta == 0.0:
         raise ConfigError("sync_ref_model=true with beta=0: there is no reference policy to move; set beta > 0 "
                           "(e.g. beta=0.04) or sync_ref_model=false", "sync_ref_model")
+
+
+def _check_vllm(config) -> None:
+    """The vLLM options (TRL's rules on them), and what reasonrl's vLLM rollouts do not cover yet."""
+    _check_choice("vllm_mode", config.vllm_mode, VLLM_MODES)
+    _check_choice("vllm_model_impl", config.vllm_model_impl, VLLM_MODEL_IMPLS)
+    _check_choice("vllm_importance_sampling_mode", config.vllm_importance_sampling_mode,
+                  VLLM_IMPORTANCE_SAMPLING_MODES)
+    _require(config, "vllm_gpu_memory_utilization", 0 < config.vllm_gpu_memory_utilization <= 1, "must be in (0, 1]")
+    _require(config, "vllm_max_model_length", config.vllm_max_model_length is None or config.vllm_max_model_length >= 1,
+             "must be >= 1 or None")
+    low, high = config.vllm_importance_sampling_clip_min, config.vllm_importance_sampling_clip_max
+    if low is not None and high is not None and low >= high:
+        raise ConfigError(f"vllm_importance_sampling_clip_min ({low}) must be less than "
+                          f"vllm_importance_sampling_clip_max ({high})", "vllm_importance_sampling_clip_min")
+    truncate = config.vllm_importance_sampling_mode.endswith("_truncate")
+    if config.vllm_importance_sampling_correction and truncate and low is None and high is None:
+        raise ConfigError(f"vllm_importance_sampling_mode={config.vllm_importance_sampling_mode} needs a bound; set "
+                          "vllm_importance_sampling_clip_max (e.g. 3.0) or vllm_importance_sampling_clip_min",
+                          "vllm_importance_sampling_clip_max")
+    if not config.use_vllm:
+        return
+    if config.vllm_mode == "server":
+        raise ConfigError("vllm_mode=server is not built in reasonrl yet (no `reasonrl vllm-serve`); use "
+                          "vllm_mode=colocate", "vllm_mode")
+    _require(config, "vllm_tensor_parallel_size", config.vllm_tensor_parallel_size == 1,
+             "must be 1 (reasonrl's colocated engine is not split over devices)")
+    if config.world_size > 1:
+        raise ConfigError(f"use_vllm=true runs in one process for now (WORLD_SIZE={config.world_size}); train with "
+                          f"one process or set use_vllm=false", "use_vllm")
+    if "suppress_tokens" in (config.generation_kwargs or {}):
+        raise ConfigError("generation_kwargs suppress_tokens is not supported with use_vllm=true; remove it or set "
+                          "use_vllm=false", "generation_kwargs")
+    if config.tools or config.rollout_func or config.environment_factory:
+        given = "tools" if config.tools else "rollout_func" if config.rollout_func else "environment_factory"
+        raise ConfigError(f"use_vllm=true with {given} is not supported yet (vLLM samples single-turn completions); "
+                          f"set use_vllm=false", "use_vllm")
+    if (config.loss_type == "vespo" and config.vllm_importance_sampling_correction
+            and config.vllm_importance_sampling_mode not in ("token_truncate", "token_mask")):
+        raise ConfigError(f"loss_type=vespo with vLLM's importance sampling correction needs "
+                          f"vllm_importance_sampling_mode token_truncate or token_mask (got "
+                          f"{config.vllm_importance_sampling_mode}), as in TRL", "vllm_importance_sampling_mode")
+    from reasonrl.vllm_engine import check_vllm_installed
+
+    check_vllm_installed()
 
 
 def warn_about_loss_pairings(config, warn) -> None:

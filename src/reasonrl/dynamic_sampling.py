@@ -104,7 +104,8 @@ def _rows_of(batch: Batch, groups: torch.Tensor, num_generations: int) -> Batch:
                       [r.texts[i] for i in rows.tolist()])
     return Batch(rollout, batch.advantages[rows], batch.loss_mask[rows],
                  None if batch.old_logps is None else batch.old_logps[rows],
-                 None if batch.ref_logps is None else batch.ref_logps[rows], batch.rewards[rows])
+                 None if batch.ref_logps is None else batch.ref_logps[rows], batch.rewards[rows],
+                 None if batch.sampler_weights is None else batch.sampler_weights[rows])
 
 
 def concatenate(batches: list[Batch], pad_token_id: int) -> Batch:
@@ -137,7 +138,8 @@ def concatenate(batches: list[Batch], pad_token_id: int) -> Batch:
                  torch.cat([right(b.loss_mask, 0) for b in batches]),
                  stacked([right(b.old_logps, 0.0) for b in batches]),
                  stacked([right(b.ref_logps, 0.0) for b in batches]),
-                 torch.cat([b.rewards for b in batches]))
+                 torch.cat([b.rewards for b in batches]),
+                 stacked([right(b.sampler_weights, 1.0) for b in batches]))
 
 
 def combine_metrics(rows: list[dict]) -> dict:

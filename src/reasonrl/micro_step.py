@@ -45,6 +45,10 @@ class MicroStep:
         mask = batch.loss_mask[rows][:, columns]  # [b, C]
         old_logps = None if batch.old_logps is None else batch.old_logps[rows][:, columns]
         ref_logps = None if batch.ref_logps is None else batch.ref_logps[rows][:, columns]
+        sampler_weights = None if batch.sampler_weights is None else batch.sampler_weights[rows][:, columns]
+        # vLLM's log-probs stand for the sampling policy in the off-policy mask (TRL); a rollout_func's are not used
+        sampled_by_engine = args.use_vllm and rollout.sampling_logps is not None
+        sampling_logps = rollout.sampling_logps[rows][:, columns] if sampled_by_engine else None
         num_rows = len(rows)
         chunk_rows = self.plan.rows_per_chunk(num_rows, width)
         prefix = None
@@ -77,7 +81,9 @@ class MicroStep:
                 sapo_temperature_pos=args.sapo_temperature_pos, sapo_temperature_neg=args.sapo_temperature_neg,
                 vespo_k_pos=args.vespo_k_pos, vespo_lambda_pos=args.vespo_lambda_pos, vespo_k_neg=args.vespo_k_neg,
                 vespo_lambda_neg=args.vespo_lambda_neg, entropy_mask=entropy_mask,
-                off_policy_threshold=args.off_policy_mask_threshold)
+                off_policy_threshold=args.off_policy_mask_threshold,
+                sampler_weights=None if sampler_weights is None else sampler_weights[chunk],
+                sampling_logps=None if sampling_logps is None else sampling_logps[chunk])
             scaled = normaliser.scaled(loss, index, mask[chunk], mask)
             if self.entropy_coef.enabled:  # L = L_policy - entropy_coef * H, over the tokens the policy loss uses
                 bonus_mask = mask[chunk] if entropy_mask is None else mask[chunk] * entropy_mask

@@ -24,6 +24,7 @@ class Rollout:
     completion_ids: torch.Tensor  # [B, C] right-padded with pad_token_id
     completion_mask: torch.Tensor  # [B, C] 1 up to and including the first EOS
     sampling_logps: torch.Tensor  # [B, C] log p(token) at the sampling temperature, unfiltered, at sampling time
+    # (None from reasonrl's sampler, which does not keep them; vLLM's are of the filtered distribution that sampled)
     is_truncated: torch.Tensor  # [B] no EOS within max_completion_length
     texts: list[str] = field(default_factory=list)  # decoded completions (special tokens removed)
     # with tools (tools.py): each row is turns and tool results; tool_mask [B, C] is 0 on tool-result tokens,
@@ -245,22 +246,28 @@ def generate(
     return completion_ids, completion_mask, sampling_logps * completion_mask, ~has_eos
 
 
-def sample_rollout(model, tokenizer, prompt_ids, prompt_mask, tool_calling=None, row_tools=None, **sampling) -> Rollout:
+def sample_rollout(model, tokenizer, prompt_ids, prompt_mask, tool_calling=None, row_tools=None, engine=None,
+                   **sampling) -> Rollout:
     """A round's samples: G completions of each prompt [N, P] (`generate`'s keyword arguments in `sampling`) as a
     Rollout of N*G rows, prompts repeated, completions decoded to texts. With `tool_calling` (tools.ToolCalling)
     the sampling is multi-turn: the tools' results join the completions, marked in tool_mask; `row_tools` (one
-    {name: function} per row) replaces its functions row by row (an environment's methods)."""
+    {name: function} per row) replaces its functions row by row (an environment's methods). With `engine`
+    (vllm_engine.VLLMEngine) the engine samples, and its log-probs are kept as sampling_logps."""
     g = sampling["num_generations"]
     turns = None
     if tool_calling:
         turns = tool_calling.generate(model, prompt_ids, prompt_mask, row_tools=row_tools, **sampling)
         completion_ids, completion_mask, is_truncated = turns.completion_ids, turns.completion_mask, turns.is_truncated
+    elif engine is not None:
+        completion_ids, completion_mask, sampling_logps, is_truncated = engine.generate(model, prompt_ids, prompt_mask,
+                                                                                        **sampling)
     else:
         completion_ids, completion_mask, _, is_truncated = generate(model, prompt_ids, prompt_mask, **sampling)
     prompt_ids, prompt_mask = prompt_ids.repeat_interleave(g, 0), prompt_mask.repeat_interleave(g, 0)  # [B, P]
     ids_list = [ids[mask.bool()].tolist() for ids, mask in zip(completion_ids, completion_mask)]
     texts = tokenizer.batch_decode(ids_list, skip_special_tokens=True)
-    rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, None, is_truncated, texts)
+    rollout = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask,
+                      sampling_logps if engine is not None and not tool_calling else None, is_truncated, texts)
     if turns is not None:
         rollout.tool_mask, rollout.messages = turns.tool_mask, turns.completions
         rollout.tool_counts = turns.counts(prompt_ids.device)

@@ -103,6 +103,7 @@ class RolloutStage:
         self.tokenizer, self.tool_calling = tokenizer, tool_calling
         self.rollout_func, self.environments, self.trainer = rollout_func, environments, trainer
         self.model, self.sampling = None, {}  # of the call in progress, for generate_completions
+        self.engine = None  # a vllm_engine.VLLMEngine that samples instead of reasonrl's decoder (use_vllm)
         if environments is not None:
             environments.tokenizer = tokenizer
 
@@ -122,7 +123,8 @@ class RolloutStage:
                 self.model, self.sampling = None, {}
         if self.environments is not None:
             return self.environments.rollout(model, rows, self.tool_calling, **sampling)
-        return sample_rollout(model, self.tokenizer, prompt_ids, prompt_mask, self.tool_calling, **sampling)
+        return sample_rollout(model, self.tokenizer, prompt_ids, prompt_mask, self.tool_calling, engine=self.engine,
+                              **sampling)
 
 
 def rollout_from_func(rollout_func, trainer, prompts: list, tokenizer, device) -> Rollout:

@@ -142,6 +142,9 @@ class Batch:
     old_logps: torch.Tensor | None  # [B, C] when the round is reused (off-policy), else None
     ref_logps: torch.Tensor | None  # [B, C] when beta > 0
     rewards: torch.Tensor | None = None  # [B] combined rewards (NaN = unscorable): what dynamic sampling filters on
+    # [B, C] the sampler/trainer importance weights (core.sampler_importance_weights; a sequence's weight on each of
+    # its columns) when another engine sampled (use_vllm with vllm_importance_sampling_correction), else None
+    sampler_weights: torch.Tensor | None = None
 
 
 @dataclass

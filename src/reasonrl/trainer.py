@@ -2,7 +2,8 @@
 
 Group Relative Policy Optimization (DeepSeekMath, arXiv 2402.03300) with TRL's options. One round:
 
-  1. rollout: sample G completions for each of a batch of prompts (rollout.generate: KV cache, stop at EOS);
+  1. rollout: sample G completions for each of a batch of prompts (rollout.generate: KV cache, stop at EOS; or
+     vLLM with use_vllm, vllm_engine.py, whose weights follow each optimizer step);
   2. score every completion with the reward functions (TRL's signature) and combine them (scoring.py);
   3. advantages = reward relative to the prompt's group (core.group_advantages): no value network;
   4. optimizer steps: num_iterations passes over the round in shuffled micro-batches; each step accumulates the
@@ -55,6 +56,8 @@ from reasonrl.core import (
     high_entropy_mask,
     normalized_sum_advantages,
     off_policy_mask,
+    sampler_importance_weights,
+    sampler_mismatch_metrics,
 )
 from reasonrl.cpu import ThreadGovernor, release_freed_memory
 from reasonrl.data import (
@@ -179,6 +182,9 @@ class GRPOTrainer:
         self.plan = configure_forward(model, args, device_type=self.device.type, bf16=self.bf16,
                                       distributed=self.dist.enabled)
         self.model = model.to(self.device)
+        # use_vllm: a vLLM engine samples the rounds and evaluations from the policy's weights (vllm_engine.py)
+        self.vllm = self._build_vllm_engine() if args.use_vllm else None
+        self.rollouts.engine = self.vllm
         self.reference_model = frozen_copy(self.model) if args.beta != 0.0 and not is_peft_model(self.model) else None
         if args.sync_ref_model and self.reference_model is None:
             raise ConfigError("sync_ref_model=true with a LoRA model: its reference is the base model with the adapter "
@@ -256,6 +262,17 @@ class GRPOTrainer:
     def remove_callback(self, callback) -> None:
         self.callback_handler.remove_callback(callback)
 
+    def _build_vllm_engine(self):
+        from reasonrl.vllm_engine import VLLMEngine
+
+        if self.tool_calling is not None or self.rollout_func is not None or self.environments is not None:
+            raise ConfigError("use_vllm=true with tools, a rollout_func or an environment_factory is not supported "
+                              "yet (vLLM samples single-turn completions); set use_vllm=false", "use_vllm")
+        args = self.args
+        context = args.max_prompt_length + args.max_completion_length  # prompts are cut to max_prompt_length
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        return VLLMEngine.build(self.model, args, bf16=self.bf16, max_model_len=min(context, positions or context))
+
     # ------------------------------------------------------------------ the loop
 
     def train(self, resume_from_checkpoint: str | bool | None = None):
@@ -285,7 +302,8 @@ class GRPOTrainer:
                         dynamic_ncols=True, disable=not self.dist.is_main)
         # Ctrl-C and SIGTERM only raise a flag, checked between optimizer steps (guards.StopSignals)
         # os._exit in a reward fails that reward call instead of ending the run silently (scoring.ProcessExitGuard)
-        governor = ThreadGovernor(enabled=args.adapt_cpu_threads and self.device.type == "cpu")
+        # (vLLM's CPU backend binds its threads once and makes torch.set_num_threads a no-op)
+        governor = ThreadGovernor(enabled=args.adapt_cpu_threads and self.device.type == "cpu" and self.vllm is None)
         events, state = self.callback_handler, self.state
         with StopSignals() as stop, ProcessExitGuard(), contextlib.closing(self.trackers), progress, \
                 contextlib.closing(governor), self._logs_opened():
@@ -327,6 +345,8 @@ class GRPOTrainer:
                     if self.step_guard.allows(state.global_step + 1, loss_metrics["loss"], grad_norm):
                         self.control = events.on_pre_optimizer_step(args, state, self.control)
                         optimizer.step()
+                        if self.vllm is not None:  # its next generation pushes the new weights first
+                            self.vllm.policy_changed()
                         self.control = events.on_optimizer_step(args, state, self.control)
                         scheduler.step()
                         self._check_weights_after_step()
@@ -463,13 +483,22 @@ class GRPOTrainer:
         if args.mask_truncated_completions:
             loss_mask = loss_mask * (~rollout.is_truncated).long()[:, None]
         reuses_round = args.num_iterations > 1 or args.effective_steps_per_generation > args.gradient_accumulation_steps
+        # vLLM's samples: the trainer's own log-probs of them always, to weigh each token by pi_trainer / pi_vllm
+        corrects_sampler = self.vllm is not None and args.vllm_importance_sampling_correction
         old_logps = logps_in_chunks(self.model, rollout, args, self._autocast,
-                                    self.plan.share_prompts) if reuses_round else None
+                                    self.plan.share_prompts) if reuses_round or corrects_sampler else None
+        sampler_weights = None
+        if corrects_sampler:
+            sampler_weights = sampler_importance_weights(
+                old_logps, rollout.sampling_logps, rollout.completion_mask, args.vllm_importance_sampling_mode,
+                args.vllm_importance_sampling_clip_min, args.vllm_importance_sampling_clip_max)
+            sampler_weights = sampler_weights.expand_as(old_logps).contiguous()  # [B, C]
         ref_logps = None
         if args.beta != 0.0:
             with reference_policy(self.model, self.reference_model) as reference:
                 ref_logps = logps_in_chunks(reference, rollout, args, self._autocast, self.plan.share_prompts)
-        return Batch(rollout, advantages.to(self.device), loss_mask, old_logps, ref_logps, rewards[mine])
+        return Batch(rollout, advantages.to(self.device), loss_mask, old_logps, ref_logps, rewards[mine],
+                     sampler_weights)
 
     @torch.no_grad()
     def _round_metrics(self, rows: list[dict], rollout: Rollout, scores: RoundScores, rewards: torch.Tensor,
@@ -479,6 +508,12 @@ class GRPOTrainer:
             rows, rollout, scores, rewards, batch.advantages, self.reward_names, self.args, self.dist,
             self.prompt_tokenizer.truncated, self.state.global_step + 1)
         self._last_table = table if table is not None else self._last_table
+        if batch.sampler_weights is not None:  # TRL's sampling/ metrics: how far vLLM's log-probs are from ours
+            weights = batch.sampler_weights
+            if self.args.vllm_importance_sampling_mode.startswith("sequence"):
+                weights = weights[:, :1]  # one weight per completion
+            metrics.update(sampler_mismatch_metrics(batch.old_logps, batch.rollout.sampling_logps,
+                                                    batch.rollout.completion_mask, weights))
         return metrics
 
     # ------------------------------------------------------------------ 4: one optimizer step's gradients
@@ -603,6 +638,8 @@ class GRPOTrainer:
     def _resume(self, path: str, optimizer, scheduler) -> None:
         """Continue from the checkpoint folder `path` (rundir.resolve_resume checked its files)."""
         ckpt.load_weights(self.model, path)
+        if self.vllm is not None:
+            self.vllm.policy_changed()
         optimizer_state, scheduler_state, rng, state = ckpt.load_training_state(path)
         try:
             optimizer.load_state_dict(optimizer_state)

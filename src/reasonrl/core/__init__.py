@@ -20,11 +20,17 @@ from reasonrl.core.losses import (
     off_policy_mask,
     sequence_metrics,
 )
+from reasonrl.core.sampler_correction import (
+    SAMPLER_CORRECTION_MODES,
+    sampler_importance_weights,
+    sampler_mismatch_metrics,
+)
 
 __all__ = [
     "LOSS_TYPES",
     "MICRO_BATCH_TOKENS",
     "ROWS",
+    "SAMPLER_CORRECTION_MODES",
     "WINDOW_TOKENS",
     "StepNormaliser",
     "chunk_weight",
@@ -40,6 +46,8 @@ __all__ = [
     "normalised_by",
     "normalized_sum_advantages",
     "off_policy_mask",
+    "sampler_importance_weights",
+    "sampler_mismatch_metrics",
     "sequence_metrics",
     "token_entropy",
     "token_logprobs",

@@ -75,14 +75,19 @@ _LOG_MIN_WEIGHT = math.log(1e-8)  # TRL's lower clamp of VESPO's log weight
 
 @torch.no_grad()
 def vespo_weights(log_ratio: Tensor, mask: Tensor, advantages: Tensor, k_pos: float, lambda_pos: float,
-                  k_neg: float, lambda_neg: float) -> Tensor:
+                  k_neg: float, lambda_neg: float, sampler_weights: Tensor | None = None) -> Tensor:
     """VESPO's per-sequence weight phi(w) = exp(lambda) * w^k * exp(-lambda * w) (so phi(1) = 1), computed in log
     space and without gradient. w is the sequence's importance weight, the product of its token ratios (the sum of
     the token log-ratios, each clamped to +-20, the sum to [log 1e-8, 20]); (k, lambda) are (k_pos, lambda_pos)
     where A >= 0, else (k_neg, lambda_neg), lambda at least 1e-4. A non-finite phi is 0.
+    With `sampler_weights` [B, T] (token importance ratios pi_old / pi_sampler, core.sampler_importance_weights),
+    w also carries their product, each log clamped to [log 1e-8, 20], as TRL: w = pi / pi_sampler.
     log_ratio [B, T], mask [B, T], advantages [B, 1] -> [B, 1]."""
     log_ratio = torch.clamp(log_ratio, -20.0, 20.0)
-    log_weight = torch.clamp((log_ratio * mask).sum(-1, keepdim=True), _LOG_MIN_WEIGHT, 20.0)  # [B, 1]
+    log_weight = (log_ratio * mask).sum(-1, keepdim=True)  # [B, 1]
+    if sampler_weights is not None:
+        log_weight = log_weight + torch.clamp(torch.log(sampler_weights), _LOG_MIN_WEIGHT, 20.0).sum(-1, keepdim=True)
+    log_weight = torch.clamp(log_weight, _LOG_MIN_WEIGHT, 20.0)
     non_negative = advantages >= 0
     k = torch.where(non_negative, k_pos, k_neg)
     lam = torch.where(non_negative, lambda_pos, lambda_neg).clamp(min=1e-4)
@@ -286,6 +291,8 @@ def grpo_loss(
     vespo_lambda_neg: float = 2.0,
     entropy_mask: Tensor | None = None,
     off_policy_threshold: float | None = None,
+    sampler_weights: Tensor | None = None,
+    sampling_logps: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO loss of one micro-batch and its metrics, for any of TRL 1.16's loss types (`LOSS_TYPES`).
 
@@ -295,7 +302,10 @@ def grpo_loss(
     is also cispo's cap on the importance weight; delta applies to the clipped loss types only. `entropy_mask`
     [B, T] (see high_entropy_mask) keeps the policy term on its tokens only; the KL term and the normaliser still
     count every token of `mask`, as in TRL. `off_policy_threshold` (TRL's off_policy_mask_threshold) drops from the
-    policy term the sequences off_policy_mask drops (old_logps stand for the sampling policy's).
+    policy term the sequences off_policy_mask drops (old_logps stand for the sampling policy's, unless
+    `sampling_logps` [B, T], another engine's, are given). `sampler_weights` ([B, T] or [B, 1], from
+    core.sampler_importance_weights: TRL's vllm_importance_sampling_correction) multiply the policy term; vespo takes
+    them into its sequence weight instead.
     Returns (loss, metrics) where metrics holds detached scalars: kl, and per loss type what TRL logs:
     clip_ratio/{low,high,region}_mean (grpo, bnpo, dr_grpo, dapo, luspo), cispo_clip_ratio, vespo/phi_seq_mean.
     """
@@ -339,14 +349,17 @@ def grpo_loss(
         per_token_loss = sapo_surrogate(ratio, advantages, sapo_temperature_pos, sapo_temperature_neg)
     else:  # vespo: its own sequence weight from the token log-ratios, whatever importance_sampling_level says
         phi = vespo_weights(log_ratio, mask, advantages, vespo_k_pos, vespo_lambda_pos, vespo_k_neg,
-                            vespo_lambda_neg)  # [B, 1]
+                            vespo_lambda_neg, sampler_weights)  # [B, 1]
         per_token_loss = -phi * advantages * logps  # [B, T]
         metrics["vespo/phi_seq_mean"] = phi.float().mean()
 
     if entropy_mask is not None:
         per_token_loss = per_token_loss * entropy_mask.to(logps.dtype)  # [B, T]
     if off_policy_threshold is not None:
-        per_token_loss = per_token_loss * off_policy_mask(advantages, logps, old_logps, mask, off_policy_threshold)
+        sampled_with = old_logps if sampling_logps is None else sampling_logps
+        per_token_loss = per_token_loss * off_policy_mask(advantages, logps, sampled_with, mask, off_policy_threshold)
+    if sampler_weights is not None and policy != "vespo":  # the sampler/trainer mismatch (TRL: after the masks)
+        per_token_loss = per_token_loss * sampler_weights.to(logps.dtype)
     if beta != 0.0:
         per_token_kl = k3_kl(logps, ref_logps)  # [B, T]
         if use_bias_correction_kl:
