@@ -37,7 +37,7 @@ SHARED_WITH_TRL = [
     "entropy_coef", "use_adaptive_entropy", "entropy_coef_min", "entropy_coef_max", "entropy_coef_delta",
     "entropy_target", "off_policy_mask_threshold", "multi_objective_aggregation", "sync_ref_model",
     "ref_model_mixup_alpha", "ref_model_sync_steps", "cast_lm_head_to_fp32", "use_liger_kernel", "pad_to_multiple_of",
-    "dataloader_num_workers",
+    "dataloader_num_workers", "fsdp", "fsdp_config",
 ]
 # TRL's __post_init__ rewrites these, so the instance value is not the declared default. Each is checked separately.
 RESOLVED_BY_TRL_AT_INIT = {
