@@ -27,6 +27,8 @@ few in a row stop the run with a checkpoint; Ctrl-C or SIGTERM stops at the next
 
 Under torchrun or accelerate launch the same loop runs data-parallel: each process takes a slice of the round's
 prompts, rewards are gathered, gradients are averaged by DDP, and rank 0 writes (distributed.py, docs/SCALING.md).
+With fsdp=full_shard the model is sharded instead (fsdp.py): the rollout and the no-gradient log-probs run on
+gathered weights (distributed.full_weights), and a checkpoint is gathered whole to rank 0.
 
 Around each optimizer step the loop fires transformers' callback events (callbacks.py); their TrainerControl decides
 when to log, evaluate (eval_loop.py: sampled completions of the eval prompts, scored, no step) and save.
