@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -257,33 +256,57 @@ def test_a_given_optimizer_is_refused_under_fsdp(root, monkeypatch):
         distributed.cleanup()
 
 
-def test_sharded_gradient_norm_and_clipping_equal_one_process():
-    """fsdp.clip_grad_norm_ on DTensor gradients of a 1-process mesh: the same norm and clipped gradients as
-    torch.nn.utils.clip_grad_norm_ on plain ones (the 2-process case is the launcher tests' grad_norm)."""
-    if sys.platform == "win32":  # pragma: no cover
-        pytest.skip("gloo over a file store")
+@pytest.fixture
+def one_process_group():
+    """A gloo process group of one process (a file store), as `torchrun --nproc_per_node 1` would start."""
     import tempfile
 
     import torch.distributed as dist
-    from torch.distributed.fsdp import fully_shard
-
-    from reasonrl import fsdp
 
     with tempfile.NamedTemporaryFile() as store:
         dist.init_process_group("gloo", init_method=f"file://{store.name}", rank=0, world_size=1)
         try:
-            torch.manual_seed(0)
-            plain = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 3))
-            sharded = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 3))
-            sharded.load_state_dict(plain.state_dict())
-            fully_shard(sharded)
-            inputs = torch.randn(5, 4)
-            for model in (plain, sharded):
-                (model(inputs) ** 2).sum().backward()
-            norm = torch.nn.utils.clip_grad_norm_(list(plain.parameters()), 0.5).item()
-            assert fsdp.clip_grad_norm_(list(sharded.parameters()), 0.5) == pytest.approx(norm, rel=1e-6)
-            assert norm > 0.5  # it clipped
-            for p, q in zip(plain.parameters(), sharded.parameters()):
-                assert torch.allclose(p.grad, q.grad.full_tensor(), atol=1e-7)
+            yield
         finally:
             dist.destroy_process_group()
+
+
+def test_sync_ref_model_mixes_a_sharded_reference_shard_by_shard(one_process_group, char_tokenizer):
+    from reasonrl import fsdp
+    from reasonrl.models import frozen_copy, mix_into_reference
+    from reasonrl.tiny import build_tiny_model
+
+    plain_policy, sharded_policy = build_tiny_model(char_tokenizer, seed=1), build_tiny_model(char_tokenizer, seed=1)
+    plain_reference = frozen_copy(build_tiny_model(char_tokenizer, seed=2))
+    sharded_reference = fsdp.shard(frozen_copy(build_tiny_model(char_tokenizer, seed=2)))
+    fsdp.shard(sharded_policy)
+    mix_into_reference(plain_reference, plain_policy, 0.25)
+    mix_into_reference(sharded_reference, sharded_policy, 0.25)
+    with fsdp.full_weights(sharded_reference):  # plain tensors while gathered
+        gathered = {name: p.detach().clone() for name, p in sharded_reference.named_parameters()}
+    expected = dict(plain_reference.named_parameters())
+    assert gathered.keys() == expected.keys()
+    assert all(torch.equal(gathered[name], expected[name]) for name in expected)
+    assert not torch.equal(expected["model.norm.weight"], dict(plain_policy.named_parameters())["model.norm.weight"])
+
+
+def test_sharded_gradient_norm_and_clipping_equal_one_process(one_process_group):
+    """fsdp.clip_grad_norm_ on DTensor gradients of a 1-process mesh: the same norm and clipped gradients as
+    torch.nn.utils.clip_grad_norm_ on plain ones (the 2-process case is the launcher tests' grad_norm)."""
+    from torch.distributed.fsdp import fully_shard
+
+    from reasonrl import fsdp
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 3))
+    sharded = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 3))
+    sharded.load_state_dict(plain.state_dict())
+    fully_shard(sharded)
+    inputs = torch.randn(5, 4)
+    for model in (plain, sharded):
+        (model(inputs) ** 2).sum().backward()
+    norm = torch.nn.utils.clip_grad_norm_(list(plain.parameters()), 0.5).item()
+    assert fsdp.clip_grad_norm_(list(sharded.parameters()), 0.5) == pytest.approx(norm, rel=1e-6)
+    assert norm > 0.5  # it clipped
+    for p, q in zip(plain.parameters(), sharded.parameters()):
+        assert torch.allclose(p.grad, q.grad.full_tensor(), atol=1e-7)
