@@ -204,6 +204,14 @@ def test_fsdp_without_a_launcher_is_one_error_line(root, capsys):
     assert not os.path.exists(root / "no-launcher" / "metrics.jsonl")
 
 
+def test_an_accelerate_fsdp_config_without_fsdp_is_one_error_line(root, capsys, monkeypatch):
+    """accelerate's FSDP settings are not reasonrl's: a run would otherwise be DDP, silently."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    code = cli_main(["train", *_options(root, "accelerate-fsdp", 8, **LORA)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "set fsdp=full_shard" in err[0], err
+
+
 @pytest.mark.parametrize("option, message", [
     ("fsdp=offload", "fsdp='offload': offload is not supported"),
     ("fsdp=hybrid_shard", "set fsdp=full_shard"),

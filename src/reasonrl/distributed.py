@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from reasonrl.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistributedState:
@@ -63,8 +65,11 @@ def setup(fsdp: bool = False) -> DistributedState:
     world_size = env_world_size()
     cuda = torch.cuda.is_available()
     launched = "RANK" in os.environ or (dist.is_available() and dist.is_initialized())
+    if not fsdp and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":  # accelerate's FSDP config
+        raise ConfigError("accelerate launch was configured for FSDP (ACCELERATE_USE_FSDP=true), which reasonrl does "
+                          "not read from accelerate's config; set fsdp=full_shard in reasonrl's config, or launch "
+                          "with a non-FSDP accelerate config for DDP", "fsdp")
     if fsdp and not launched:
-        from reasonrl.config import ConfigError
 
         raise ConfigError("fsdp=full_shard shards the model over the processes of a launched job, and this process "
                           "was not started by a launcher; run `torchrun --nproc_per_node N -m reasonrl train ...` "
@@ -73,8 +78,6 @@ def setup(fsdp: bool = False) -> DistributedState:
         return DistributedState(device=torch.device("cuda" if cuda else "cpu"))
     missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if missing and not dist.is_initialized():
-        from reasonrl.config import ConfigError
-
         raise ConfigError(f"WORLD_SIZE={world_size} but {', '.join(missing)} not set; start multi-process runs with "
                           f"`torchrun --nproc_per_node N -m reasonrl train ...` or `accelerate launch -m reasonrl "
                           f"train ...`, or unset WORLD_SIZE")
