@@ -63,8 +63,12 @@ def _to_python_tuple(value):
 
 def save_checkpoint(output_dir: str, step: int, *, model, tokenizer, optimizer, scheduler, trainer_state: dict,
                     config_yaml: str, generator: torch.Generator | None = None, save_total_limit: int | None = None,
-                    round_state: tuple[dict, dict] | None = None) -> str:
+                    round_state: tuple[dict, dict] | None = None, model_state: dict | None = None,
+                    optimizer_state: dict | None = None) -> str:
     """Write checkpoint-{step} atomically: into a hidden temporary folder, fsync, then rename.
+
+    model_state, optimizer_state: what to save instead of the model's and optimizer's own state dicts (a sharded
+    model's, gathered whole: fsdp.full_state).
 
     round_state: (tensors, values) of a round in progress (see save_round), when the step is in a round's middle.
     """
@@ -75,10 +79,12 @@ def save_checkpoint(output_dir: str, step: int, *, model, tokenizer, optimizer, 
         os.makedirs(staging)
         if round_state is not None:
             save_round(staging, *round_state)
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging, safe_serialization=True,
+                              **({} if model_state is None else {"state_dict": model_state}))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        torch.save(optimizer.state_dict(), os.path.join(staging, "optimizer.pt"))
+        torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state,
+                   os.path.join(staging, "optimizer.pt"))
         torch.save(scheduler.state_dict(), os.path.join(staging, "scheduler.pt"))
         torch.save(rng_state(generator), os.path.join(staging, "rng_state.pt"))
         with open(os.path.join(staging, "trainer_state.json"), "w") as handle:
@@ -302,14 +308,18 @@ def load_weights(model, path: str) -> None:
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for damaged files
         raise CheckpointError(f"cannot read the weights in {path}: {reason_of(error, 150)}; resume from an earlier "
                               f"checkpoint") from None
+    from reasonrl.fsdp import is_sharded, like_parameters
+
     if has_adapter:
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-        _check_keys(path, state, get_peft_model_state_dict(model))
-        set_peft_model_state_dict(model, state)
+        expected = get_peft_model_state_dict(model)
+        _check_keys(path, state, expected)
+        set_peft_model_state_dict(model, like_parameters(state, expected) if is_sharded(model) else state)
         return
-    _check_keys(path, state, model.state_dict())
-    model.load_state_dict(state, strict=False)
+    expected = model.state_dict()
+    _check_keys(path, state, expected)
+    model.load_state_dict(like_parameters(state, expected) if is_sharded(model) else state, strict=False)
 
 
 def _check_keys(path: str, saved: dict, expected: dict) -> None:

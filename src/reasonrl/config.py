@@ -399,6 +399,18 @@ class GRPOConfig:
     cast_lm_head_to_fp32: bool = False
     """Keep the output layer (lm_head) in float32 when the model runs in bf16 or fp16, so that logits and log-probs
     are computed in full precision. A tied lm_head (one matrix with the input embeddings) is untied first."""
+    fsdp: str | None = None
+    """Shard the model over the processes of a torchrun or accelerate launch with PyTorch's FSDP2 (fully_shard):
+    "full_shard" (transformers' value; `true` means the same, "full_shard auto_wrap" too, as every decoder layer is
+    its own shard group) or None/"" for none (DDP when there are several processes). Each process then holds
+    1/world_size of the weights, gradients and optimizer state, and gathers a layer's weights while it runs; a
+    rollout gathers the whole model (docs/SCALING.md). Needs a launcher: `torchrun --nproc_per_node 1` runs one
+    shard."""
+    fsdp_config: dict[str, Any] | None = None
+    """Tuning for fsdp, with transformers' keys (an `fsdp_` prefix is dropped): reshard_after_forward (true: free
+    each layer's gathered weights after its forward, as full_shard does; false: keep them until the backward, more
+    memory, one all-gather less), version (only 2) and state_dict_type (only FULL_STATE_DICT: checkpoints hold
+    full weights that load in plain transformers). Other keys are refused."""
     use_liger_kernel: bool = False
     """TRL's option for liger-kernel's fused GRPO loss. reasonrl has no liger kernels: only false is accepted (its
     own log-probs already avoid a full-vocabulary float32 copy of the logits)."""
@@ -487,6 +499,9 @@ class GRPOConfig:
         if isinstance(self.scale_rewards, (bool, str)):  # TRL accepts true/false for group/none
             lowered = str(self.scale_rewards).strip().lower()
             self.scale_rewards = {"true": "group", "false": "none"}.get(lowered, self.scale_rewards)
+        if isinstance(self.fsdp, bool) or (isinstance(self.fsdp, str) and self.fsdp.strip().lower() in (
+                "true", "false", "")):  # transformers' newer spelling: fsdp=True is full_shard
+            self.fsdp = "full_shard" if str(self.fsdp).strip().lower() == "true" else None
         for name in ("eval_strategy", "save_strategy"):  # YAML reads an unquoted `no` as false
             if getattr(self, name) is False:
                 setattr(self, name, "no")
@@ -564,6 +579,16 @@ class GRPOConfig:
         """report_to as a list without 'none'."""
         requested = [self.report_to] if isinstance(self.report_to, str) else self.report_to
         return [name for name in requested if name != "none"]
+
+    @property
+    def fsdp_enabled(self) -> bool:
+        """Whether the model is sharded with FSDP2 (fsdp set)."""
+        return bool(self.fsdp)
+
+    @property
+    def fsdp_reshard_after_forward(self) -> bool:
+        """fsdp_config's reshard_after_forward (default true, as full_shard)."""
+        return config_checks.fsdp_options(self.fsdp_config).get("reshard_after_forward", True)
 
     def use_bf16(self) -> bool:
         """bf16 with None resolved: True only on CUDA devices that support bf16."""

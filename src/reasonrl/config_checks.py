@@ -118,6 +118,7 @@ def check(config) -> None:
         raise ConfigError(f"prompt_template must contain {{prompt}} where the prompt goes (got "
                           f"{config.prompt_template!r:.80})", "prompt_template")
     _check_generation_kwargs(config.generation_kwargs or {})
+    _check_fsdp(config)
     if config.dataset_streaming and config.max_steps <= 0:
         raise ConfigError("dataset_streaming=true reads a stream of unknown length, so num_train_epochs cannot say "
                           "when to stop; set max_steps (e.g. max_steps=1000)", "max_steps")
@@ -263,6 +264,64 @@ def _check_step_intervals(config) -> None:
                               f"multiple of num_generations_eval={generations} (the completions of an evaluation "
                               f"prompt are generated together); set per_device_eval_batch_size={fixed}",
                               "per_device_eval_batch_size")
+
+
+FSDP_WORDS = ("full_shard", "auto_wrap")  # fsdp's words (transformers' FSDPOption values) reasonrl runs
+# fsdp_config key -> (rule on its value, the rule in words)
+FSDP_CONFIG_RULES = {
+    "reshard_after_forward": (lambda v: isinstance(v, bool), "true or false"),
+    "version": (lambda v: v == 2 or v == "2", "2 (FSDP2; FSDP1 is not supported)"),
+    "state_dict_type": (lambda v: v == "FULL_STATE_DICT",
+                        "FULL_STATE_DICT (checkpoints hold full weights; sharded ones are not supported)"),
+}
+
+
+def fsdp_options(fsdp_config: dict | None) -> dict:
+    """fsdp_config with transformers' `fsdp_` prefix dropped from its keys, and true/false strings as booleans."""
+    options = {}
+    for key, value in (fsdp_config or {}).items():
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            value = value.strip().lower() == "true"
+        options[key.removeprefix("fsdp_")] = value
+    return options
+
+
+def _check_fsdp(config) -> None:
+    """fsdp's value, fsdp_config's keys, and the options FSDP2 cannot run with."""
+    if config.fsdp_config is not None and not isinstance(config.fsdp_config, dict):
+        raise ConfigError(f"fsdp_config must be a mapping of option: value (got {config.fsdp_config!r:.80})",
+                          "fsdp_config")
+    if not config.fsdp:
+        if config.fsdp_config:
+            raise ConfigError("fsdp_config is set but fsdp is not, so nothing would use it; set fsdp=full_shard or "
+                              "remove fsdp_config", "fsdp_config")
+        return
+    unsupported = [word for word in config.fsdp.split() if word not in FSDP_WORDS]
+    if unsupported or not config.fsdp.split():
+        raise ConfigError(f"fsdp={config.fsdp!r}: {' '.join(unsupported) or 'this value'} is not supported "
+                          f"(reasonrl's FSDP2 shards parameters, gradients and optimizer state: fsdp=full_shard, "
+                          f"optionally with auto_wrap); set fsdp=full_shard, or leave fsdp unset for none", "fsdp")
+    for key, value in fsdp_options(config.fsdp_config).items():
+        if key == "activation_checkpointing":
+            raise ConfigError("fsdp_config has activation_checkpointing; reasonrl recomputes layers with its own "
+                              "option: remove it and set gradient_checkpointing=true", "fsdp_config")
+        if key not in FSDP_CONFIG_RULES:
+            raise ConfigError(f"fsdp_config has {key!r}, which reasonrl's FSDP2 does not support (it honours: "
+                              f"{', '.join(FSDP_CONFIG_RULES)}); remove it", "fsdp_config")
+        rule, words = FSDP_CONFIG_RULES[key]
+        if not rule(value):
+            raise ConfigError(f"fsdp_config[{key!r}] must be {words} (got {value!r})", "fsdp_config")
+    # options that need the whole weights in every process, or a parameter layout FSDP2's groups cannot hold
+    if config.optim in BITSANDBYTES_OPTIMIZERS:
+        raise ConfigError(f"optim={config.optim!r} with fsdp: bitsandbytes' optimizers do not step sharded (DTensor) "
+                          f"parameters; use optim=adamw_torch, or train without fsdp", "optim")
+    if config.cast_lm_head_to_fp32:
+        raise ConfigError("cast_lm_head_to_fp32=true with fsdp: a float32 output layer among bf16 weights breaks "
+                          "FSDP2's rule of one dtype per shard group; set cast_lm_head_to_fp32=false or train "
+                          "without fsdp", "cast_lm_head_to_fp32")
+    if config.dynamic_sampling:
+        raise ConfigError("dynamic_sampling with fsdp: dynamic sampling runs in one process or under DDP, not with "
+                          "sharded processes yet; unset fsdp (DDP) or set dynamic_sampling=false", "dynamic_sampling")
 
 
 def _check_report_to(config) -> None:

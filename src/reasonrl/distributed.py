@@ -10,16 +10,23 @@ global list of prompts from the same seeded sampler and keeps its own contiguous
 stay on one process. Rewards are gathered, so advantages (also scale_rewards=batch) and the logged metrics are the
 global ones. Gradients are averaged by DistributedDataParallel; the trainer scales each process's loss so that the
 average equals the single-process gradient of the same global batch (see core.losses.micro_batch_divisors).
+
+With fsdp=full_shard the model is sharded instead (fsdp.py): FSDP2 averages the gradients in its reduce-scatter,
+so the same loss scaling holds; `wrap`, `gradient_sync`, `clip_grad_norm_` and `full_weights` are the seams where
+the two modes differ, decided once by the DistributedState.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+
+from reasonrl.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class DistributedState:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    fsdp: bool = False  # the model is sharded (fsdp.py), also with one process; else DDP when world_size > 1
 
     @property
     def enabled(self) -> bool:
@@ -48,16 +56,28 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
-def setup() -> DistributedState:
-    """Initialise the default process group from the environment when WORLD_SIZE > 1 (idempotent)."""
+def setup(fsdp: bool = False) -> DistributedState:
+    """Initialise the default process group from the environment when WORLD_SIZE > 1, or with `fsdp` under a
+    launcher of one process (idempotent).
+
+    fsdp without a launcher is refused, as transformers' Trainer does ("fsdp only works in distributed training"):
+    `torchrun --nproc_per_node 1` runs one shard."""
     world_size = env_world_size()
     cuda = torch.cuda.is_available()
-    if world_size <= 1:
+    launched = "RANK" in os.environ or (dist.is_available() and dist.is_initialized())
+    if not fsdp and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":  # accelerate's FSDP config
+        raise ConfigError("accelerate launch was configured for FSDP (ACCELERATE_USE_FSDP=true), which reasonrl does "
+                          "not read from accelerate's config; set fsdp=full_shard in reasonrl's config, or launch "
+                          "with a non-FSDP accelerate config for DDP", "fsdp")
+    if fsdp and not launched:
+
+        raise ConfigError("fsdp=full_shard shards the model over the processes of a launched job, and this process "
+                          "was not started by a launcher; run `torchrun --nproc_per_node N -m reasonrl train ...` "
+                          "(N=1 runs one shard), or unset fsdp", "fsdp")
+    if world_size <= 1 and not fsdp:
         return DistributedState(device=torch.device("cuda" if cuda else "cpu"))
     missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if missing and not dist.is_initialized():
-        from reasonrl.config import ConfigError
-
         raise ConfigError(f"WORLD_SIZE={world_size} but {', '.join(missing)} not set; start multi-process runs with "
                           f"`torchrun --nproc_per_node N -m reasonrl train ...` or `accelerate launch -m reasonrl "
                           f"train ...`, or unset WORLD_SIZE")
@@ -69,7 +89,7 @@ def setup() -> DistributedState:
         device = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
-    return DistributedState(dist.get_rank(), dist.get_world_size(), local_rank, device)
+    return DistributedState(dist.get_rank(), dist.get_world_size(), local_rank, device, fsdp)
 
 
 def cleanup() -> None:
@@ -78,13 +98,18 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, state: DistributedState) -> torch.nn.Module:
-    """DistributedDataParallel around `model` when there are several processes, else `model` itself.
+def wrap(model: torch.nn.Module, state: DistributedState, reshard_after_forward: bool = True) -> torch.nn.Module:
+    """The training forward's model: `model` sharded in place under fsdp (fsdp.shard), DistributedDataParallel
+    around it when there are several processes, else `model` itself.
 
     Frozen parameters (LoRA's base weights) get no gradient buckets. broadcast_buffers=False: the buffers (rotary
     frequencies) are constants, and syncing them at every forward would need every rank to run the same number of
     forwards.
     """
+    if state.fsdp:
+        from reasonrl import fsdp
+
+        return fsdp.shard(model, reshard_after_forward)
     if not state.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -94,6 +119,46 @@ def wrap(model: torch.nn.Module, state: DistributedState) -> torch.nn.Module:
     keyword = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                else "broadcast_buffers")
     return DistributedDataParallel(model, device_ids=device_ids, **{keyword: False})
+
+
+def shard_frozen(model: torch.nn.Module | None, state: DistributedState) -> torch.nn.Module | None:
+    """The frozen reference copy of full fine-tuning: sharded like the policy under fsdp (its memory at rest then
+    1/world_size; `full_weights` gathers it for its log-probs), else as it is (DDP keeps a copy per process)."""
+    if model is None or not state.fsdp:
+        return model
+    from reasonrl import fsdp
+
+    return fsdp.shard(model)
+
+
+def gradient_sync(train_model: torch.nn.Module, last: bool):
+    """The context of one micro-batch's backward: DDP all-reduces only on the optimizer step's last micro-batch
+    (no_sync before it); FSDP2 reduce-scatters every micro-batch, so that the accumulated gradient stays sharded."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(train_model, DistributedDataParallel) and not last:
+        return train_model.no_sync()
+    return contextlib.nullcontext()
+
+
+def clip_grad_norm_(parameters: list[torch.Tensor], max_norm: float, state: DistributedState) -> float:
+    """The gradient norm over all processes, the gradients clipped to max_norm (DDP's are replicated already;
+    sharded ones need the norm of every process's shards: fsdp.clip_grad_norm_)."""
+    if state.fsdp:
+        from reasonrl import fsdp
+
+        return fsdp.clip_grad_norm_(parameters, max_norm)
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm).item()
+
+
+def full_weights(state: DistributedState, *models):
+    """Within: the models' whole weights on every process (fsdp.full_weights), for forwards that differ by process
+    (generation) or that call the model directly; nothing to do without fsdp."""
+    if not state.fsdp:
+        return contextlib.nullcontext()
+    from reasonrl import fsdp
+
+    return fsdp.full_weights(*models)
 
 
 def shard(total: int, state: DistributedState) -> slice:

@@ -194,8 +194,25 @@ class LearningSignal:
 
 
 def check_finite_weights(model, consequence: str) -> None:
-    """TrainingDiverged when a trainable weight is NaN or infinite: such weights are never saved."""
+    """TrainingDiverged when a trainable weight is NaN or infinite: such weights are never saved. Sharded weights
+    (fsdp) are checked shard by shard and the verdict shared, so that every process raises or none: call it on
+    every process then."""
+    from torch.distributed.tensor import DTensor
+
+    sharded, bad = False, None
     for name, parameter in model.named_parameters():
-        if parameter.requires_grad and not torch.isfinite(parameter).all():
-            raise TrainingDiverged(f"the weights are not finite ({name} holds NaN or inf; learning_rate too high?); "
-                                   f"{consequence}")
+        if not parameter.requires_grad:
+            continue
+        if isinstance(parameter, DTensor):
+            sharded, parameter = True, parameter.to_local()
+        if bad is None and not torch.isfinite(parameter).all():
+            bad = name
+    if sharded:
+        import torch.distributed as dist
+
+        names = [None] * dist.get_world_size()
+        dist.all_gather_object(names, bad)
+        bad = next((name for name in names if name is not None), None)
+    if bad is not None:
+        raise TrainingDiverged(f"the weights are not finite ({bad} holds NaN or inf; learning_rate too high?); "
+                               f"{consequence}")

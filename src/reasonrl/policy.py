@@ -256,20 +256,25 @@ def key_value_cache(config) -> bool:
     return all(hasattr(layer, "batch_repeat_interleave") for layer in DynamicCache(config=config).layers)
 
 
-def configure_forward(model, args, *, device_type: str, bf16: bool, distributed: bool) -> ForwardPlan:
+def configure_forward(model, args, *, device_type: str, bf16: bool, distributed: bool,
+                      sharded: bool = False) -> ForwardPlan:
     """A run's ForwardPlan (plan_forward for its config), with the model's layer checkpointing switched to match: on
     where the plan recomputes layers, off otherwise (a model object may come with it on; the row chunks bound the
-    memory instead). Entropy masking needs each micro-batch whole: said once if backward_chunk_rows asked for less."""
+    memory instead). Entropy masking needs each micro-batch whole: said once if backward_chunk_rows asked for less.
+
+    `sharded` (fsdp): every forward all-gathers weights, so every process must run the same number of them, which
+    data-dependent paths would not: the row chunks (their count follows the completions' width) and prompt sharing
+    (PromptPrefix runs only where rows share a prompt). A micro-batch is then one forward and one backward."""
     entropy_masking = args.top_entropy_quantile < 1.0  # the entropy threshold is over a whole micro-batch
     if entropy_masking and args.backward_chunk_rows:
         logger.warning("top_entropy_quantile=%g < 1: each micro-batch goes through forward and backward whole "
                        "(backward_chunk_rows=%d is not used), as the entropy threshold is over all its rows; "
                        "lower per_device_train_batch_size if memory is short", args.top_entropy_quantile,
                        args.backward_chunk_rows)
-    share_prompts = key_value_cache(unwrap_model(model).config)
+    share_prompts = key_value_cache(unwrap_model(model).config) and not sharded
     plan = plan_forward(gradient_checkpointing=args.gradient_checkpointing,
                         backward_chunk_rows=args.backward_chunk_rows, device_type=device_type, bf16=bf16,
-                        distributed=distributed, whole_micro_batch=entropy_masking or not share_prompts)
+                        distributed=distributed or sharded, whole_micro_batch=entropy_masking or not share_prompts)
     plan = dataclasses.replace(plan, share_prompts=share_prompts)
     if plan.checkpoint_layers:
         enable_layer_checkpointing(model)

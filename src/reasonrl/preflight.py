@@ -17,7 +17,6 @@ the settings to lower. `skip_memory_check` turns it off.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -112,8 +111,9 @@ def check_worst_case_memory(micro_step, model, train_model, args, prompt_length:
         batch = worst_case_batch(rows, prompt_length, completion_length, vocab_size, args, device)
         tokens = torch.tensor([float(rows * completion_length)], dtype=torch.float64)
         normaliser = StepNormaliser.of_window(args.loss_type, tokens, tokens * dist.world_size, dist.world_size)
-        # no gradient all-reduce: a process that runs out must not leave the others waiting in it
-        with train_model.no_sync() if dist.enabled else contextlib.nullcontext():
+        # no gradient all-reduce under DDP: a process that runs out must not leave the others waiting in it (FSDP
+        # gathers weights in the forward anyway)
+        with distributed.gradient_sync(train_model, last=False):
             micro_step(batch, torch.arange(rows), normaliser, 0)
     except (MemoryError, RuntimeError) as error:
         if not is_out_of_memory(error):

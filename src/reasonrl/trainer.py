@@ -28,6 +28,8 @@ few in a row stop the run with a checkpoint; Ctrl-C or SIGTERM stops at the next
 
 Under torchrun or accelerate launch the same loop runs data-parallel: each process takes a slice of the round's
 prompts, rewards are gathered, gradients are averaged by DDP, and rank 0 writes (distributed.py, docs/SCALING.md).
+With fsdp=full_shard the model is sharded instead (fsdp.py): the rollout and the no-gradient log-probs run on
+gathered weights (distributed.full_weights), and a checkpoint is gathered whole to rank 0.
 
 Around each optimizer step the loop fires transformers' callback events (callbacks.py); their TrainerControl decides
 when to log, evaluate (eval_loop.py: sampled completions of the eval prompts, scored, no step) and save.
@@ -47,7 +49,7 @@ import numpy as np
 import torch
 
 from reasonrl import checkpoint as ckpt
-from reasonrl import config_checks, distributed, preflight, rundir, runlog
+from reasonrl import config_checks, distributed, fsdp, preflight, rundir, runlog
 from reasonrl.callbacks import Callbacks, TrainerControl, check_callback, new_state, set_intervals
 from reasonrl.config import GRPOConfig
 from reasonrl.core import (
@@ -135,7 +137,10 @@ class GRPOTrainer:
         for callback in callbacks or []:
             check_callback(callback)
         # torchrun / accelerate launch: a process group from the environment, this process's device (distributed.py)
-        self.dist = distributed.setup()
+        self.dist = distributed.setup(fsdp=args.fsdp_enabled)  # fsdp: the model sharded (fsdp.py), else DDP
+        if self.dist.fsdp and self._given_optimizers[0] is not None:
+            raise ConfigError("optimizers= holds the model's parameters as they were before fsdp shards them; leave "
+                              "the optimizer to the config (optim, learning_rate, ...) or unset fsdp", "fsdp")
         self.device = self.dist.device
         self.bf16 = args.use_bf16()
         _seed_everything(args.seed)
@@ -180,19 +185,21 @@ class GRPOTrainer:
         check_causal(model, self.tokenizer, bf16=self.bf16)
         # how every micro-batch's forward and backward run: decided here, once (the model's layer checkpointing set)
         self.plan = configure_forward(model, args, device_type=self.device.type, bf16=self.bf16,
-                                      distributed=self.dist.enabled)
+                                      distributed=self.dist.enabled, sharded=self.dist.fsdp)
         self.model = model.to(self.device)
         # use_vllm: a vLLM engine samples the rounds and evaluations from the policy's weights (vllm_engine.py)
         self.vllm = self._build_vllm_engine() if args.use_vllm else None
         self.rollouts.engine = self.vllm
         self.reference_model = frozen_copy(self.model) if args.beta != 0.0 and not is_peft_model(self.model) else None
+        self.reference_model = distributed.shard_frozen(self.reference_model, self.dist)  # sharded too under fsdp
         if args.sync_ref_model and self.reference_model is None:
             raise ConfigError("sync_ref_model=true with a LoRA model: its reference is the base model with the adapter "
                               "off, which cannot move; set sync_ref_model=false or train without LoRA",
                               "sync_ref_model")
         # the training forward/backward goes through DistributedDataParallel (gradients averaged over processes);
-        # generation, old/reference log-probs, peft's disable_adapter and saving use the unwrapped self.model
-        self.train_model = distributed.wrap(self.model, self.dist)
+        # generation, old/reference log-probs, peft's disable_adapter and saving use the unwrapped self.model. Under
+        # fsdp the two are one sharded model, whose whole weights the no-gradient phases gather (full_weights)
+        self.train_model = distributed.wrap(self.model, self.dist, args.fsdp_reshard_after_forward)
         self._autocast = Autocast(self.model, self.bf16, self.device.type)  # what every forward of it runs in
         self.micro_step = MicroStep(self.train_model, args, self.plan, self.dist, self._autocast)
 
@@ -340,7 +347,7 @@ class GRPOTrainer:
                     self.model.train()
                     loss_metrics, tokens = self._accumulate_gradients(round_.batch, window)  # forward, backward
                     # max_grad_norm=0 disables clipping: the norm is still measured (clipping to inf scales by 1)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm or math.inf).item()
+                    grad_norm = distributed.clip_grad_norm_(trainable, args.max_grad_norm or math.inf, self.dist)
                     # a non-finite loss or gradient norm skips the step: no optimizer or schedule move (guards.py)
                     if self.step_guard.allows(state.global_step + 1, loss_metrics["loss"], grad_norm):
                         self.control = events.on_pre_optimizer_step(args, state, self.control)
@@ -443,7 +450,9 @@ class GRPOTrainer:
         sampling = {"num_generations": g, "max_new_tokens": args.max_completion_length,
                     "eos_token_id": self.tokenizer.eos_token_id, "pad_token_id": self.tokenizer.pad_token_id,
                     **sampling_options(args), "generator": self.generator, "seeds": seeds}  # + generation_kwargs
-        with self._autocast():  # sampled (multi-turn with tools or environments), or the rollout_func's
+        # sampled (multi-turn with tools or environments), or the rollout_func's; under fsdp on gathered weights, as
+        # each process decodes until its own completions end
+        with distributed.full_weights(self.dist, self.model), self._autocast():
             rollout = self.rollouts(self.model, rows, prompt_ids, prompt_mask, **sampling)
         if self.device.type == "cpu":
             release_freed_memory()  # the decoder's weights and caches: back to the OS before training allocates
@@ -485,8 +494,10 @@ class GRPOTrainer:
         reuses_round = args.num_iterations > 1 or args.effective_steps_per_generation > args.gradient_accumulation_steps
         # vLLM's samples: the trainer's own log-probs of them always, to weigh each token by pi_trainer / pi_vllm
         corrects_sampler = self.vllm is not None and args.vllm_importance_sampling_correction
-        old_logps = logps_in_chunks(self.model, rollout, args, self._autocast,
-                                    self.plan.share_prompts) if reuses_round or corrects_sampler else None
+        old_logps = None
+        if reuses_round or corrects_sampler:
+            with distributed.full_weights(self.dist, self.model):
+                old_logps = logps_in_chunks(self.model, rollout, args, self._autocast, self.plan.share_prompts)
         sampler_weights = None
         if corrects_sampler:
             sampler_weights = sampler_importance_weights(
@@ -495,7 +506,9 @@ class GRPOTrainer:
             sampler_weights = sampler_weights.expand_as(old_logps).contiguous()  # [B, C]
         ref_logps = None
         if args.beta != 0.0:
-            with reference_policy(self.model, self.reference_model) as reference:
+            with distributed.full_weights(self.dist, self.model if self.reference_model is None
+                                          else self.reference_model), \
+                    reference_policy(self.model, self.reference_model) as reference:
                 ref_logps = logps_in_chunks(reference, rollout, args, self._autocast, self.plan.share_prompts)
         return Batch(rollout, advantages.to(self.device), loss_mask, old_logps, ref_logps, rewards[mine],
                      sampler_weights)
@@ -530,9 +543,8 @@ class GRPOTrainer:
                         for rows in micro_batches)
         loss_sum, metric_sums = 0.0, {}
         for index, rows in enumerate(micro_batches):
-            # DDP all-reduces gradients only on the step's last backward
-            syncs = index == len(micro_batches) - 1 or not self.dist.enabled
-            with contextlib.nullcontext() if syncs else self.train_model.no_sync():
+            # DDP all-reduces gradients only on the step's last backward (FSDP reduce-scatters each one)
+            with distributed.gradient_sync(self.train_model, last=index == len(micro_batches) - 1):
                 loss_value, metrics = self.micro_step(batch, rows, normaliser, index)
             if index < len(micro_batches) - 1:  # transformers' event between the micro-batches of a step
                 self.control = self.callback_handler.on_substep_end(self.args, self.state, self.control)
@@ -601,7 +613,8 @@ class GRPOTrainer:
 
         metrics = {}
         for prefix, data in chosen_eval_sets(eval_dataset, self._eval_data, self.args, metric_key_prefix, check):
-            result = self.evaluator([dict(row) for row in data], self.state, prefix, after_batch)
+            with distributed.full_weights(self.dist, self.model, self.reference_model):  # each decodes its own
+                result = self.evaluator([dict(row) for row in data], self.state, prefix, after_batch)
             result["epoch"] = self.state.epoch
             self._log(result, evaluation=True)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=result)
@@ -624,13 +637,17 @@ class GRPOTrainer:
         # rank 0 saves (the weights, optimizer and generator are the same on every rank; the sampler is global); a
         # multi-process round in progress is not saved: it lives in shards, and resuming starts at the next round
         path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+        # fsdp: the weights and optimizer state gathered whole to rank 0 (every rank takes part), saved as one process
+        # saves them, so the checkpoint loads in plain transformers and resumes at any world size
+        model_state, optimizer_state = fsdp.full_state(self.model, optimizer) if self.dist.fsdp else (None, None)
         if self.dist.is_main:
             round_state = None if self.dist.enabled or self._round is None else self._round.checkpoint_state()
             path = ckpt.save_checkpoint(self.args.output_dir, self.state.global_step, model=self.model,
                                         tokenizer=self.tokenizer, optimizer=optimizer, scheduler=scheduler,
                                         trainer_state=state, config_yaml=self.args.to_yaml(),
                                         generator=self.generator, save_total_limit=self.args.save_total_limit,
-                                        round_state=round_state)
+                                        round_state=round_state, model_state=model_state,
+                                        optimizer_state=optimizer_state)
         distributed.barrier(self.dist)  # no rank moves on (or resumes) before the checkpoint exists
         self._saved_step = self.state.global_step
         return path
@@ -642,7 +659,10 @@ class GRPOTrainer:
             self.vllm.policy_changed()
         optimizer_state, scheduler_state, rng, state = ckpt.load_training_state(path)
         try:
-            optimizer.load_state_dict(optimizer_state)
+            if self.dist.fsdp:  # every process keeps its shards of the whole state
+                fsdp.load_optimizer_state(self.model, optimizer, optimizer_state)
+            else:
+                optimizer.load_state_dict(optimizer_state)
             scheduler.load_state_dict(scheduler_state)
         except (ValueError, KeyError, RuntimeError) as error:
             raise CheckpointError(f"{path} was saved with another optimizer or schedule ({reason_of(error, 120)}); "
@@ -728,10 +748,15 @@ class GRPOTrainer:
         """save_pretrained (safetensors) of the model or adapter, and the tokenizer. A folder holding a model that
         no save_model of this run's folder wrote is refused (rundir.check_model_save)."""
         output_dir = output_dir or self.args.output_dir
+        model_state = None
+        if self.dist.fsdp or self.dist.is_main:  # under fsdp every process checks and gathers its shards
+            check_finite_weights(self.model, f"not saved to {output_dir}")
+        if self.dist.fsdp:
+            model_state = fsdp.full_state(self.model, None)[0]
         if self.dist.is_main:
             rundir.check_model_save(output_dir)
-            check_finite_weights(self.model, f"not saved to {output_dir}")
-            self.model.save_pretrained(output_dir, safe_serialization=True)
+            self.model.save_pretrained(output_dir, safe_serialization=True,
+                                       **({} if model_state is None else {"state_dict": model_state}))
             self.tokenizer.save_pretrained(output_dir)
             rundir.record_model_save(output_dir)
         distributed.barrier(self.dist)
