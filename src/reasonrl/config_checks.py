@@ -238,13 +238,18 @@ def _is_number(value) -> bool:
 
 
 def _check_generation_kwargs(kwargs: dict) -> None:
-    for key, value in kwargs.items():
-        if key not in _SAMPLING_RULES:
-            raise ConfigError(f"generation_kwargs has {key!r}, which reasonrl's sampler does not support (it "
-                              f"honours: {', '.join(_SAMPLING_RULES)}); remove it", "generation_kwargs")
-        rule, words = _SAMPLING_RULES[key]
+    _check_keyed_options(kwargs, _SAMPLING_RULES, "generation_kwargs", "reasonrl's sampler")
+
+
+def _check_keyed_options(options: dict, rules: dict, name: str, owner: str) -> None:
+    """Each key of the mapping option `name` is one of `rules` ({key: (rule, words)}) and its value passes the rule."""
+    for key, value in options.items():
+        if key not in rules:
+            raise ConfigError(f"{name} has {key!r}, which {owner} does not support (it honours: "
+                              f"{', '.join(rules)}); remove it", name)
+        rule, words = rules[key]
         if not rule(value):
-            raise ConfigError(f"generation_kwargs[{key!r}] must be {words} (got {value!r})", "generation_kwargs")
+            raise ConfigError(f"{name}[{key!r}] must be {words} (got {value!r})", name)
 def _check_step_intervals(config) -> None:
     """TrainingArguments' rules for logging_steps, eval_steps and save_steps, and the eval batch's groups."""
     _require(config, "eval_steps", config.eval_steps is None or config.eval_steps > 0,
@@ -301,16 +306,11 @@ def _check_fsdp(config) -> None:
         raise ConfigError(f"fsdp={config.fsdp!r}: {' '.join(unsupported) or 'this value'} is not supported "
                           f"(reasonrl's FSDP2 shards parameters, gradients and optimizer state: fsdp=full_shard, "
                           f"optionally with auto_wrap); set fsdp=full_shard, or leave fsdp unset for none", "fsdp")
-    for key, value in fsdp_options(config.fsdp_config).items():
-        if key == "activation_checkpointing":
-            raise ConfigError("fsdp_config has activation_checkpointing; reasonrl recomputes layers with its own "
-                              "option: remove it and set gradient_checkpointing=true", "fsdp_config")
-        if key not in FSDP_CONFIG_RULES:
-            raise ConfigError(f"fsdp_config has {key!r}, which reasonrl's FSDP2 does not support (it honours: "
-                              f"{', '.join(FSDP_CONFIG_RULES)}); remove it", "fsdp_config")
-        rule, words = FSDP_CONFIG_RULES[key]
-        if not rule(value):
-            raise ConfigError(f"fsdp_config[{key!r}] must be {words} (got {value!r})", "fsdp_config")
+    options = fsdp_options(config.fsdp_config)
+    if "activation_checkpointing" in options:
+        raise ConfigError("fsdp_config has activation_checkpointing; reasonrl recomputes layers with its own "
+                          "option: remove it and set gradient_checkpointing=true", "fsdp_config")
+    _check_keyed_options(options, FSDP_CONFIG_RULES, "fsdp_config", "reasonrl's FSDP2")
     # options that need the whole weights in every process, or a parameter layout FSDP2's groups cannot hold
     if config.optim in BITSANDBYTES_OPTIMIZERS:
         raise ConfigError(f"optim={config.optim!r} with fsdp: bitsandbytes' optimizers do not step sharded (DTensor) "
