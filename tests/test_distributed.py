@@ -80,11 +80,15 @@ def _launch(command: list[str], root) -> None:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, char_tokenizer):
+    return make_run_root(tmp_path_factory.mktemp("distributed"), char_tokenizer, WORKER_FILE)
+
+
+def make_run_root(root, char_tokenizer, worker_file: str):
     """A tiny Qwen2 whose EOS is likely enough that completions have different lengths (so the token counts, and
-    with them the loss normalisation, differ between the processes), 10 prompts (rounds cross an epoch), a reward."""
+    with them the loss normalisation, differ between the processes), 10 prompts (rounds cross an epoch), the
+    rewards and the launched `worker_file`, all in the folder `root`."""
     from reasonrl.tiny import build_tiny_model
 
-    root = tmp_path_factory.mktemp("distributed")
     model = build_tiny_model(char_tokenizer, seed=0)
     with torch.no_grad():
         model.get_input_embeddings().weight[char_tokenizer.eos_token_id] *= 20  # tied: a large EOS logit, often
@@ -92,7 +96,7 @@ def root(tmp_path_factory, char_tokenizer):
     char_tokenizer.save_pretrained(root / "model")
     (root / "train.jsonl").write_text("".join(json.dumps({"prompt": f"Write about {i}:"}) + "\n" for i in range(10)))
     (root / "rewards.py").write_text(REWARD_FILE)
-    (root / "worker.py").write_text(WORKER_FILE)
+    (root / "worker.py").write_text(worker_file)
     return root
 
 

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 import torch
-from test_distributed import REWARD_FILE, TOLERANCE, TORCHRUN, _env, _free_port, _max_difference, _one_process
+from test_distributed import TOLERANCE, TORCHRUN, _env, _free_port, _max_difference, _one_process, make_run_root
 
 from reasonrl.cli import main as cli_main
 
@@ -51,20 +51,9 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory, char_tokenizer):
-    """A tiny Qwen2 whose EOS is likely (completions of different lengths, so the processes' token counts and the
-    loss normalisation differ), 10 prompts, a reward that varies within every group."""
-    from reasonrl.tiny import build_tiny_model
-
-    root = tmp_path_factory.mktemp("fsdp")
-    model = build_tiny_model(char_tokenizer, seed=0)
-    with torch.no_grad():
-        model.get_input_embeddings().weight[char_tokenizer.eos_token_id] *= 20  # tied: a large EOS logit, often
-    model.save_pretrained(root / "model")
-    char_tokenizer.save_pretrained(root / "model")
-    (root / "train.jsonl").write_text("".join(json.dumps({"prompt": f"Write about {i}:"}) + "\n" for i in range(10)))
-    (root / "rewards.py").write_text(REWARD_FILE)
-    (root / "worker.py").write_text(WORKER_FILE)
-    return root
+    """test_distributed's tiny run folder (EOS likely, 10 prompts, a reward varying within every group), with this
+    file's worker."""
+    return make_run_root(tmp_path_factory.mktemp("fsdp"), char_tokenizer, WORKER_FILE)
 
 
 LORA = {"use_peft": "true", "loss_type": "dapo", "beta": 0.04, "gradient_checkpointing": "true"}
