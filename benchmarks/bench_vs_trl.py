@@ -2,6 +2,7 @@
 
     python benchmarks/bench_vs_trl.py                       # the seed's cells as written, fp32 and bf16
     python benchmarks/bench_vs_trl.py --settings defaults,gc-off --workloads seed,smollm2 --contention 0,2
+    .venv-vllm/bin/python benchmarks/bench_vs_trl.py --precisions fp32   # with the vLLM rows (`make setup-vllm`)
 
 The parent process builds each workload's model once, saves it (save_pretrained) with its tokenizer to a temporary
 folder, measures the machine's copy bandwidth and GEMM throughput, then runs every (workload, setting, precision,
@@ -33,6 +34,13 @@ Workloads (`--workloads`):
 
 Contention (`--contention 0,2`): each run again with N other processes doing torch matmuls on all cores (torch's
 default thread count), as when a CPU is shared with other work; the table shows each tool's slowdown.
+
+Tools (`--tools`, default all four): trl and reasonrl as above; trl-vllm and reasonrl-vllm are the same with
+`use_vllm=True, vllm_mode="colocate"` (each tool's in-process vLLM engine samples the completions; both recompute
+the log-probs and apply TRL's importance sampling correction, their default). They need vLLM, which pins
+transformers<5.20 and so lives in a virtualenv of its own (`make setup-vllm` builds .venv-vllm; run this script
+with its python); where vllm does not import, the two rows say so and are skipped. Their `gen s` includes the
+weight push to vLLM after each optimizer step (reasonrl pushes inside its generate call; TRL's push is not in it).
 """
 
 from __future__ import annotations
@@ -58,6 +66,10 @@ SEED_OPTIONS = dict(learning_rate=2e-5, optim="adamw_torch", num_train_epochs=1,
                     logging_steps=1)
 COMPLETIONS_PER_STEP = BATCH["per_device_train_batch_size"] * BATCH["gradient_accumulation_steps"]
 WORKLOADS = ("seed", "tiny", "smollm2")
+TOOLS = ("trl", "reasonrl", "trl-vllm", "reasonrl-vllm")
+# what a vLLM worker runs with: the engine in this process (TRL's colocate mode and reasonrl's), 1 GiB of KV cache on a
+# CPU (vLLM would otherwise reserve most of the memory)
+VLLM_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
 SETTINGS = ("defaults", "gc-off")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true", "WANDB_MODE": "disabled"}
@@ -143,7 +155,35 @@ def config_options(cfg: dict) -> dict:
         options["gradient_checkpointing"] = False
     if cfg["beta"] is not None:
         options.update(beta=cfg["beta"], use_bias_correction_kl=True)
+    if cfg.get("use_vllm"):  # both tools' defaults otherwise (importance sampling correction on, sequence_mask)
+        options.update(use_vllm=True, vllm_mode="colocate")
     return options
+
+
+def vllm_missing() -> str | None:
+    """Why the vLLM rows cannot run in this environment, or None when vllm imports."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return ("vllm not installed (it pins transformers<5.20: `make setup-vllm`, then run this script with "
+                ".venv-vllm/bin/python)")
+    return None
+
+
+def time_vllm_generate(timer: GenerationTimer) -> None:
+    """Record every vllm.LLM.generate call (TRL's colocate engine): wall time, completion tokens, longest one."""
+    import vllm
+
+    original = vllm.LLM.generate
+
+    def timed(self, *args, **kwargs):
+        start = time.perf_counter()
+        outputs = original(self, *args, **kwargs)
+        lengths = [len(sample.token_ids) for output in outputs for sample in output.outputs]
+        timer.record(time.perf_counter() - start, sum(lengths), max(lengths, default=0))
+        return outputs
+
+    vllm.LLM.generate = timed
 
 
 # ------------------------------------------------------------------------------------------------ workers
@@ -181,6 +221,8 @@ def run_trl(cfg: dict, timer: GenerationTimer) -> dict:
         return out
 
     transformers.GenerationMixin.generate = timed_generate
+    if cfg.get("use_vllm"):
+        time_vllm_generate(timer)
 
     steps: list[float] = []
     logs: dict[int, dict] = {}
@@ -232,6 +274,18 @@ def run_reasonrl(cfg: dict, timer: GenerationTimer) -> dict:
         return out
 
     rollout_module.generate = timed_generate  # what the trainer's rollout.sample_rollout calls
+    if cfg.get("use_vllm"):  # the engine's generate instead (it pushes the policy's new weights first)
+        from reasonrl.vllm_engine import VLLMEngine
+
+        engine_generate = VLLMEngine.generate
+
+        def timed_engine_generate(self, *args, **kwargs):
+            start = time.perf_counter()
+            out = engine_generate(self, *args, **kwargs)
+            timer.record(time.perf_counter() - start, int(out[1].sum()), int(out[0].shape[1]))
+            return out
+
+        VLLMEngine.generate = timed_engine_generate
 
     from reasonrl.callbacks import TrainerCallback
 
@@ -271,9 +325,9 @@ def worker(pairs: list[str]) -> None:
     if "batch" in cfg:  # reasonrl only: batch settings other than BATCH (bench_scaling.py), as JSON
         cfg["batch"] = json.loads(cfg["batch"])
     cfg.update(beta=None if cfg["beta"] == "default" else float(cfg["beta"]), bf16=cfg["precision"] == "bf16",
-               steps=int(cfg["steps"]), warmup=int(cfg["warmup"]))
+               steps=int(cfg["steps"]), warmup=int(cfg["warmup"]), use_vllm=cfg["tool"].endswith("-vllm"))
     timer = GenerationTimer()
-    runner = {"trl": run_trl, "reasonrl": run_reasonrl}[cfg["tool"]]
+    runner = {"trl": run_trl, "reasonrl": run_reasonrl}[cfg["tool"].removesuffix("-vllm")]
     result = runner(cfg, timer)
     warm = cfg["warmup"]
     result["warmup_step_times"] = result["step_times"][:warm]
@@ -291,6 +345,10 @@ def worker(pairs: list[str]) -> None:
     import trl
 
     result["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__}
+    if cfg["use_vllm"]:
+        import vllm
+
+        result["versions"]["vllm"] = vllm.__version__
     sys.stdout.flush()
     print(json.dumps(result))
 
@@ -350,6 +408,8 @@ def run_worker(tool: str, workload: str, precision: str, beta, model: str, opts,
                f"warmup={opts.warmup}", f"model={model}", f"output_dir={out_dir}", f"setting={setting}"]
     command += [f"{key}={value}" for key, value in (extra or {}).items()]
     env = {**os.environ, **OFFLINE_ENV}
+    if tool.endswith("-vllm"):
+        env = {**VLLM_ENV, **env}  # the caller's own settings win
     log_path = os.path.join(out_dir, "worker.log")
     competitors = [subprocess.Popen([sys.executable, "-c", COMPETITOR], env=env) for _ in range(contention)]
     start = time.perf_counter()
@@ -411,28 +471,33 @@ def print_report(rows: list[dict], machine: dict, facts: dict, opts) -> None:
           "max over the timed steps; step tok/s: completion tokens per second of step; gen s: one generate call (8 "
           "completions); len: mean completion length; RSS: worker peak (VmHWM); wall s: whole worker incl. imports "
           "and loading; base W: dtype of the frozen base weights during training; busy: competing processes")
-    header = (f"{'workload':8} {'setting':8} {'prec':4} {'busy':>4} {'tool':8} {'s/step med':>10} {'min':>7} "
+    header = (f"{'workload':8} {'setting':8} {'prec':4} {'busy':>4} {'tool':13} {'s/step med':>10} {'min':>7} "
               f"{'max':>7} {'step tok/s':>10} {'gen s':>7} {'len':>5} {'RSS MB':>7} {'wall s':>6} {'base W':>6}")
     print(header)
     print("-" * len(header))
     for row in rows:
-        for tool in ("trl", "reasonrl"):
+        for tool in (tool for tool in TOOLS if tool in row):
             result = row[tool]
-            prefix = f"{row['workload']:8} {row['setting']:8} {row['precision']:4} {row['contention']:>4} {tool:8}"
+            prefix = f"{row['workload']:8} {row['setting']:8} {row['precision']:4} {row['contention']:>4} {tool:13}"
+            if "skipped" in result:
+                print(f"{prefix} skipped: {result['skipped']}")
+                continue
             if "error" in result:
                 print(f"{prefix} FAILED ({result['error']}; log {result['log']})")
                 continue
             s = row[tool + "_summary"]
             print(f"{prefix} {s['median']:10.3f} {s['min']:7.3f} {s['max']:7.3f} {s['step_tok_s']:10.1f} "
                   f"{s['gen_s']:7.3f} {s['length']:5.1f} {s['rss_mb']:7.0f} {result['wall']:6.1f} {s['weights']:>6}")
-        if "trl_summary" in row and "reasonrl_summary" in row:
-            t, r = row["trl_summary"], row["reasonrl_summary"]
-            print(f"{'':8} {'':8} {'':4} {'':>4} {'ratio':8} speed {t['median'] / r['median']:.2f}x TRL's, tokens/s "
-                  f"{r['step_tok_s'] / t['step_tok_s']:.2f}x, generate {t['gen_s'] / r['gen_s']:.2f}x, peak RSS "
-                  f"{100 * r['rss_mb'] / t['rss_mb']:.0f}% of TRL's")
+        for tool, base in (("reasonrl", "trl"), ("reasonrl-vllm", "trl"), ("reasonrl-vllm", "trl-vllm")):
+            if tool + "_summary" in row and base + "_summary" in row:
+                t, r = row[base + "_summary"], row[tool + "_summary"]
+                print(f"{'':8} {'':8} {'':4} {'':>4} {'ratio':13} {tool} vs {base}: speed "
+                      f"{t['median'] / r['median']:.2f}x {base}'s, tokens/s {r['step_tok_s'] / t['step_tok_s']:.2f}x, "
+                      f"generate {t['gen_s'] / r['gen_s']:.2f}x, peak RSS {100 * r['rss_mb'] / t['rss_mb']:.0f}% of "
+                      f"{base}'s")
     slowdowns = []
     for row in rows:
-        if row["contention"] and "reasonrl_summary" in row:
+        if row["contention"] and any(tool + "_summary" in row for tool in TOOLS):
             idle = next((other for other in rows if other["contention"] == 0 and all(
                 other[key] == row[key] for key in ("workload", "setting", "precision"))), None)
             if idle:
@@ -442,10 +507,13 @@ def print_report(rows: list[dict], machine: dict, facts: dict, opts) -> None:
         print("slowdown under contention (s/step with N competing processes / s/step idle):")
         for row, idle in slowdowns:
             parts = [f"{tool} {row[tool + '_summary']['median'] / idle[tool + '_summary']['median']:.2f}x"
-                     for tool in ("trl", "reasonrl") if tool + "_summary" in row and tool + "_summary" in idle]
+                     for tool in TOOLS if tool + "_summary" in row and tool + "_summary" in idle]
             print(f"  {row['workload']} {row['setting']} {row['precision']} busy={row['contention']}: "
                   + ", ".join(parts))
-    versions = next((row[t]["versions"] for row in rows for t in ("trl", "reasonrl") if "versions" in row[t]), {})
+    versions = {}
+    for row in rows:
+        for tool in TOOLS:
+            versions.update(row.get(tool, {}).get("versions", {}))
     print(f"versions: {versions}")
 
 
@@ -470,6 +538,8 @@ def main() -> None:
     parser.add_argument("--betas", default="default", help="comma list of KL coefficients (default: each tool's, 0.0)")
     parser.add_argument("--contention", default="0",
                         help="comma list of how many competing torch processes share the CPU (default 0)")
+    parser.add_argument("--tools", default=",".join(TOOLS),
+                        help=f"comma list of: {', '.join(TOOLS)} (default all; the -vllm ones need vllm installed)")
     parser.add_argument("--quick", action="store_true", help="short run: --steps 2 --warmup 1")
     parser.add_argument("--scratch", default=None, help="folder for models and run outputs (default: a temp dir)")
     opts = parser.parse_args()
@@ -481,13 +551,15 @@ def main() -> None:
     os.environ.update(OFFLINE_ENV)
     split = lambda text: [item.strip() for item in text.split(",") if item.strip()]
     workloads, settings, precisions = split(opts.workloads), split(opts.settings), split(opts.precisions)
+    tools = [tool for tool in TOOLS if tool in split(opts.tools)]  # TOOLS' order: the alternation stays the same
     for name, values, known in (("workload", workloads, WORKLOADS), ("setting", settings, SETTINGS),
-                                ("precision", precisions, ("fp32", "bf16"))):
+                                ("precision", precisions, ("fp32", "bf16")), ("tool", split(opts.tools), TOOLS)):
         if unknown := [value for value in values if value not in known]:
             parser.error(f"unknown {name} {unknown[0]!r}; choose from {', '.join(known)}")
     betas = [None if b == "default" else float(b) for b in split(opts.betas)]
     contention = [int(n) for n in split(opts.contention)]
     scratch = opts.scratch or tempfile.mkdtemp(prefix="bench_vs_trl-")
+    no_vllm = vllm_missing() if any(tool.endswith("-vllm") for tool in tools) else None
     started = time.perf_counter()
 
     machine = {**measure_machine(), "cpu": cpu_name()}
@@ -505,7 +577,11 @@ def main() -> None:
                     for busy in contention:
                         row = {"workload": workload, "setting": setting, "precision": precision, "beta": beta,
                                "contention": busy}
-                        for tool in ("trl", "reasonrl"):  # alternate the tools, one subprocess each
+                        for tool in tools:  # alternate the tools, one subprocess each
+                            if no_vllm and tool.endswith("-vllm"):
+                                row[tool] = {"skipped": no_vllm}
+                                print(f"skipping {tool}: {no_vllm}", flush=True)
+                                continue
                             print(f"running {tool} {workload} {setting} {precision} beta={beta} busy={busy} ...",
                                   flush=True)
                             row[tool] = run_worker(tool, workload, precision, beta, paths[workload], opts, scratch,

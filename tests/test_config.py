@@ -41,7 +41,8 @@ SHARED_WITH_TRL = [
     "use_vllm", "vllm_mode", "vllm_model_impl", "vllm_enable_sleep_mode", "vllm_gpu_memory_utilization",
     "vllm_max_model_length", "vllm_tensor_parallel_size", "vllm_importance_sampling_correction",
     "vllm_importance_sampling_mode", "vllm_importance_sampling_clip_max", "vllm_importance_sampling_clip_min",
-    "vllm_importance_sampling_cap",
+    "vllm_importance_sampling_cap", "vllm_server_base_url", "vllm_server_host", "vllm_server_port",
+    "vllm_server_timeout",
 ]
 # TRL's __post_init__ rewrites these, so the instance value is not the declared default. Each is checked separately.
 RESOLVED_BY_TRL_AT_INIT = {
@@ -208,7 +209,9 @@ def test_lr_schedulers_are_built_by_transformers():
     ({"output_dir": 3}, "output_dir must be str (got 3)"),
     ({"learning_rate": "nan"}, "learning_rate must be float"),
     ({"vllm_mode": "remote"}, "vllm_mode='remote' is not supported"),
-    ({"use_vllm": True, "vllm_mode": "server"}, "vllm_mode=server is not built in reasonrl yet"),
+    ({"vllm_server_timeout": 0}, "vllm_server_timeout must be > 0 (seconds)"),
+    ({"vllm_server_port": 70000}, "vllm_server_port must be a TCP port (1-65535)"),
+    ({"vllm_server_base_url": "127.0.0.1:8000"}, "vllm_server_base_url='127.0.0.1:8000' is not an http(s) URL"),
     ({"vllm_importance_sampling_mode": "token"}, "vllm_importance_sampling_mode='token' is not supported"),
     ({"vllm_importance_sampling_clip_min": 2.0, "vllm_importance_sampling_clip_max": 2.0}, "must be less than"),
     ({"vllm_importance_sampling_mode": "token_truncate", "vllm_importance_sampling_clip_max": None},
@@ -226,6 +229,23 @@ def test_validation_errors(kwargs, phrase):
     assert phrase in message
     assert "\n" not in message
     assert isinstance(error.value, ValueError)
+
+
+def test_vllm_server_mode_is_accepted_without_vllm_and_under_torchrun(monkeypatch):
+    # the trainer side of server mode needs HTTP only (vLLM runs where the server runs)
+    monkeypatch.setattr("reasonrl.vllm_engine.vllm_available", lambda: False)
+    config = GRPOConfig(use_vllm=True, vllm_mode="server", vllm_server_port=8123)
+    assert (config.vllm_server_host, config.vllm_server_timeout, config.vllm_server_base_url) == ("0.0.0.0", 240.0,
+                                                                                                  None)
+    with pytest.raises(ConfigError, match="^use_vllm=true needs vLLM"):
+        GRPOConfig(use_vllm=True, vllm_mode="colocate")
+    with pytest.raises(ConfigError, match=r"^use_vllm=true vllm_mode=server with fsdp is not supported yet"):
+        GRPOConfig(use_vllm=True, vllm_mode="server", fsdp="full_shard")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert GRPOConfig(use_vllm=True, vllm_mode="server").world_size == 2  # each process samples from the server
+    with pytest.raises(ConfigError, match=r"^use_vllm=true with vllm_mode=colocate runs in one process for now "
+                                          r"\(WORLD_SIZE=2\); use vllm_mode=server"):
+        GRPOConfig(use_vllm=True, vllm_mode="colocate")
 
 
 def test_missing_optional_packages_give_a_fix(monkeypatch):

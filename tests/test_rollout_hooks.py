@@ -207,3 +207,109 @@ def test_rollout_func_from_yaml_and_cli_names_an_importable_function(tok, tmp_pa
     assert code == 0, err
     row = _metrics(tmp_path / "good" / "metrics.jsonl")[0]
     assert row["step"] == 1 and math.isfinite(row["loss"])
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: the first number
+        b: the second number
+    """
+    return a + b
+
+
+def test_with_tools_the_tool_loop_runs_on_the_rollout_funcs_first_turns(tmp_path, monkeypatch):
+    """TRL's order: the rollout_func writes first turns; a turn that calls a tool gets the result appended and the
+    model (here a scripted sampler) writes the next turn. Hand-checked ids, tool mask (the rollout_func's env_mask
+    kept for its first turn), sampling log-probs, messages, tool counts, and what the reward gets."""
+    import reasonrl.tools as tools_module
+    from reasonrl.tools import tool_suffix_ids
+
+    tok = build_char_tokenizer(tools=True)
+    eos = tok.eos_token_id
+    call = ids_of(tok, '<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>') + [eos]
+    env, answer, direct = ids_of(tok, "[e]"), ids_of(tok, "5") + [eos], ids_of(tok, "7") + [eos]
+    first = [call, direct, env + call, direct]  # rows 0, 2 call the tool; row 2 starts with 3 environment tokens
+    first_mask = [[1] * len(call), [1] * len(direct), [0] * len(env) + [1] * len(call), [1] * len(direct)]
+
+    def rollout_func(prompts, trainer):
+        ids = trainer.prompt_tokenizer(prompts, device="cpu")
+        prompt_ids = [row[m.bool()].tolist() for row, m in zip(*ids)]
+        return {"prompt_ids": prompt_ids, "completion_ids": first, "env_mask": first_mask,
+                "logprobs": [[-0.5] * len(c) for c in first]}
+
+    contexts = []
+
+    def scripted(model, prompt_ids, prompt_mask, *, num_generations, max_new_tokens, eos_token_id, pad_token_id,
+                 seeds=None, generator=None, **sampling):
+        contexts.extend(row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask))
+        n = prompt_ids.size(0)
+        return (torch.tensor([answer] * n), torch.ones(n, len(answer), dtype=torch.long),
+                torch.full((n, len(answer)), -0.25), torch.zeros(n, dtype=torch.bool))
+
+    monkeypatch.setattr(tools_module, "generate", scripted)
+    seen = {}
+
+    def reward(completions, **kwargs):
+        seen["completions"] = completions
+        return [float(c[-1]["content"] == "5") for c in completions]
+
+    rows = [{"prompt": [{"role": "user", "content": "2+3"}]}, {"prompt": [{"role": "user", "content": "1+4"}]}]
+    trainer = GRPOTrainer(build_tiny_model(tok, hidden_size=32, intermediate_size=64, seed=0), [reward],
+                          args=_config(tmp_path / "run", max_completion_length=200),
+                          train_dataset=Dataset.from_list(rows), processing_class=tok, rollout_func=rollout_func,
+                          tools=[add])
+    (tmp_path / "run").mkdir()
+    rows_out, rollout = trainer._rollout()
+    suffix = tool_suffix_ids(tok, [{"role": "tool", "name": "add", "content": "5"}])
+    expected = [call + suffix + answer, direct, env + call + suffix + answer, direct]
+    expected_mask = [[1] * len(call) + [0] * len(suffix) + [1] * len(answer), [1] * len(direct),
+                     [0] * len(env) + [1] * len(call) + [0] * len(suffix) + [1] * len(answer), [1] * len(direct)]
+    expected_logps = [[-0.5] * len(call) + [0.0] * len(suffix) + [-0.25] * len(answer), [-0.5] * len(direct),
+                      [-0.5] * (len(env) + len(call)) + [0.0] * len(suffix) + [-0.25] * len(answer),
+                      [-0.5] * len(direct)]
+    for i in range(4):
+        n = len(expected[i])
+        assert rollout.completion_ids[i, :n].tolist() == expected[i]
+        assert rollout.completion_mask[i].sum() == n
+        assert rollout.tool_mask[i, :n].tolist() == expected_mask[i] and rollout.tool_mask[i, n:].sum() == 0
+        assert rollout.sampling_logps[i, :n].tolist() == expected_logps[i]
+    assert len(contexts) == 2  # only the two calling rows got a second turn, from prompt + call + tool result
+    prompt0 = rollout.prompt_ids[0][rollout.prompt_mask[0].bool()].tolist()
+    assert contexts[0] == prompt0 + call + suffix
+    call_message = {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]}
+    assert rollout.messages[0] == [call_message, {"role": "tool", "name": "add", "content": "5"},
+                                   {"role": "assistant", "content": "5"}]
+    assert rollout.messages[1] == [{"role": "assistant", "content": "7"}]
+    assert rollout.tool_counts.tolist() == [2, 0, 0, 6, 4]  # calls, failures, timeouts, turns, rows
+    _, rewards = trainer._score(rows_out, rollout)
+    assert rewards.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert seen["completions"][2] == rollout.messages[2]
+    assert not rollout.is_truncated.any()
+    trainer.train()  # the same rounds through the loss and the optimizer
+    logged = _metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [row["tools/call_frequency"] for row in logged] == [0.5, 0.5]
+    assert all(math.isfinite(row["loss"]) for row in logged)
+
+
+def test_a_rollout_func_with_an_environment_factory_is_refused(tmp_path):
+    tok = build_char_tokenizer(tools=True)
+
+    class Env:
+        def reset(self, **kwargs):
+            return None
+
+        def poke(self, x: int) -> int:
+            """Poke.
+
+            Args:
+                x: anything
+            """
+            return x
+
+    with pytest.raises(RolloutError, match="rollout_func with environment_factory is not supported"):
+        GRPOTrainer(build_tiny_model(tok, hidden_size=32, intermediate_size=64, seed=0), [length_reward],
+                    args=_config(tmp_path / "run", max_steps=1), processing_class=tok,
+                    rollout_func=lambda prompts, trainer: {}, environment_factory=Env)

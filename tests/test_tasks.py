@@ -38,11 +38,12 @@ def check_steps(trace: str) -> list[str]:
 
 
 def test_registry_names_and_lookup():
-    assert available_tasks() == ["arithmetic", "countdown", "gsm8k", "humaneval"]
+    assert available_tasks() == ["arithmetic", "calculator", "countdown", "gsm8k", "humaneval"]
     assert get_task("Arithmetic") is arithmetic.TASK
     assert get_task("countdown").name == "countdown"
     assert [reward_name(get_task(name).reward) for name in available_tasks()] == [
         "arithmetic_accuracy",
+        "calculator_accuracy",
         "countdown_accuracy",
         "gsm8k_accuracy",
         "humaneval_accuracy",
@@ -55,7 +56,7 @@ def test_unknown_task_names_the_nearest_and_the_list():
     message = str(error.value)
     assert "\n" not in message
     assert "did you mean 'countdown'?" in message
-    assert "arithmetic, countdown, gsm8k" in message
+    assert "arithmetic, calculator, countdown, gsm8k" in message
 
 
 # ---------------------------------------------------------------- generators (arithmetic and countdown)
@@ -439,3 +440,42 @@ def test_gsm8k_from_the_hub_offline_says_to_pass_a_path(monkeypatch):
     assert (
         "\n" not in message and "openai/gsm8k" in message and "pass path= to a local GSM8K JSONL" in message
     )
+
+
+def test_dataset_name_task_prefix_gives_a_built_in_tasks_rows():
+    """dataset_name: task:NAME (and dataset_config's options, n and seed) is the task's own generate()."""
+    from reasonrl.data import load_dataset_any
+    from reasonrl.errors import ReasonRLError
+
+    loaded = load_dataset_any("task:arithmetic", config="{digits: 2, n: 5, seed: 3}")
+    assert [dict(row) for row in loaded] == get_task("arithmetic", digits=2).generate(5, seed=3)
+    assert len(load_dataset_any("task:Countdown")) == 1000  # defaults: n 1000, seed 1; names as get_task reads them
+    with pytest.raises(ReasonRLError, match="unknown task 'nosuch'") as error:
+        load_dataset_any("task:nosuch")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ReasonRLError, match="has no option 'digit'"):
+        load_dataset_any("task:arithmetic", config="{digit: 2}")
+
+
+def test_calculator_tool_share_mixes_exchanges_and_direct_answers():
+    """tool_share: the same problems, a drawn share of them traced as calculator exchanges, the rest as direct
+    answers; 1.0 (the default) adds no column; outside [0, 1] a one-line error."""
+    calculator = get_task("calculator")
+    full = calculator.generate(400, seed=1)
+    mixed = calculator.generate(400, seed=1, tool_share=0.3)
+    assert [r["prompt"] for r in mixed] == [r["prompt"] for r in full] and "use_tool" not in full[0]
+    share = sum(r["use_tool"] for r in mixed) / 400
+    assert abs(share - 0.3) < 0.06  # binomial(400, 0.3): sd 0.023
+    for row in mixed[:20]:
+        trace = calculator.trace(row)
+        if row["use_tool"]:
+            assert trace[0]["tool_calls"][0]["function"]["arguments"] == {"expression": row["expression"]}
+            assert trace[1]["content"] == row["answer"] and trace[2]["content"] == row["answer"]
+        else:
+            assert trace == [{"role": "assistant", "content": row["answer"]}]
+    assert [r["use_tool"] for r in calculator.generate(50, seed=1, tool_share=0.3)] == \
+        [r["use_tool"] for r in mixed[:50]]  # drawn with the seed
+    assert not any(r["use_tool"] for r in calculator.generate(20, seed=1, tool_share=0.0))
+    with pytest.raises(Exception, match="tool_share is the share of traces") as error:
+        calculator.generate(5, seed=1, tool_share=1.5)
+    assert "\n" not in str(error.value)

@@ -592,6 +592,7 @@ def test_reasonrl_eval_with_tools_runs_the_multi_turn_rollout_of_training(tok, t
     report = json.loads((tmp_path / "with.json").read_text())
     assert report["accuracy"] == 1.0 and report["pass_at_k"] == {"1": 1.0, "2": 1.0}
     assert report["tools"] == {"call_frequency": 1.0, "failure_frequency": 0.0, "timeouts": 0, "mean_turns": 2.0}
+    assert report["tools_sampled"] == report["tools"]  # the k=2 sampled completions: the same scripted exchange
     call_tokens = [len(ids_of(tok, first(0, r["prompt"][0]["content"]))) for r in rows]
     answer_tokens = [len(ids_of(tok, r["answer"] + EOS)) for r in rows]
     assert report["mean_length"] == pytest.approx(sum(call_tokens + answer_tokens) / 6)  # the model's tokens only
@@ -607,6 +608,38 @@ def test_reasonrl_eval_with_tools_runs_the_multi_turn_rollout_of_training(tok, t
     assert_one_line_error(code, err, "eval", ["tool 'no_such_module_xyz:calc' could not be imported"])
     code, err = run_main(capsys, [*base, "--tool-timeout", "3"])
     assert_one_line_error(code, err, "eval", ["add --tools"])
+
+
+def test_reasonrl_eval_tool_isolation_process_kills_a_hanging_tool(tok, tmp_path, capsys, monkeypatch):
+    """--tool-isolation process: a call past --tool-timeout is killed (its late side effect never happens) and
+    counted as a timeout; the same call in a thread is abandoned and its side effect still happens."""
+    from cli_helpers import assert_one_line_error, run_main
+
+    monkeypatch.setattr(tools_module, "generate", Script(
+        tok, lambda j, user: call_text("slow_writer", path=str(tmp_path / user.split()[-1])) + EOS))
+    model_dir = tmp_path / "model"
+    build_tiny_model(tok, hidden_size=32, intermediate_size=64, seed=0).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"write {name}"}], "answer": "x"})
+                            + "\n" for name in ("a", "b")))
+    base = ["eval", str(model_dir), "--data", str(data), "--reward", "reasonrl.tasks.calculator:reward",
+            "--max-new-tokens", "200", "--max-tool-calling-iterations", "1", "--tool-timeout", "0.3"]
+    tools = ["--tools", "test_tools:slow_writer"]  # this module's slow_writer, below
+    code, _ = run_main(capsys, [*base, *tools, "--tool-isolation", "process", "--json", str(tmp_path / "p.json")])
+    assert code == 0
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["tools"]["timeouts"] == 2 and report["tools"]["failure_frequency"] == 1.0
+    time.sleep(2.0)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # killed before writing
+    code, _ = run_main(capsys, [*base, *tools, "--json", str(tmp_path / "t.json")])  # a thread: abandoned, runs on
+    assert code == 0 and json.loads((tmp_path / "t.json").read_text())["tools"]["timeouts"] == 2
+    deadline = time.time() + 30
+    while not ((tmp_path / "a").exists() and (tmp_path / "b").exists()) and time.time() < deadline:
+        time.sleep(0.1)
+    assert (tmp_path / "a").read_text() == "still ran" and (tmp_path / "b").read_text() == "still ran"
+    code, err = run_main(capsys, [*base[:8], "--tool-isolation", "process"])  # without --tools
+    assert_one_line_error(code, err, "eval", ["--tool-isolation", "add --tools"])
 
 
 # ------------------------------------------------------------------------------------------ tool_isolation='process'

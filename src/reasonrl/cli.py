@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from reasonrl.config_checks import TOOL_ISOLATIONS
 from reasonrl.errors import ReasonRLError, UsageError
 
 
@@ -165,9 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help="the offline reasoning demo: warm start, eval, GRPO, eval, report")
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps (default 150)")
-    p.add_argument("--quick", action="store_true", help="a short smoke run (20 GRPO steps, 100 held-out problems)")
+    p.add_argument("--task", choices=["arithmetic", "calculator"], default="arithmetic",
+                   help="arithmetic (default): reasoning traces; calculator: learning to call a calculator tool, "
+                        "measured against an lr-0 control")
+    p.add_argument("--out", default=None, help="output folder (default demo_out, or demo_calculator_out)")
+    p.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps (default 160, calculator 30)")
+    p.add_argument("--quick", action="store_true", help="a short smoke run (arithmetic: 20 GRPO steps, 100 held-out "
+                                                        "problems; calculator: a 1-layer model, a few steps)")
     p.add_argument("--seed", type=int, default=None,
                    help="training seed: the model's initialisation, the warm start and GRPO's sampling (default 0); "
                         "the problems stay the same")
@@ -199,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tool-calling-iterations", type=int, default=None,
                    help="with --tools: rounds of tool calls per completion (default: no limit but the length)")
     p.add_argument("--tool-timeout", type=float, default=10.0, help="with --tools: seconds per tool call (10)")
+    p.add_argument("--tool-isolation", choices=list(TOOL_ISOLATIONS), default="thread",
+                   help="with --tools: run each call in a thread (default) or a child process killed at the timeout")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     p.set_defaults(func=_cmd_eval)
 
@@ -218,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lora", type=int, default=0, metavar="R", help="train a LoRA adapter of rank R, then merge it")
+    p.add_argument("--tools", help="tools whose schemas the chat template renders into the prompts, comma-separated "
+                                   "module:function specs (default: a --task's own tools, e.g. calculator's)")
     p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     p.set_defaults(func=_cmd_sft)
@@ -256,7 +265,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     p.set_defaults(func=_cmd_generate)
     _add_models_parser(sub)
+    _add_vllm_serve_parser(sub)
     return parser
+
+
+def _add_vllm_serve_parser(sub) -> None:
+    # TRL's `trl vllm-serve` option names (either spelling, --max-model-len or --max_model_len); the host is
+    # 127.0.0.1 unless given, as the server takes weights from whoever reaches it
+    p = sub.add_parser("vllm-serve", help="serve a model with vLLM for training with use_vllm=true vllm_mode=server",
+                       description="One vLLM engine behind HTTP (/health, /server_info, /generate, /update_weights, "
+                                   "/reset_prefix_cache) that a run with use_vllm=true vllm_mode=server samples "
+                                   "from and pushes its weights to. Needs vLLM (docs/SCALING.md, 'vLLM rollouts').")
+    p.add_argument("--model", required=True, help="a local model folder (config.json and *.safetensors)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000 (the trainer's vllm_server_port)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="the engine's dtype (default auto: the model's)")
+    p.add_argument("--max-model-len", "--max_model_len", type=int, default=None, dest="max_model_len",
+                   help="the context window (default: the model's); at least max_prompt_length + "
+                        "max_completion_length")
+    p.add_argument("--gpu-memory-utilization", "--gpu_memory_utilization", type=float, default=0.9,
+                   dest="gpu_memory_utilization",
+                   help="GPU memory fraction (default 0.9); a CPU's KV cache is VLLM_CPU_KVCACHE_SPACE GiB "
+                        "(1 unless set)")
+    p.add_argument("--vllm-model-impl", "--vllm_model_impl", default="vllm", choices=["vllm", "transformers"],
+                   dest="vllm_model_impl", help="vLLM's own model implementation (default) or its transformers one")
+    p.add_argument("--seed", type=int, default=0, help="the engine's seed (each request brings its own)")
+    p.add_argument("--log-level", "--log_level", default="info", dest="log_level",
+                   choices=["critical", "error", "warning", "info", "debug", "trace"], help="uvicorn's (default info)")
+    p.set_defaults(func=_cmd_vllm_serve)
+
+
+def _cmd_vllm_serve(args) -> int:
+    from reasonrl.vllm_server import serve
+
+    if args.max_model_len is not None and args.max_model_len < 1:
+        raise UsageError(f"--max-model-len {args.max_model_len} must be >= 1")
+    serve(args.model, host=args.host, port=args.port, dtype=args.dtype, max_model_len=args.max_model_len,
+          seed=args.seed, vllm_model_impl=args.vllm_model_impl, gpu_memory_utilization=args.gpu_memory_utilization,
+          log_level=args.log_level)
+    return 0
 
 
 def _add_models_parser(sub) -> None:
@@ -301,7 +349,9 @@ def _cmd_demo(args) -> int:
     _require_positive(args, "seed", allow_zero=True)
     if args.seed is not None and args.seed >= 2**32:
         raise UsageError(f"--seed must be below 2**32 (got {args.seed})")
-    settings = DemoSettings(out=args.out)
+    if args.task == "calculator":
+        return _calculator_demo(args)
+    settings = DemoSettings(out=args.out or "demo_out")
     if args.quick:
         settings.grpo_steps, settings.held_out, settings.k = 20, 100, 4
     if args.grpo_steps is not None:
@@ -310,6 +360,24 @@ def _cmd_demo(args) -> int:
         settings.seed = args.seed
     settings.dynamic_sampling = args.dynamic_sampling
     run_demo(settings)
+    return 0
+
+
+def _calculator_demo(args) -> int:
+    from reasonrl.tool_demo import ToolDemoSettings, run_tool_demo
+
+    if args.dynamic_sampling:
+        raise UsageError("--dynamic-sampling is an option of the arithmetic demo; drop it with --task calculator")
+    settings = ToolDemoSettings(out=args.out or "demo_calculator_out")
+    if args.quick:  # seconds, to check the plumbing: the numbers mean nothing
+        settings.hidden_size, settings.num_hidden_layers, settings.train_rows = 32, 1, 200
+        settings.sft_steps, settings.grpo_steps, settings.prompts_per_step, settings.num_generations = 20, 2, 4, 4
+        settings.held_out, settings.samples = 20, 2
+    if args.grpo_steps is not None:
+        settings.grpo_steps = args.grpo_steps
+    if args.seed is not None:
+        settings.seed = args.seed
+    run_tool_demo(settings)
     return 0
 
 
@@ -365,8 +433,10 @@ def _cmd_eval(args) -> int:
     if folder and not os.path.isdir(folder):  # checked now, not after the evaluation has run
         raise UsageError(f"--json {args.json}: the folder {folder} does not exist; create it or give another path")
     _check_prompt_template(args)
-    if args.tools is None and (args.max_tool_calling_iterations is not None or args.tool_timeout != 10.0):
-        raise UsageError("--max-tool-calling-iterations and --tool-timeout set how --tools run; add --tools")
+    if args.tools is None and (args.max_tool_calling_iterations is not None or args.tool_timeout != 10.0
+                               or args.tool_isolation != "thread"):
+        raise UsageError("--max-tool-calling-iterations, --tool-timeout and --tool-isolation set how --tools run; "
+                         "add --tools")
     if args.max_tool_calling_iterations is not None and args.max_tool_calling_iterations < 0:
         raise UsageError(f"--max-tool-calling-iterations must be >= 0 (got {args.max_tool_calling_iterations})")
     if not args.tool_timeout > 0:
@@ -389,7 +459,8 @@ def _cmd_eval(args) -> int:
     report = evaluate(model, tokenizer, rows, reward, k=args.k, num_samples=args.samples,
                       max_new_tokens=args.max_new_tokens or default_tokens or 256, temperature=args.temperature,
                       batch_size=args.batch_size, seed=args.seed, tools=tools,
-                      max_tool_calling_iterations=args.max_tool_calling_iterations, tool_timeout=args.tool_timeout)
+                      max_tool_calling_iterations=args.max_tool_calling_iterations, tool_timeout=args.tool_timeout,
+                      tool_isolation=args.tool_isolation)
     print(format_report(report))
     if args.json:
         try:
@@ -405,16 +476,29 @@ def _add_prompt_format_arguments(parser, purpose: str) -> None:
                                                 f"({purpose})")
     parser.add_argument("--prompt-template", help="text around each prompt, with {prompt} where it goes, as "
                                                   "GRPOConfig's prompt_template")
+    parser.add_argument("--chat-template", help="replace the tokenizer's chat template, as GRPOConfig's "
+                                                "chat_template_path: a .jinja file, a tokenizer folder, or "
+                                                "chatml-tools (ChatML with tool calls)")
 
 
 def _check_prompt_template(args) -> None:
+    """--prompt-template and --chat-template checked before anything loads (the template's text is kept for
+    _formatted_prompts, so a template file or tokenizer is read once)."""
+    args.chat_template_text = None
+    if args.chat_template is not None:
+        from reasonrl.chat_templates import read_chat_template
+
+        args.chat_template_text = read_chat_template(args.chat_template, trust_remote_code=args.trust_remote_code)
     if args.prompt_template is not None and "{prompt}" not in args.prompt_template:
         raise UsageError(f"--prompt-template must contain {{prompt}} where the prompt goes (got "
                          f"{args.prompt_template!r:.80})")
 
 
 def _formatted_prompts(args, rows: list[dict], tokenizer, model_name: str) -> list[dict]:
-    """rows with --prompt-template and --system-prompt applied to their prompts (as training applies them)."""
+    """rows with --prompt-template and --system-prompt applied to their prompts (as training applies them); the
+    tokenizer given --chat-template's template."""
+    if args.chat_template_text is not None:
+        tokenizer.chat_template = args.chat_template_text
     if args.system_prompt is not None and tokenizer.chat_template is None:
         raise UsageError(f"--system-prompt needs a chat template, and the tokenizer of {model_name} has none; put "
                          f"the instruction in --prompt-template instead")
@@ -433,8 +517,15 @@ def _cmd_sft(args) -> int:
     _require_positive(args, "lora", allow_zero=True)  # 0: no LoRA
     _check_prompt_template(args)
     check_model_folder(args.out, overwrite=args.overwrite)  # before minutes of training, not after
+    tools = None
+    if args.tools is not None:  # checked (importable, describable) before the model loads
+        from reasonrl.tools import load_tools, tool_schemas
+
+        tools = load_tools([spec for spec in args.tools.split(",") if spec.strip()])
+        tool_schemas(tools)
     if args.task is not None or args.task_config is not None:
         task = _task(args)
+        tools = tools if tools is not None else list(task.tools) or None
         rows = [{"prompt": r["prompt"], "completion": task.trace(r)} for r in task.generate(args.n, seed=args.seed)]
     else:
         from reasonrl.data import load_dataset_any
@@ -446,9 +537,11 @@ def _cmd_sft(args) -> int:
                              f"{', '.join(dataset.column_names)}); sft needs prompt and completion")
         rows = [dict(row) for row in dataset]
     if args.model is None:
+        from reasonrl.sft import needs_template
         from reasonrl.tiny import build_char_tokenizer, build_reasoning_model
 
-        tokenizer = build_char_tokenizer()
+        # tool traces need the tool template (it renders schemas, calls and results); others keep plain ChatML
+        tokenizer = build_char_tokenizer(tools=bool(tools) or any(needs_template(r["completion"]) for r in rows))
         model = build_reasoning_model(tokenizer, seed=args.seed)
     else:
         from reasonrl.models import load_model, load_tokenizer
@@ -462,7 +555,7 @@ def _cmd_sft(args) -> int:
         model = get_peft_model(model, LoraConfig(r=args.lora, lora_alpha=2 * args.lora, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
     losses = sft(model, tokenizer, rows, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
-                 learning_rate=args.lr, seed=args.seed)
+                 learning_rate=args.lr, seed=args.seed, tools=tools)
     if args.lora:
         model = model.merge_and_unload()
 

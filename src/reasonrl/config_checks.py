@@ -174,16 +174,22 @@ def _check_vllm(config) -> None:
         raise ConfigError(f"vllm_importance_sampling_mode={config.vllm_importance_sampling_mode} needs a bound; set "
                           "vllm_importance_sampling_clip_max (e.g. 3.0) or vllm_importance_sampling_clip_min",
                           "vllm_importance_sampling_clip_max")
+    _require(config, "vllm_server_timeout", config.vllm_server_timeout > 0, "must be > 0 (seconds)")
+    _require(config, "vllm_server_port", 1 <= config.vllm_server_port <= 65535, "must be a TCP port (1-65535)")
+    if config.vllm_server_base_url is not None and not config.vllm_server_base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"vllm_server_base_url={config.vllm_server_base_url!r} is not an http(s) URL; give e.g. "
+                          f"http://127.0.0.1:8000", "vllm_server_base_url")
     if not config.use_vllm:
         return
-    if config.vllm_mode == "server":
-        raise ConfigError("vllm_mode=server is not built in reasonrl yet (no `reasonrl vllm-serve`); use "
-                          "vllm_mode=colocate", "vllm_mode")
     _require(config, "vllm_tensor_parallel_size", config.vllm_tensor_parallel_size == 1,
              "must be 1 (reasonrl's colocated engine is not split over devices)")
-    if config.world_size > 1:
-        raise ConfigError(f"use_vllm=true runs in one process for now (WORLD_SIZE={config.world_size}); train with "
-                          f"one process or set use_vllm=false", "use_vllm")
+    if config.world_size > 1 and config.vllm_mode == "colocate":
+        raise ConfigError(f"use_vllm=true with vllm_mode=colocate runs in one process for now (WORLD_SIZE="
+                          f"{config.world_size}); use vllm_mode=server (reasonrl vllm-serve), train with one process "
+                          f"or set use_vllm=false", "use_vllm")
+    if config.fsdp and config.vllm_mode == "server":
+        raise ConfigError("use_vllm=true vllm_mode=server with fsdp is not supported yet (rank 0 sends its whole "
+                          "copy of the weights); train with DDP (no fsdp) or set use_vllm=false", "fsdp")
     if "suppress_tokens" in (config.generation_kwargs or {}):
         raise ConfigError("generation_kwargs suppress_tokens is not supported with use_vllm=true; remove it or set "
                           "use_vllm=false", "generation_kwargs")
@@ -196,9 +202,10 @@ def _check_vllm(config) -> None:
         raise ConfigError(f"loss_type=vespo with vLLM's importance sampling correction needs "
                           f"vllm_importance_sampling_mode token_truncate or token_mask (got "
                           f"{config.vllm_importance_sampling_mode}), as in TRL", "vllm_importance_sampling_mode")
-    from reasonrl.vllm_engine import check_vllm_installed
+    if config.vllm_mode == "colocate":  # a server runs vLLM in its own environment; the trainer needs only HTTP
+        from reasonrl.vllm_engine import check_vllm_installed
 
-    check_vllm_installed()
+        check_vllm_installed()
 
 
 def warn_about_loss_pairings(config, warn) -> None:

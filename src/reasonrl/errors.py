@@ -78,6 +78,11 @@ class TrainingDiverged(ReasonRLError, RuntimeError):
     """Training cannot go on: steps in a row were not finite, or a step left non-finite weights."""
 
 
+class VLLMServerError(ReasonRLError, ConnectionError):
+    """A `reasonrl vllm-serve` server (vllm_mode=server) that cannot be reached, stopped answering, or serves another
+    model than the policy."""
+
+
 class OutOfMemory(ReasonRLError, MemoryError):
     """The settings need more memory than the machine has (the pre-flight worst-case check, preflight.py)."""
 

@@ -10,7 +10,9 @@ import json
 
 import torch
 
+from reasonrl.config_checks import TOOL_ISOLATIONS
 from reasonrl.data import PromptTokenizer
+from reasonrl.errors import ToolError
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -74,21 +76,27 @@ def _complete(model, tokenizer, prompts, *, num_samples, max_new_tokens, greedy,
 
 def evaluate(model, tokenizer, rows: list[dict], reward_fn, *, k: int = 1, num_samples: int | None = None,
              max_new_tokens: int = 256, temperature: float = 1.0, batch_size: int = 64, seed: int = 0,
-             tools=None, max_tool_calling_iterations: int | None = None, tool_timeout: float | None = 10.0) -> dict:
+             tools=None, max_tool_calling_iterations: int | None = None, tool_timeout: float | None = 10.0,
+             tool_isolation: str = "thread") -> dict:
     """Evaluate `model` on `rows` ({prompt, answer, ...}); `reward_fn` (TRL signature) returns 1.0 when correct.
 
     Greedy decoding gives accuracy, format rate, length and truncation. With k > 1, `num_samples` (default k)
     completions per prompt are sampled at `temperature` and pass@1..k is estimated from them. With `tools`
     (functions or 'module:function' specs, as the trainer's) the completions are the multi-turn rollouts of
-    training (tools.py): the reward gets each sample's messages, and the report the tools' metrics.
+    training (tools.py): the reward gets each sample's messages, and the report the tools' metrics (`tools`, of
+    the greedy completions; with k > 1 also `tools_sampled`, of the sampled ones); tool_isolation='process' runs
+    each call in a child process killed at tool_timeout, as GRPOConfig's option.
     """
     from reasonrl.rewards import format_reward
     from reasonrl.tools import ToolCalling, load_tools, tool_metrics
 
     tool_calling = None
+    if tool_isolation not in TOOL_ISOLATIONS:
+        raise ToolError(f"tool_isolation must be 'thread' or 'process' (got {tool_isolation!r})")
     if tools:
-        tool_calling = ToolCalling(load_tools(tools), tokenizer, max_iterations=max_tool_calling_iterations,
-                                   timeout=tool_timeout)
+        tools = load_tools(tools)
+        tool_calling = ToolCalling(tools, tokenizer, max_iterations=max_tool_calling_iterations,
+                                   timeout=tool_timeout, isolated=tools if tool_isolation == "process" else ())
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -110,9 +118,13 @@ def evaluate(model, tokenizer, rows: list[dict], reward_fn, *, k: int = 1, num_s
         report["tools"] = {key.removeprefix("tools/"): value for key, value in tool_metrics(counts).items()}
     samples = max(k, num_samples or k)
     if k > 1:
-        _, sampled, _, _, _ = _complete(model, tokenizer, prompts, num_samples=samples, max_new_tokens=max_new_tokens,
-                                        greedy=False, temperature=temperature, batch_size=max(1, batch_size // samples),
-                                        generator=generator, tool_calling=tool_calling)
+        _, sampled, _, _, sampled_counts = _complete(
+            model, tokenizer, prompts, num_samples=samples, max_new_tokens=max_new_tokens, greedy=False,
+            temperature=temperature, batch_size=max(1, batch_size // samples), generator=generator,
+            tool_calling=tool_calling)
+        if sampled_counts is not None:  # the same metrics over the sampled completions (at `temperature`)
+            report["tools_sampled"] = {key.removeprefix("tools/"): value
+                                       for key, value in tool_metrics(sampled_counts).items()}
         sampled_correct = _score(reward_fn, rows, sampled, samples)
         per_prompt = [sum(v > 0.5 for v in sampled_correct[i * samples:(i + 1) * samples]) for i in range(len(rows))]
         report["pass_at_k"] = {str(j): value for j, value in mean_pass_at_k(per_prompt, samples,
@@ -131,6 +143,10 @@ def format_report(report: dict) -> str:
     if report.get("tools"):
         lines.append("tools: " + "  ".join(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}"
                                           for key, value in report["tools"].items()))
+    if report.get("tools_sampled"):
+        lines.append(f"tools (sampled, T={report['temperature']}): " + "  ".join(
+            f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}"
+            for key, value in report["tools_sampled"].items()))
     if report["pass_at_k"]:
         lines.append("pass@k: " + "  ".join(f"@{k}={v:.3f}" for k, v in report["pass_at_k"].items()))
     return "\n".join(lines)

@@ -12,6 +12,7 @@ import struct
 
 import torch
 
+from reasonrl.chat_templates import set_chat_template
 from reasonrl.core import dropout
 from reasonrl.cpu import page_out
 from reasonrl.errors import ConfigError, ModelLoadError, reason_of
@@ -421,7 +422,8 @@ def load_policy(model, args, processing_class=None, *, bf16: bool = False, wants
         model_name = getattr(model.config, "_name_or_path", None) or type(model).__name__
         if processing_class is None:
             processing_class = load_tokenizer(model_name, trust_remote_code=args.trust_remote_code)
-    tokenizer = prepare_tokenizer(processing_class)
+    tokenizer = set_chat_template(prepare_tokenizer(processing_class), args.chat_template_path,
+                                  trust_remote_code=args.trust_remote_code)
     check_policy(model, tokenizer)
     return model, tokenizer, model_name
 

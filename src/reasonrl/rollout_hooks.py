@@ -11,6 +11,11 @@ marking the tokens the model wrote (1) and those the environment inserted (0), w
 tool_mask. The completions are taken as returned (their whole length is the completion; a last token that is not
 EOS or padding marks it truncated). The log-probs are kept but, as in TRL without vLLM, not used by the loss.
 
+With `tools` as well, as TRL: the rollout_func's completions are the first turns, and the tool loop runs on them
+(tools.ToolCalling.continue_turns): a first turn that calls a tool and ends gets the results appended and the model
+(reasonrl's sampler) writes the next turn, up to max_tool_calling_iterations; an env_mask stays the first turns'
+mask. A rollout_func with environment_factory is refused.
+
 `generate_completions(trainer, prompts)` is what a rollout_func can call to sample with reasonrl's own sampler (the
 lean decoder where it fits), as the trainer would: a rollout_func that returns it unchanged trains exactly as no
 rollout_func does.
@@ -97,13 +102,14 @@ class RolloutStage:
     (num_generations, seeds, ...). Returns a Rollout of N*G rows grouped by prompt."""
 
     def __init__(self, tokenizer, tool_calling=None, rollout_func=None, environments=None, trainer=None):
-        if rollout_func is not None and (tool_calling is not None or environments is not None):
-            raise RolloutError("rollout_func with tools or environment_factory is not supported: the rollout_func "
-                               "makes the whole completion; run the tool calls inside it and return env_mask")
+        if rollout_func is not None and environments is not None:
+            raise RolloutError("rollout_func with environment_factory is not supported: the rollout_func makes the "
+                               "completions; call the environment inside it and return env_mask, or pass its "
+                               "methods as tools")
         self.tokenizer, self.tool_calling = tokenizer, tool_calling
         self.rollout_func, self.environments, self.trainer = rollout_func, environments, trainer
         self.model, self.sampling = None, {}  # of the call in progress, for generate_completions
-        self.engine = None  # a vllm_engine.VLLMEngine that samples instead of reasonrl's decoder (use_vllm)
+        self.engine = None  # vLLM sampling instead of reasonrl's decoder (use_vllm): VLLMEngine or VLLMServerEngine
         if environments is not None:
             environments.tokenizer = tokenizer
 
@@ -118,7 +124,11 @@ class RolloutStage:
             self.model, self.sampling = model, sampling
             try:
                 prompts = copy.deepcopy([row["prompt"] for row in rows for _ in range(g)])
-                return rollout_from_func(self.rollout_func, self.trainer, prompts, self.tokenizer, prompt_ids.device)
+                rollout = rollout_from_func(self.rollout_func, self.trainer, prompts, self.tokenizer,
+                                            prompt_ids.device)
+                if self.tool_calling is not None:
+                    rollout = tool_turns_after(self.tool_calling, model, rollout, self.tokenizer, sampling)
+                return rollout
             finally:
                 self.model, self.sampling = None, {}
         if self.environments is not None:
@@ -180,6 +190,25 @@ def rollout_from_func(rollout_func, trainer, prompts: list, tokenizer, device) -
         rollout.tool_mask = torch.tensor([m + [0] * (width - len(m)) for m in env_mask], device=device)
     rollout.reward_columns = columns or None
     return rollout
+
+
+def tool_turns_after(tool_calling, model, rollout: Rollout, tokenizer, sampling: dict) -> Rollout:
+    """`rollout` (a rollout_func's) with the tool loop run on its completions as first turns (TRL's order)."""
+    def rows(values, mask):
+        return [v[m.bool()].tolist() for v, m in zip(values, mask)]
+
+    mask = rollout.completion_mask
+    turns = tool_calling.continue_turns(
+        model, rows(rollout.prompt_ids, rollout.prompt_mask), rows(rollout.completion_ids, mask),
+        device=rollout.completion_ids.device, first_logps=rows(rollout.sampling_logps, mask),
+        first_mask=None if rollout.tool_mask is None else rows(rollout.tool_mask, mask), **sampling)
+    ids = rows(turns.completion_ids, turns.completion_mask)
+    result = Rollout(rollout.prompt_ids, rollout.prompt_mask, turns.completion_ids, turns.completion_mask,
+                     turns.sampling_logps, turns.is_truncated, tokenizer.batch_decode(ids, skip_special_tokens=True),
+                     tool_mask=turns.tool_mask, messages=turns.completions)
+    result.tool_counts = turns.counts(rollout.completion_ids.device)
+    result.reward_columns = rollout.reward_columns
+    return result
 
 
 def _rows(output: dict, key: str, count: int, kind) -> list[list]:

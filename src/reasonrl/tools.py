@@ -362,6 +362,7 @@ class ToolRollout:
     tool_calls: int = 0
     tool_failures: int = 0  # calls that raised, timed out, returned junk, named no tool (timeouts counted too)
     tool_timeouts: int = 0
+    sampling_logps: torch.Tensor | None = None  # [B, C] with a rollout_func's first turns (continue_turns)
 
     def counts(self, device=None) -> torch.Tensor:
         """[calls, failures, timeouts, turns, rows]: what tool_metrics needs, summable over processes."""
@@ -424,14 +425,30 @@ class ToolCalling:
 
         Randomness: turn 1 as rollout.generate; a later turn of row j of prompt i samples from its own seed
         (seeds[i], j, turn), so no row depends on which others called tools (or on the batch, or a resume)."""
-        g, tokenizer = num_generations, self.tokenizer
-        eos_ids = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+        g = num_generations
         ids, mask, _, _ = generate(model, prompt_ids, prompt_mask, num_generations=g, max_new_tokens=max_new_tokens,
                                    eos_token_id=eos_token_id, pad_token_id=pad_token_id, seeds=seeds,
                                    generator=generator, **sampling)
         prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask) for _ in range(g)]
-        completions = [row[m.bool()].tolist() for row, m in zip(ids, mask)]  # token ids per row, growing
-        tool_mask = [[1] * len(row) for row in completions]
+        completions = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+        return self.continue_turns(model, prompts, completions, num_generations=g, max_new_tokens=max_new_tokens,
+                                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, seeds=seeds,
+                                   generator=generator, row_tools=row_tools, device=prompt_ids.device, **sampling)
+
+    def continue_turns(self, model, prompts: list[list[int]], completions: list[list[int]], *, num_generations: int,
+                       max_new_tokens: int, eos_token_id, pad_token_id: int, device, seeds: list[int] | None = None,
+                       generator: torch.Generator | None = None, row_tools: list[dict] | None = None,
+                       first_mask: list[list[int]] | None = None, first_logps: list[list[float]] | None = None,
+                       **sampling) -> ToolRollout:
+        """The tool loop from first turns already sampled: `completions` (token ids per row, N*G rows grouped by
+        prompt) after `prompts` (the rows' prompt ids). A rollout_func's first turns come here as TRL runs its
+        tool loop on them: `first_mask` (its env_mask, 1 where the model wrote) and `first_logps` (its logprobs;
+        the result's sampling_logps then hold them, the later turns' and 0 on tool tokens)."""
+        g, tokenizer = num_generations, self.tokenizer
+        eos_ids = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id)
+        completions = [list(row) for row in completions]  # token ids per row, growing
+        tool_mask = [list(m) for m in first_mask] if first_mask is not None else [[1] * len(r) for r in completions]
+        logps = [list(row) for row in first_logps] if first_logps is not None else None
         messages = [[parse_turn(tokenizer, row, prompt, self.schemas)] for row, prompt in zip(completions, prompts)]
         turns = [1] * len(completions)
         result = ToolRollout(None, None, None, None, messages, turns)
@@ -454,32 +471,35 @@ class ToolCalling:
                 messages[i].extend(tool_messages)
                 completions[i] = completions[i] + suffix
                 tool_mask[i] = tool_mask[i] + [0] * len(suffix)
+                if logps is not None:
+                    logps[i] = logps[i] + [0.0] * len(suffix)
                 contexts.append(prompts[i] + completions[i])
                 budgets.append(room)
                 rows.append(i)
             if not rows:
                 break
             width = max(len(context) for context in contexts)
-            context_ids = torch.tensor([[pad_token_id] * (width - len(c)) + c for c in contexts],
-                                       device=prompt_ids.device)
-            context_mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts],
-                                        device=prompt_ids.device)
+            context_ids = torch.tensor([[pad_token_id] * (width - len(c)) + c for c in contexts], device=device)
+            context_mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
             turn_seeds = None if seeds is None else [_turn_seed(seeds[i // g], i % g, iteration + 1) for i in rows]
-            new_ids, new_mask, _, _ = generate(model, context_ids, context_mask, num_generations=1,
-                                               max_new_tokens=max(budgets), eos_token_id=eos_token_id,
-                                               pad_token_id=pad_token_id, seeds=turn_seeds, generator=generator,
-                                               **sampling)
+            new_ids, new_mask, new_logps, _ = generate(model, context_ids, context_mask, num_generations=1,
+                                                       max_new_tokens=max(budgets), eos_token_id=eos_token_id,
+                                                       pad_token_id=pad_token_id, seeds=turn_seeds,
+                                                       generator=generator, **sampling)
             for k, i in enumerate(rows):
                 turn = new_ids[k][new_mask[k].bool()].tolist()[: budgets[k]]
                 messages[i].append(parse_turn(tokenizer, turn, contexts[k], self.schemas))
                 completions[i] = completions[i] + turn
                 tool_mask[i] = tool_mask[i] + [1] * len(turn)
+                if logps is not None:
+                    logps[i] = logps[i] + new_logps[k][new_mask[k].bool()].tolist()[: len(turn)]
                 turns[i] += 1
             calling = [i for i in rows if _wants_tools(messages[i][-1], completions[i], eos_ids)]
             iteration += 1
 
         width = max(len(row) for row in completions)
-        device = prompt_ids.device
+        if logps is not None:
+            result.sampling_logps = torch.tensor([row + [0.0] * (width - len(row)) for row in logps], device=device)
         result.completion_ids = torch.tensor([row + [pad_token_id] * (width - len(row)) for row in completions],
                                              device=device)
         result.completion_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in completions],

@@ -61,7 +61,7 @@ from reasonrl.core import (
     sampler_importance_weights,
     sampler_mismatch_metrics,
 )
-from reasonrl.cpu import ThreadGovernor, release_freed_memory
+from reasonrl.cpu import ThreadGovernor, fix_mmap_threshold, release_freed_memory
 from reasonrl.data import (
     PromptTokenizer,
     column_names,
@@ -142,6 +142,8 @@ class GRPOTrainer:
             raise ConfigError("optimizers= holds the model's parameters as they were before fsdp shards them; leave "
                               "the optimizer to the config (optim, learning_rate, ...) or unset fsdp", "fsdp")
         self.device = self.dist.device
+        if self.dist.fsdp and self.device.type == "cpu":  # FSDP's gathers, freed layer by layer, would grow the heap
+            fix_mmap_threshold()
         self.bf16 = args.use_bf16()
         _seed_everything(args.seed)
         # functions, names and reward models (TRL's model ids and PreTrainedModels, with reward_processing_classes:
@@ -180,7 +182,8 @@ class GRPOTrainer:
             first_prompts(self.train_dataset, 64 if is_stream(self.train_dataset) else None))
         eval_prompts = [prompt for _, data in eval_sets(self._eval_data) for prompt in data["prompt"]]
         longest_eval = self.prompt_tokenizer.longest(eval_prompts) if eval_prompts else 0
-        check_lengths(model.config, args.max_completion_length, max(self.longest_prompt, longest_eval))
+        self._longest_any_prompt = max(self.longest_prompt, longest_eval)
+        check_lengths(model.config, args.max_completion_length, self._longest_any_prompt)
         model = prepare_for_training(model, args, peft_config, bf16=self.bf16)  # LoRA, dropout, frozen weights
         check_causal(model, self.tokenizer, bf16=self.bf16)
         # how every micro-batch's forward and backward run: decided here, once (the model's layer checkpointing set)
@@ -278,6 +281,13 @@ class GRPOTrainer:
         args = self.args
         context = args.max_prompt_length + args.max_completion_length  # prompts are cut to max_prompt_length
         positions = getattr(self.model.config, "max_position_embeddings", None)
+        if args.vllm_mode == "server":  # a `reasonrl vllm-serve` process samples (vllm_client.py)
+            from reasonrl.vllm_client import VLLMServerEngine
+
+            # every process samples its own prompts; rank 0 alone pushes the weights (before DDP's first collective:
+            # no push can come before every process has connected and read the server's weights version)
+            return VLLMServerEngine.connect(self.model, args, longest_prompt=self._longest_any_prompt,
+                                            pushes=self.dist.is_main)
         return VLLMEngine.build(self.model, args, bf16=self.bf16, max_model_len=min(context, positions or context))
 
     # ------------------------------------------------------------------ the loop

@@ -13,6 +13,9 @@ it shares.
 The log-probs are vLLM's "processed" ones (TRL's choice): of the distribution that sampled, after temperature,
 penalties and top-k/top-p/min-p. The trainer compares them with its own forward's (core.sampler_importance_weights).
 
+Server mode (vllm_mode="server") runs the same engine in `reasonrl vllm-serve` (vllm_server.py, built with
+start_llm, reloaded with reload_weights, sampling with sample) and talks to it over HTTP (vllm_client.py).
+
 vLLM pins transformers below what reasonrl's main environment may have, so it usually lives in its own virtualenv:
 docs/SCALING.md, "vLLM rollouts", has the commands.
 """
@@ -75,6 +78,107 @@ def policy_weights(model, dtype: torch.dtype):
         yield clean, tensor.detach().to(dtype).contiguous()
 
 
+def start_llm(model_path: str, *, dtype: str, seed: int, max_model_len: int | None, model_impl: str = "vllm",
+              gpu_memory_utilization: float = 0.3, tensor_parallel_size: int = 1, enable_sleep_mode: bool = False):
+    """An in-process vLLM `LLM` over the safetensors model in `model_path`, set up as reasonrl samples with it (the
+    colocated engine and `reasonrl vllm-serve` alike): token ids in (no tokenizer), the sampled tokens' processed
+    log-probs out (TRL's choice), no CUDA graphs, the model's generation_config ignored (every sampling option is
+    given per request)."""
+    check_vllm_installed()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM would take 90% of the memory otherwise
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process
+    from vllm import LLM
+    from vllm.platforms import current_platform
+
+    if enable_sleep_mode and not current_platform.is_sleep_mode_available():
+        raise ConfigError(f"vllm_enable_sleep_mode=true: vLLM has no sleep mode on this platform "
+                          f"({current_platform.device_name}); set vllm_enable_sleep_mode=false",
+                          "vllm_enable_sleep_mode")
+    return LLM(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len,
+               gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
+               model_impl=model_impl, skip_tokenizer_init=True, generation_config="vllm",
+               logprobs_mode="processed_logprobs", enable_sleep_mode=enable_sleep_mode, enforce_eager=True)
+
+
+def reload_weights(llm, weights, tied: bool) -> None:
+    """(name, tensor) pairs in the checkpoint's names into the running engine, in place, then its prefix cache reset
+    (its keys and values came from the old weights). The worker's `reload_weights` (vLLM's CPU backend repacks its
+    linear weights at load, so `model.load_weights` on the running model fails there), then, for a tied lm_head,
+    its re-processing: the reload refreshes the embedding, not the packed copy the lm_head computes with."""
+    weights = list(weights)
+
+    def reload(worker):
+        worker = getattr(worker, "worker", worker)
+        worker.reload_weights(weights_iterator=iter(weights))
+        if tied:
+            lm_head = worker.model_runner.model.lm_head
+            method = getattr(lm_head, "quant_method", None)
+            if method is not None and hasattr(method, "process_weights_after_loading"):
+                method.process_weights_after_loading(lm_head)
+
+    llm.collective_rpc(reload)
+    llm.reset_prefix_cache()
+
+
+def sampling_options(*, num_generations: int, max_new_tokens: int, eos_token_id: int | list[int],
+                     temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, min_p: float | None = None,
+                     repetition_penalty: float = 1.0, suppress_tokens: list[int] | None = None,
+                     greedy: bool = False) -> dict:
+    """rollout.generate's sampling arguments as one JSON-able mapping: what `sample` (in process, or behind
+    `reasonrl vllm-serve`'s /generate) takes."""
+    if suppress_tokens:  # config_checks refuses it; a direct call gets the same answer
+        raise ConfigError("generation_kwargs suppress_tokens is not supported with use_vllm=true", "use_vllm")
+    return {"n": int(num_generations), "max_tokens": int(max_new_tokens), "greedy": bool(greedy),
+            "stop_token_ids": [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
+            "temperature": float(temperature), "top_p": float(top_p), "top_k": int(top_k or 0),
+            "min_p": float(min_p or 0.0), "repetition_penalty": float(repetition_penalty)}
+
+
+def sample(llm, prompts: list[list[int]], seeds: list[int], options: dict) -> tuple[list[list[int]], list[list[float]]]:
+    """n completions of each token-id prompt (options: sampling_options), prompt i's with seed seeds[i] (vLLM gives
+    its n samples seeds[i] + 0..n-1): their token ids and the sampled tokens' log-probs, rows grouped by prompt."""
+    from vllm import SamplingParams
+
+    greedy, n = options["greedy"], options["n"]
+    # vLLM samples greedily one completion per request: a greedy prompt is sent n times
+    copies, per_request = (n, 1) if greedy else (1, n)
+    params = [SamplingParams(n=per_request, temperature=0.0 if greedy else options["temperature"],
+                             top_p=options["top_p"], top_k=options["top_k"], min_p=options["min_p"],
+                             repetition_penalty=options["repetition_penalty"], max_tokens=options["max_tokens"],
+                             logprobs=0, seed=int(seed), stop_token_ids=options["stop_token_ids"], detokenize=False)
+              for seed in seeds for _ in range(copies)]
+    requests = [{"prompt_token_ids": list(ids)} for ids in prompts for _ in range(copies)]
+    rows, logps = [], []
+    for output in llm.generate(requests, params, use_tqdm=False):
+        for completion in sorted(output.outputs, key=lambda c: c.index):
+            tokens = list(completion.token_ids)
+            rows.append(tokens)
+            logps.append([entry[token].logprob for token, entry in zip(tokens, completion.logprobs)])
+    return rows, logps
+
+
+def prompt_lists(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[list[int]]:
+    """Left-padded prompts [N, P] as lists of their real token ids."""
+    return [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+
+
+def completion_tensors(rows: list[list[int]], logps: list[list[float]], stop_token_ids: list[int], pad_token_id: int,
+                       device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`sample`'s lists as rollout.generate's tensors: completion_ids, completion_mask, sampling_logps [N*G, C]
+    (0 past each completion) and is_truncated [N*G] (no stop token at its end)."""
+    width = max(1, max(map(len, rows), default=0))
+    completion_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    sampling_logps = torch.zeros(len(rows), width, dtype=torch.float32)
+    completion_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, (tokens, values) in enumerate(zip(rows, logps)):
+        completion_ids[i, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        sampling_logps[i, :len(values)] = torch.tensor(values, dtype=torch.float32)
+        completion_mask[i, :len(tokens)] = 1
+    is_truncated = torch.tensor([not tokens or tokens[-1] not in stop_token_ids for tokens in rows])
+    return (completion_ids.to(device), completion_mask.to(device), sampling_logps.to(device),
+            is_truncated.to(device))
+
+
 class VLLMEngine:
     """An in-process vLLM engine that samples rounds from the policy's current weights (see the module docstring).
 
@@ -91,30 +195,20 @@ class VLLMEngine:
         """The engine for `model` with the run's options: vllm_model_impl, vllm_gpu_memory_utilization (GPU only; a
         CPU's KV cache is VLLM_CPU_KVCACHE_SPACE), vllm_max_model_length (else `max_model_len`), the seed."""
         check_vllm_installed()
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM would take 90% of the memory otherwise
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # colocate: the engine in this process
         from safetensors.torch import save_file
-        from vllm import LLM
-        from vllm.platforms import current_platform
-
-        if args.vllm_enable_sleep_mode and not current_platform.is_sleep_mode_available():
-            raise ConfigError(f"vllm_enable_sleep_mode=true: vLLM has no sleep mode on this platform "
-                              f"({current_platform.device_name}); set vllm_enable_sleep_mode=false",
-                              "vllm_enable_sleep_mode")
 
         dtype = torch.bfloat16 if bf16 else torch.float32
         folder = tempfile.mkdtemp(prefix="reasonrl-vllm-")
         try:
-            config = unwrap_model(model).config
-            config.save_pretrained(folder)
+            unwrap_model(model).config.save_pretrained(folder)
             save_file(dict(policy_weights(model, dtype)), os.path.join(folder, "model.safetensors"),
                       metadata={"format": "pt"})
-            llm = LLM(model=folder, dtype="bfloat16" if bf16 else "float32", seed=args.seed,
-                      max_model_len=args.vllm_max_model_length or max_model_len,
-                      gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-                      tensor_parallel_size=args.vllm_tensor_parallel_size, model_impl=args.vllm_model_impl,
-                      skip_tokenizer_init=True, generation_config="vllm", logprobs_mode="processed_logprobs",
-                      enable_sleep_mode=args.vllm_enable_sleep_mode, enforce_eager=True)
+            llm = start_llm(folder, dtype="bfloat16" if bf16 else "float32", seed=args.seed,
+                            max_model_len=args.vllm_max_model_length or max_model_len,
+                            model_impl=args.vllm_model_impl,
+                            gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                            tensor_parallel_size=args.vllm_tensor_parallel_size,
+                            enable_sleep_mode=args.vllm_enable_sleep_mode)
         finally:  # loaded: later weights come from memory (push_weights), not from this folder
             shutil.rmtree(folder, ignore_errors=True)
         engine = cls(model, llm, dtype)
@@ -129,22 +223,8 @@ class VLLMEngine:
 
     @torch.no_grad()
     def push_weights(self) -> None:
-        """The policy's current weights into the engine, in place (merged LoRA), and its prefix cache reset (its
-        keys and values came from the old weights)."""
-        weights = list(policy_weights(self.model, self.dtype))
-        tied = self.tied
-
-        def reload(worker):
-            worker = getattr(worker, "worker", worker)
-            worker.reload_weights(weights_iterator=iter(weights))
-            if tied:  # the reload refreshes the embedding, not the packed copy the lm_head computes with
-                lm_head = worker.model_runner.model.lm_head
-                method = getattr(lm_head, "quant_method", None)
-                if method is not None and hasattr(method, "process_weights_after_loading"):
-                    method.process_weights_after_loading(lm_head)
-
-        self.llm.collective_rpc(reload)
-        self.llm.reset_prefix_cache()
+        """The policy's current weights into the engine, in place (merged LoRA), and its prefix cache reset."""
+        reload_weights(self.llm, policy_weights(self.model, self.dtype), self.tied)
         self.stale = False
 
     @torch.no_grad()
@@ -158,43 +238,22 @@ class VLLMEngine:
         0 past the mask) and is_truncated [N*G]. Prompt i samples with seed seeds[i] (vLLM gives its G samples
         seeds[i] + 0..G-1), else with a seed drawn from `generator`. `model` must be the policy the engine was
         built from; `lean` has no meaning here."""
-        from vllm import SamplingParams
-
-        if suppress_tokens:  # config_checks refuses it; a direct call gets the same answer
-            raise ConfigError("generation_kwargs suppress_tokens is not supported with use_vllm=true", "use_vllm")
+        options = sampling_options(num_generations=num_generations, max_new_tokens=max_new_tokens,
+                                   eos_token_id=eos_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
+                                   min_p=min_p, repetition_penalty=repetition_penalty,
+                                   suppress_tokens=suppress_tokens, greedy=greedy)
         if self.stale:
             self.push_weights()
+        if seeds is None:
+            seeds = draw_seeds(prompt_ids.size(0), generator)
         if self.sleeps:
             self.llm.wake_up()
-        device = prompt_ids.device
-        eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-        if seeds is None:
-            seeds = torch.randint(0, 2 ** 62, (prompt_ids.size(0),), generator=generator).tolist()
-        # vLLM samples greedily one completion per request: a greedy prompt is sent G times
-        copies, n = (num_generations, 1) if greedy else (1, num_generations)
-        params = [SamplingParams(n=n, temperature=0.0 if greedy else temperature, top_p=top_p, top_k=top_k or 0,
-                                 min_p=min_p or 0.0, repetition_penalty=repetition_penalty, max_tokens=max_new_tokens,
-                                 logprobs=0, seed=int(seed), stop_token_ids=eos_ids, detokenize=False)
-                  for seed in seeds for _ in range(copies)]
-        prompts = [{"prompt_token_ids": ids[mask.bool()].tolist()}
-                   for ids, mask in zip(prompt_ids.cpu(), prompt_mask.cpu()) for _ in range(copies)]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        rows, logps = sample(self.llm, prompt_lists(prompt_ids, prompt_mask), seeds, options)
         if self.sleeps:
             self.llm.sleep(level=1)
-        rows, logps = [], []
-        for output in outputs:
-            for sample in sorted(output.outputs, key=lambda s: s.index):
-                tokens = list(sample.token_ids)
-                rows.append(tokens)
-                logps.append([entry[token].logprob for token, entry in zip(tokens, sample.logprobs)])
-        width = max(1, max(map(len, rows)))
-        completion_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        sampling_logps = torch.zeros(len(rows), width, dtype=torch.float32)
-        completion_mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, (tokens, values) in enumerate(zip(rows, logps)):
-            completion_ids[i, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            sampling_logps[i, :len(values)] = torch.tensor(values, dtype=torch.float32)
-            completion_mask[i, :len(tokens)] = 1
-        is_truncated = torch.tensor([not tokens or tokens[-1] not in eos_ids for tokens in rows])
-        return (completion_ids.to(device), completion_mask.to(device), sampling_logps.to(device),
-                is_truncated.to(device))
+        return completion_tensors(rows, logps, options["stop_token_ids"], pad_token_id, prompt_ids.device)
+
+
+def draw_seeds(count: int, generator: torch.Generator | None) -> list[int]:
+    """One sampling seed per prompt, drawn from the run's generator."""
+    return torch.randint(0, 2 ** 62, (count,), generator=generator).tolist()

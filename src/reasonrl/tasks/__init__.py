@@ -11,8 +11,9 @@
 
 Each task (a `Task`) has `generate(n, seed, *, exclude=(), **difficulty)`, `trace(row)`,
 `verify(text, row)`, `reward` (TRL's signature, named `<task>_accuracy`) and
-`max_trace_length(**difficulty)`. The tasks: `arithmetic` (digits, ops), `countdown` (count, max_number,
-max_target), `gsm8k` (path, split) and `humaneval` (code, scored in `reasonrl.sandbox`); their modules
+`max_trace_length(**difficulty)`. The tasks: `arithmetic` (digits, ops), `calculator` (digits; a tool task: its
+traces are tool-calling exchanges and `task.tools` its tool), `countdown` (count, max_number, max_target), `gsm8k`
+(path, split) and `humaneval` (code, scored in `reasonrl.sandbox`); their modules
 document the formats and rules. `get_task(name, **options)` binds difficulty options
 (`get_task("arithmetic", digits=2)`), and `get_task("rg:NAME", **config)` is a reasoning-gym generator with its
 config (`reasonrl.tasks.reasoning_gym`).
@@ -26,10 +27,10 @@ import functools
 import inspect
 from typing import Any
 
-from reasonrl.tasks import arithmetic, countdown, gsm8k, humaneval
+from reasonrl.tasks import arithmetic, calculator, countdown, gsm8k, humaneval
 from reasonrl.tasks.task import Row, Task, TaskError
 
-_TASKS: dict[str, Task] = {task.NAME: task.TASK for task in (arithmetic, countdown, gsm8k, humaneval)}
+_TASKS: dict[str, Task] = {task.NAME: task.TASK for task in (arithmetic, calculator, countdown, gsm8k, humaneval)}
 
 
 def available_tasks() -> list[str]:

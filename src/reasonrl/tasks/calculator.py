@@ -10,6 +10,8 @@ tool's schema into them; the answer is the product. The intended solution is one
 `reward` (TRL's signature) scores 1.0 when the last assistant message's text is the product. `calculator`
 evaluates with tasks.expression's parser (+ - * / and parentheses on whole numbers, never `eval`).
 Train with `GRPOTrainer(..., tools=[calculator])`, or the option `tools=[reasonrl.tasks.calculator:calculator]`.
+As a registered task (`get_task("calculator")`, `reasonrl sft --task calculator`) its `trace` is the exchange
+above and its `tools` the calculator.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from reasonrl.tasks.expression import ExpressionError, evaluate
-from reasonrl.tasks.task import Row, check_count, draw_unique
+from reasonrl.tasks.task import Row, Task, TaskError, check_count, draw_unique
 
 NAME = "calculator"
 
@@ -36,10 +38,18 @@ def calculator(expression: str) -> str:
         return f"error: {error}"
 
 
-def generate(n: int, seed: int = 0, *, exclude: Iterable[Any] = (), digits: int = 3) -> list[Row]:
+def generate(n: int, seed: int = 0, *, exclude: Iterable[Any] = (), digits: int = 3,
+             tool_share: float = 1.0) -> list[Row]:
     """n distinct problems a*b with `digits`-digit factors; rows {prompt (chat), answer, expression}. Rows of
-    `exclude` (or their question texts) are never produced: a held-out split is `generate(n, 1, exclude=train)`."""
+    `exclude` (or their question texts) are never produced: a held-out split is `generate(n, 1, exclude=train)`.
+
+    tool_share < 1 (a warm start's data): each row also gets `use_tool`, True for that share of the rows (drawn
+    with the seed; the problems are the same whatever the share), and `trace` gives the rows without it a direct
+    answer with no call: `reasonrl sft --task calculator --task-config '{tool_share: 0.3}'`."""
     check_count(n, "calculator problems")
+    if not 0.0 <= tool_share <= 1.0:
+        raise TaskError(f"calculator's tool_share is the share of traces that call the tool, from 0 to 1 (got "
+                        f"{tool_share!r})")
     rng = random.Random(f"calculator-{seed}-{digits}")
 
     def draw() -> Row:
@@ -48,7 +58,11 @@ def generate(n: int, seed: int = 0, *, exclude: Iterable[Any] = (), digits: int 
 
     questions = [_question(item) for item in exclude]
     rows = draw_unique(n, draw, questions, f"calculator problems of {digits} digits")
-    return [{**row, "prompt": [{"role": "user", "content": row["prompt"]}]} for row in rows]
+    rows = [{**row, "prompt": [{"role": "user", "content": row["prompt"]}]} for row in rows]
+    if tool_share < 1.0:
+        chooser = random.Random(f"calculator-tool-share-{seed}")
+        rows = [{**row, "use_tool": chooser.random() < tool_share} for row in rows]
+    return rows
 
 
 def _question(item) -> str:
@@ -57,7 +71,10 @@ def _question(item) -> str:
 
 
 def trace(row: Row) -> list[dict]:
-    """The intended multi-turn completion of a row, as TRL's completion messages."""
+    """The intended multi-turn completion of a row, as TRL's completion messages (a row with use_tool False: the
+    answer alone, with no call)."""
+    if not row.get("use_tool", True):
+        return [{"role": "assistant", "content": row["answer"]}]
     call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": row["expression"]}}}
     return [{"role": "assistant", "content": "", "tool_calls": [call]},
             {"role": "tool", "name": "calculator", "content": calculator(row["expression"])},
@@ -85,3 +102,30 @@ def used_calculator(prompts=None, completions=None, completion_ids=None, **kwarg
     """1.0 per completion with at least one calculator result in it (a shaping reward for learning to call)."""
     return [float(any(isinstance(m, dict) and m.get("role") == "tool" and not m.get("content", "").startswith(
         ("error", "{'error'")) for m in (c if isinstance(c, list) else []))) for c in completions]
+
+
+def verify(text: str, row: Mapping[str, Any]) -> float:
+    """1.0 if the final answer text is the row's product."""
+    return float(str(text).strip() == str(row["answer"]))
+
+
+def max_trace_length(digits: int = 3) -> int:
+    """Characters of the longest trace: the call, the tool turn around the result (the template's role markers
+    allowed for generously: 64 characters) and the answer."""
+    largest = 10**digits - 1
+    call = ('<tool_call>{"name": "calculator", "arguments": {"expression": "' + f"{largest}*{largest}"
+            + '"}}</tool_call>')
+    return len(call) + 2 * len(str(largest * largest)) + 64
+
+
+TASK = Task(
+    name=NAME,
+    description="multiply two 3-digit numbers with a calculator tool (multi-turn: call, result, answer)",
+    generate=generate,
+    trace=trace,
+    verify=verify,
+    reward=reward,
+    max_trace_length=max_trace_length,
+    columns=("answer",),
+    tools=(calculator,),
+)

@@ -24,22 +24,25 @@ class Task:
 
     - `generate(n, seed, *, exclude=(), **difficulty) -> list[Row]`: n distinct problems, the same for the
       same arguments; rows whose prompt is in `exclude` (prompts or rows) are never produced;
-    - `trace(row) -> str`: a correct `<think>...</think><answer>...</answer>` completion for the row;
+    - `trace(row) -> str`: a correct `<think>...</think><answer>...</answer>` completion for the row (a tool
+      task's: TRL's completion messages, the tool calls and results included);
     - `verify(text, row) -> float`: 1.0 if the completion text solves the row, else 0.0 (rg: tasks keep their
       generator's partial credit, in [0, 1]); never raises on model text;
     - `reward`: `verify` with TRL's reward signature, named `<task>_accuracy`;
     - `max_trace_length(**difficulty) -> int`: the longest `trace` in characters, for max_completion_length;
-    - `columns`: the dataset columns `reward` reads besides the completions.
+    - `columns`: the dataset columns `reward` reads besides the completions;
+    - `tools`: the functions the task's prompts expect to call (train with `tools=task.tools`); none for most.
     """
 
     name: str
     description: str
     generate: Callable[..., list[Row]]
-    trace: Callable[[Mapping[str, Any]], str]
+    trace: Callable[[Mapping[str, Any]], Any]
     verify: Callable[[str, Mapping[str, Any]], float]
     reward: Callable[..., list[float | None]]
     max_trace_length: Callable[..., int]
     columns: tuple[str, ...]
+    tools: tuple[Callable, ...] = ()
 
 
 def format_trace(thinking: str, answer: str) -> str:
