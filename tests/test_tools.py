@@ -610,6 +610,33 @@ def test_reasonrl_eval_with_tools_runs_the_multi_turn_rollout_of_training(tok, t
     assert_one_line_error(code, err, "eval", ["add --tools"])
 
 
+def test_reasonrl_eval_of_a_task_with_tools_uses_them_unless_told_none(tok, tmp_path, capsys, monkeypatch):
+    """`reasonrl eval --task calculator` runs the calculator (the task's own tool) as sft does; `--tools none`
+    evaluates the same scripted model with no tools, whose calls then go unanswered."""
+    from cli_helpers import assert_one_line_error, run_main
+
+    def first(j, user):
+        return call_text("calculator", expression=user.removeprefix("What is ").split("?")[0]) + EOS
+
+    monkeypatch.setattr(tools_module, "generate", Script(tok, first))
+    monkeypatch.setattr("reasonrl.rollout.generate", Script(tok, first))
+    model_dir = tmp_path / "model"
+    build_tiny_model(tok, hidden_size=32, intermediate_size=64, seed=0).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    base = ["eval", str(model_dir), "--task", "calculator", "--n", "5", "--seed", "4", "--max-new-tokens", "200"]
+    code, _ = run_main(capsys, [*base, "--max-tool-calling-iterations", "1", "--json", str(tmp_path / "own.json")])
+    assert code == 0
+    report = json.loads((tmp_path / "own.json").read_text())
+    assert report["n"] == 5 and report["accuracy"] == 1.0
+    assert report["tools"] == {"call_frequency": 1.0, "failure_frequency": 0.0, "timeouts": 0, "mean_turns": 2.0}
+    code, _ = run_main(capsys, [*base, "--tools", "None", "--json", str(tmp_path / "none.json")])
+    assert code == 0
+    report = json.loads((tmp_path / "none.json").read_text())
+    assert report["accuracy"] == 0.0 and "tools" not in report
+    code, err = run_main(capsys, [*base, "--tools", "none", "--tool-timeout", "3"])
+    assert_one_line_error(code, err, "eval", ["this evaluation has none; add --tools"])
+
+
 def test_reasonrl_eval_tool_isolation_process_kills_a_hanging_tool(tok, tmp_path, capsys, monkeypatch):
     """--tool-isolation process: a call past --tool-timeout is killed (its late side effect never happens) and
     counted as a timeout; the same call in a thread is abandoned and its side effect still happens."""

@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward", help="with --data: the reward that says a completion is right, a registered name or "
                                     "module:function (default accuracy: the answer column)")
     p.add_argument("--tools", help="tool functions the model may call, comma-separated module:function or "
-                                   "file.py:function specs (as the training option `tools`): multi-turn rollouts")
+                                   "file.py:function specs (as the training option `tools`): multi-turn rollouts "
+                                   "(default: a --task's own tools, e.g. calculator's; 'none' for no tools)")
     p.add_argument("--max-tool-calling-iterations", type=int, default=None,
                    help="with --tools: rounds of tool calls per completion (default: no limit but the length)")
     p.add_argument("--tool-timeout", type=float, default=10.0, help="with --tools: seconds per tool call (10)")
@@ -226,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lora", type=int, default=0, metavar="R", help="train a LoRA adapter of rank R, then merge it")
     p.add_argument("--tools", help="tools whose schemas the chat template renders into the prompts, comma-separated "
-                                   "module:function specs (default: a --task's own tools, e.g. calculator's)")
+                                   "module:function specs (default: a --task's own tools, e.g. calculator's; "
+                                   "'none' for no tools)")
     p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the Hub (off by default)")
     p.set_defaults(func=_cmd_sft)
@@ -404,10 +406,26 @@ def _task(args):
     return get_task(args.task, **options)
 
 
+def _tool_specs(args):
+    """--tools: None when not given, [] for 'none', else the loaded functions, checked (importable, describable)
+    before any model loads."""
+    if args.tools is None:
+        return None
+    specs = [spec.strip() for spec in args.tools.split(",") if spec.strip()]
+    if [spec.lower() for spec in specs] == ["none"]:
+        return []
+    from reasonrl.tools import load_tools, tool_schemas
+
+    tools = load_tools(specs)
+    tool_schemas(tools)
+    return tools
+
+
 def _task_rows(args):
+    """Rows, reward, default max new tokens and default tools (a task's own) of --task or --data."""
     if args.task is not None or args.task_config is not None:
         task = _task(args)
-        return task.generate(args.n, seed=args.seed), task.reward, task.max_trace_length() + 8
+        return task.generate(args.n, seed=args.seed), task.reward, task.max_trace_length() + 8, list(task.tools)
     from reasonrl.data import ensure_prompt_column, load_dataset_any
     from reasonrl.rewards import accuracy_reward
 
@@ -415,7 +433,7 @@ def _task_rows(args):
     if not {"answer", "solution"} & set(dataset.column_names):
         raise UsageError(f"{args.data} has no 'answer' or 'solution' column (found: "
                          f"{', '.join(dataset.column_names)}) to score the completions against; add one")
-    return [dict(row) for row in dataset], accuracy_reward, None
+    return [dict(row) for row in dataset], accuracy_reward, None, []
 
 
 def _cmd_eval(args) -> int:
@@ -433,21 +451,17 @@ def _cmd_eval(args) -> int:
     if folder and not os.path.isdir(folder):  # checked now, not after the evaluation has run
         raise UsageError(f"--json {args.json}: the folder {folder} does not exist; create it or give another path")
     _check_prompt_template(args)
-    if args.tools is None and (args.max_tool_calling_iterations is not None or args.tool_timeout != 10.0
-                               or args.tool_isolation != "thread"):
-        raise UsageError("--max-tool-calling-iterations, --tool-timeout and --tool-isolation set how --tools run; "
-                         "add --tools")
     if args.max_tool_calling_iterations is not None and args.max_tool_calling_iterations < 0:
         raise UsageError(f"--max-tool-calling-iterations must be >= 0 (got {args.max_tool_calling_iterations})")
     if not args.tool_timeout > 0:
         raise UsageError(f"--tool-timeout must be > 0 seconds (got {args.tool_timeout})")
-    tools = None
-    if args.tools is not None:  # checked (importable, describable) before the model loads
-        from reasonrl.tools import load_tools, tool_schemas
-
-        tools = load_tools([spec for spec in args.tools.split(",") if spec.strip()])
-        tool_schemas(tools)
-    rows, reward, default_tokens = _task_rows(args)
+    tools = _tool_specs(args)
+    rows, reward, default_tokens, task_tools = _task_rows(args)
+    tools = (task_tools if tools is None else tools) or None  # a task's own tools unless --tools says otherwise
+    if tools is None and (args.max_tool_calling_iterations is not None or args.tool_timeout != 10.0
+                          or args.tool_isolation != "thread"):
+        raise UsageError("--max-tool-calling-iterations, --tool-timeout and --tool-isolation set how tools run, and "
+                         "this evaluation has none; add --tools (a --task with tools, e.g. calculator, has its own)")
     if args.reward is not None:
         if args.data is None:
             raise UsageError("--reward is for --data; a --task scores with its own verifier")
@@ -517,15 +531,10 @@ def _cmd_sft(args) -> int:
     _require_positive(args, "lora", allow_zero=True)  # 0: no LoRA
     _check_prompt_template(args)
     check_model_folder(args.out, overwrite=args.overwrite)  # before minutes of training, not after
-    tools = None
-    if args.tools is not None:  # checked (importable, describable) before the model loads
-        from reasonrl.tools import load_tools, tool_schemas
-
-        tools = load_tools([spec for spec in args.tools.split(",") if spec.strip()])
-        tool_schemas(tools)
+    tools = _tool_specs(args)
     if args.task is not None or args.task_config is not None:
         task = _task(args)
-        tools = tools if tools is not None else list(task.tools) or None
+        tools = (list(task.tools) if tools is None else tools) or None
         rows = [{"prompt": r["prompt"], "completion": task.trace(r)} for r in task.generate(args.n, seed=args.seed)]
     else:
         from reasonrl.data import load_dataset_any
@@ -536,6 +545,7 @@ def _cmd_sft(args) -> int:
             raise UsageError(f"{args.data} lacks column(s) {', '.join(missing)} (found: "
                              f"{', '.join(dataset.column_names)}); sft needs prompt and completion")
         rows = [dict(row) for row in dataset]
+        tools = tools or None  # 'none' as no --tools
     if args.model is None:
         from reasonrl.sft import needs_template
         from reasonrl.tiny import build_char_tokenizer, build_reasoning_model
