@@ -44,16 +44,21 @@ def test_quick_calculator_demo_reports_consistent_numbers(tmp_path, capsys):
     assert report["control"] == report["before"]
     steps, per_step = settings["grpo_steps"], settings["prompts_per_step"] * settings["num_generations"]
     assert [row["step"] for row in report["grpo_log"]] == list(range(1, steps + 1))
-    assert [row["step"] for row in report["control_log"]] == list(range(1, steps + 1))
+    assert [row["step"] for row in report["control_log"]] == list(range(1, settings["control_steps"] + 1))
+    assert settings["control_steps"] < steps  # the control is GRPO's first steps only
     assert report["completions_generated"] == steps * per_step
     # the control samples its first step from the same weights with the same seeds as GRPO's first step
     assert report["control_log"][0] == report["grpo_log"][0]
     assert report["sft"]["steps"] == settings["sft_steps"] and report["sft"]["rows"] == settings["train_rows"]
+    # the warm start's validation every sft_eval_every steps; a 20-step model never reaches the target, so no stop
+    curve = report["sft"]["validation_curve"]
+    assert [point["step"] for point in curve] == [10, 20]
+    assert all(point["validation_accuracy"] < settings["sft_target_accuracy"] for point in curve)
     for name in ("base/model.safetensors", "model/model.safetensors", "report.md", "reward.png",
                  "grpo/metrics.jsonl", "control/metrics.jsonl"):
         assert (out / name).is_file(), name
     markdown = (out / "report.md").read_text()
-    assert f"| sampled accuracy (T=1.0) | {report['before']['sampled_accuracy']:.3f} |" in markdown
+    assert f"| sampled accuracy (T={settings['temperature']}) | {report['before']['sampled_accuracy']:.3f} |" in markdown
     assert f"{report['gain_points']['sampled_accuracy']:+.1f} points" in markdown
 
 

@@ -373,8 +373,9 @@ def _calculator_demo(args) -> int:
     settings = ToolDemoSettings(out=args.out or "demo_calculator_out")
     if args.quick:  # seconds, to check the plumbing: the numbers mean nothing
         settings.hidden_size, settings.num_hidden_layers, settings.train_rows = 32, 1, 200
-        settings.sft_steps, settings.grpo_steps, settings.prompts_per_step, settings.num_generations = 20, 2, 4, 4
-        settings.held_out, settings.samples = 20, 2
+        settings.sft_steps, settings.grpo_steps, settings.prompts_per_step, settings.num_generations = 20, 3, 4, 4
+        settings.control_steps = 2
+        settings.held_out, settings.samples, settings.validation, settings.sft_eval_every = 20, 2, 10, 10
     if args.grpo_steps is not None:
         settings.grpo_steps = args.grpo_steps
     if args.seed is not None:
