@@ -58,7 +58,8 @@ def test_quick_calculator_demo_reports_consistent_numbers(tmp_path, capsys):
                  "grpo/metrics.jsonl", "control/metrics.jsonl"):
         assert (out / name).is_file(), name
     markdown = (out / "report.md").read_text()
-    assert f"| sampled accuracy (T={settings['temperature']}) | {report['before']['sampled_accuracy']:.3f} |" in markdown
+    sampled_row = f"| sampled accuracy (T={settings['temperature']}) | {report['before']['sampled_accuracy']:.3f} |"
+    assert sampled_row in markdown
     assert f"{report['gain_points']['sampled_accuracy']:+.1f} points" in markdown
 
 
