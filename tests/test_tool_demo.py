@@ -54,10 +54,14 @@ def test_quick_calculator_demo_reports_consistent_numbers(tmp_path, capsys):
     curve = report["sft"]["validation_curve"]
     assert [point["step"] for point in curve] == [10, 20]
     assert all(point["validation_accuracy"] < settings["sft_target_accuracy"] for point in curve)
+    assert report["sft"]["reached_target"] is False  # and the report says so first
     for name in ("base/model.safetensors", "model/model.safetensors", "report.md", "reward.png",
                  "grpo/metrics.jsonl", "control/metrics.jsonl"):
         assert (out / name).is_file(), name
     markdown = (out / "report.md").read_text()
+    warning = (f"**Warning:** the warm start reached {curve[-1]['validation_accuracy']:.0%} greedy validation "
+               f"accuracy in 20 steps, below its target 30%")
+    assert markdown.split("\n\n")[1].startswith(warning)
     sampled_row = f"| sampled accuracy (T={settings['temperature']}) | {report['before']['sampled_accuracy']:.3f} |"
     assert sampled_row in markdown
     assert f"{report['gain_points']['sampled_accuracy']:+.1f} points" in markdown
@@ -66,4 +70,35 @@ def test_quick_calculator_demo_reports_consistent_numbers(tmp_path, capsys):
 def test_calculator_demo_refuses_the_arithmetic_demos_dynamic_sampling(tmp_path, capsys):
     code, err = run_main(capsys, ["demo", "--task", "calculator", "--dynamic-sampling", "--out", tmp_path / "d"])
     assert_one_line_error(code, err, "demo", ["--dynamic-sampling is an option of the arithmetic demo"])
+    assert not (tmp_path / "d").exists()
+
+
+def test_seed_seeds_grpo_from_one_warm_start_and_warm_start_seed_seeds_the_warm_start(tmp_path, capsys):
+    def quick(name, *options):
+        out = tmp_path / name
+        code, _ = run_main(capsys, ["demo", "--task", "calculator", "--quick", "--out", out, *options])
+        assert code == 0
+        return (out / "base" / "model.safetensors").read_bytes(), json.loads((out / "report.json").read_text())
+
+    base_5, report_5 = quick("s5", "--seed", "5")
+    base_6, report_6 = quick("s6", "--seed", "6")
+    base_6w1, report_6w1 = quick("s6w1", "--seed", "6", "--warm-start-seed", "1")
+    # --seed leaves the warm start as it was: the same weights, the same validation curve
+    assert base_5 == base_6 and report_5["sft"] == report_6["sft"]
+    assert (report_5["settings"]["seed"], report_6["settings"]["seed"]) == (5, 6)
+    assert report_5["grpo_config"]["seed"] == 5 and report_6["grpo_config"]["seed"] == 6
+    assert report_5["settings"]["warm_start_seed"] == report_6["settings"]["warm_start_seed"] == 0
+    # --warm-start-seed trains another warm start (initialisation, mix and order)
+    assert base_6w1 != base_6 and report_6w1["settings"]["warm_start_seed"] == 1
+    assert report_6w1["grpo_config"]["seed"] == 6
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--warm-start-seed", "1"], ["--warm-start-seed is an option of the calculator demo"]),
+    (["--task", "calculator", "--warm-start-seed", "-1"], ["--warm-start-seed"]),
+    (["--task", "calculator", "--warm-start-seed", str(2**32)], ["--warm-start-seed must be below 2**32"]),
+])
+def test_demo_warm_start_seed_mistakes_are_one_line_errors(tmp_path, capsys, argv, words):
+    code, err = run_main(capsys, ["demo", *argv, "--out", tmp_path / "d"])
+    assert_one_line_error(code, err, "demo", words)
     assert not (tmp_path / "d").exists()

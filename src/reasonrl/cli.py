@@ -170,12 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="arithmetic (default): reasoning traces; calculator: learning to call a calculator tool, "
                         "measured against an lr-0 control")
     p.add_argument("--out", default=None, help="output folder (default demo_out, or demo_calculator_out)")
-    p.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps (default 160, calculator 30)")
+    p.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps (default 160, calculator 80)")
     p.add_argument("--quick", action="store_true", help="a short smoke run (arithmetic: 20 GRPO steps, 100 held-out "
                                                         "problems; calculator: a 1-layer model, a few steps)")
     p.add_argument("--seed", type=int, default=None,
-                   help="training seed: the model's initialisation, the warm start and GRPO's sampling (default 0); "
-                        "the problems stay the same")
+                   help="training seed: the model's initialisation, the warm start and GRPO's sampling (default 0; "
+                        "calculator: GRPO's alone, see --warm-start-seed); the problems stay the same")
+    p.add_argument("--warm-start-seed", type=int, default=None,
+                   help="calculator only: the seed of the warm start (model initialisation, mix and order; default "
+                        "0); --seed then seeds GRPO, its control and the sampled evaluations")
     p.add_argument("--dynamic-sampling", action="store_true",
                    help="DAPO dynamic sampling: refill each step's prompts with groups whose rewards differ")
     p.set_defaults(func=_cmd_demo)
@@ -348,9 +351,14 @@ def _cmd_demo(args) -> int:
     from reasonrl.demo import DemoSettings, run_demo
 
     _require_positive(args, "grpo_steps")
-    _require_positive(args, "seed", allow_zero=True)
-    if args.seed is not None and args.seed >= 2**32:
-        raise UsageError(f"--seed must be below 2**32 (got {args.seed})")
+    for name in ("seed", "warm_start_seed"):
+        _require_positive(args, name, allow_zero=True)
+        value = getattr(args, name)
+        if value is not None and value >= 2**32:
+            raise UsageError(f"--{name.replace('_', '-')} must be below 2**32 (got {value})")
+    if args.warm_start_seed is not None and args.task != "calculator":
+        raise UsageError("--warm-start-seed is an option of the calculator demo (--task calculator); the arithmetic "
+                         "demo's --seed seeds its warm start too")
     if args.task == "calculator":
         return _calculator_demo(args)
     settings = DemoSettings(out=args.out or "demo_out")
@@ -380,6 +388,8 @@ def _calculator_demo(args) -> int:
         settings.grpo_steps = args.grpo_steps
     if args.seed is not None:
         settings.seed = args.seed
+    if args.warm_start_seed is not None:
+        settings.warm_start_seed = args.warm_start_seed
     run_tool_demo(settings)
     return 0
 
