@@ -55,6 +55,7 @@ def test_quick_calculator_demo_reports_consistent_numbers(tmp_path, capsys):
     assert [point["step"] for point in curve] == [10, 20]
     assert all(point["validation_accuracy"] < settings["sft_target_accuracy"] for point in curve)
     assert report["sft"]["reached_target"] is False  # and the report says so first
+    assert report["sft"]["warning"].startswith("the warm start reached")
     for name in ("base/model.safetensors", "model/model.safetensors", "report.md", "reward.png",
                  "grpo/metrics.jsonl", "control/metrics.jsonl"):
         assert (out / name).is_file(), name

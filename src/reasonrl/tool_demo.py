@@ -153,8 +153,9 @@ def _run(settings: ToolDemoSettings) -> dict:
                      callback=until_target, callback_every=settings.sft_eval_every)
     timings["sft_seconds"] = time.perf_counter() - t0
     reached = bool(sft_curve) and sft_curve[-1]["validation_accuracy"] >= settings.sft_target_accuracy
-    if not reached:
-        print(f"warning: {_short_warm_start_text(sft_curve, len(sft_losses), settings)}", flush=True)
+    short_warning = None if reached else _short_warm_start_text(sft_curve, len(sft_losses), settings)
+    if short_warning:
+        print(f"warning: {short_warning}", flush=True)
     base_dir = os.path.join(settings.out, "base")
     model.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
@@ -225,7 +226,7 @@ def _run(settings: ToolDemoSettings) -> dict:
                         for key in ("accuracy", "sampled_accuracy", "tool_calls", "sampled_tool_calls")},
         "gain_against": "control" if numbers["control"] else "before",
         "sft": {"steps": len(sft_losses), "final_loss": sft_losses[-1], "validation_curve": sft_curve,
-                "reached_target": reached,
+                "reached_target": reached, "warning": short_warning,
                 "tool_rows": sum(len(row["completion"]) > 1 for row in sft_rows), "rows": len(sft_rows)},
         "grpo_log": _tool_log(trainer.log_history),
         "control_log": control["log"] if control else None,
@@ -295,9 +296,7 @@ def _markdown(report: dict) -> str:
                f"seeds) on a frozen copy of the warm start ({timings.get('control_seconds', 0):.0f} s); the gain "
                f"column is after GRPO minus the control. {_curves_text(report)}" if report["control"] else
                "No control was run: the gain is after minus before.")
-    short = "" if report["sft"]["reached_target"] else (
-        "**Warning:** " + _short_warm_start_text(report["sft"]["validation_curve"], report["sft"]["steps"],
-                                                 ToolDemoSettings(**settings)) + ".\n\n")
+    short = f"**Warning:** {report['sft']['warning']}.\n\n" if report["sft"]["warning"] else ""
     return f"""# reasonrl demo: GRPO teaches a tiny model to use a calculator
 
 {short}
